@@ -1,0 +1,1 @@
+"""Corpus curation: raw audio to filtered, transcribed WebDataset shards."""

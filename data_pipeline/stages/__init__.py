@@ -1,0 +1,1 @@
+"""One module per pipeline stage; each stage is one class built from its config group."""

@@ -1,0 +1,1 @@
+"""The foundation: audio I/O, shard format, audio tokenizer, DualFFN LLM, training."""

@@ -1,0 +1,1 @@
+"""Local inference: generation engine, CLI and OpenAI-compatible server."""
