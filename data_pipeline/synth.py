@@ -1,0 +1,493 @@
+"""Synthetic speech corpus with known ground truth, made with espeak-ng.
+
+Used by the tests (tests/conftest.py) and the demo. Everything is deterministic
+for a seed and needs no downloads: voices are espeak-ng voices varied in accent,
+variant (formants), pitch and speed; texts come from SENTENCES, built from
+templates and word lists below.
+
+Files written by make_conversation(path, ...):
+
+    path                  the audio (format from the extension: wav, flac, ogg,
+                          opus, mp3, m4a)
+    <path>.truth.json     the ground truth, e.g. conv.wav.truth.json:
+        {"audio": "conv.wav", "sample_rate": 24000, "duration": 41.2, "seed": 0,
+         "snr_db": null,                      # SNR of the added noise, null: none
+         "speakers": ["v0", "v3"],            # voice names, first appearance order
+         "voices": {"v0": {"espeak": "en-us+m1", "pitch": 30, "speed": 150}, ...},
+         "utterances": [{"start": 0.61, "end": 2.87, "speaker": "v0", "text": "..."}, ...],
+         "music": [{"start": 12.0, "end": 15.5, "under_speech": false}, ...]}
+      Utterance start/end are the first and last audible sample of the speech
+      (espeak's leading and trailing silence is trimmed before placing it);
+      pauses inside a sentence (commas) stay inside the utterance. Utterances
+      never overlap. Music "under_speech" spans lie under utterances at a
+      level well below the speech; the others fill a gap on their own.
+
+Sidecar transcripts (sidecar=True or "txt", or sidecar="json"), the files the curation
+pipeline's sidecar transcriber reads; both sit beside the audio with the
+audio's stem:
+
+    <stem>.txt    the plain full transcript: utterance texts in order, one per line
+    <stem>.json   {"text": "<full transcript, utterances joined by spaces>",
+                   "segments": [{"start": 0.61, "end": 2.87, "speaker": "v0",
+                                 "text": "..."}, ...]}   (same times as the truth)
+
+SNR is defined as 10*log10(mean power of the speech over the utterance spans /
+mean power of the noise), so it can be measured back from the file by
+comparing the utterance spans with the gaps.
+
+CLI: python -m data_pipeline.synth out_dir=DIR [preset=tests|demo|bench] [seed=0]
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+from scipy.signal import lfilter
+
+from higgs_train.audio import save_audio
+
+ESPEAK_SR = 22050
+SPEECH_RMS_DB = -20.0  # per-utterance level before the voice's own gain
+
+
+@dataclass(frozen=True)
+class Voice:
+    name: str     # speaker label used in the truth
+    espeak: str   # espeak-ng -v: language variant + voice variant (formant set)
+    pitch: int    # espeak-ng -p, 0..99
+    speed: int    # espeak-ng -s, words per minute
+    gain_db: float = 0.0  # level relative to SPEECH_RMS_DB: speakers are not equally loud
+
+
+# Accent, formant variant (m*/f*), pitch and speed all differ, so that both a
+# listener and a speaker-embedding model can tell the voices apart. Pitches are
+# chosen so the median f0 forms a ladder ~17% apart: about 69, 88, 101, 119, 142,
+# 165, 200, 237 Hz (v0, v6, v2, v1, v4, v7, v5, v3).
+VOICES: list[Voice] = [
+    Voice("v0", "en-us+m1", pitch=10, speed=150, gain_db=0.0),
+    Voice("v1", "en-gb+f3", pitch=65, speed=170, gain_db=-2.0),
+    Voice("v2", "en-gb-scotland+m3", pitch=45, speed=140, gain_db=1.5),
+    Voice("v3", "en-us+f4", pitch=75, speed=180, gain_db=-1.0),
+    Voice("v4", "en-029+m7", pitch=80, speed=155, gain_db=2.0),
+    Voice("v5", "en-gb-x-rp+f2", pitch=52, speed=195, gain_db=-3.0),
+    Voice("v6", "en-us-nyc+m5", pitch=30, speed=130, gain_db=0.5),
+    Voice("v7", "en-gb-x-gbclan+f5", pitch=25, speed=160, gain_db=-1.5),
+]
+VOICE_BY_NAME = {v.name: v for v in VOICES}
+
+
+# ---------------------------------------------------------------- sentences
+
+_SUBJECTS = [
+    "the old fisherman", "my neighbour", "a tired student", "the young doctor", "our teacher",
+    "the baker across the street", "a quiet engineer", "my grandmother", "the new manager",
+    "a curious child", "the taxi driver", "her brother", "the mayor", "a famous painter",
+    "the night nurse", "our landlord", "a stranger in a red coat", "the gardener",
+]
+_VERBS = [  # (past, base)
+    ("painted", "paint"), ("repaired", "repair"), ("found", "find"), ("sold", "sell"),
+    ("borrowed", "borrow"), ("cleaned", "clean"), ("described", "describe"), ("carried", "carry"),
+    ("forgot", "forget"), ("opened", "open"), ("measured", "measure"), ("hid", "hide"),
+    ("photographed", "photograph"), ("ordered", "order"), ("returned", "return"), ("built", "build"),
+]
+_OBJECTS = [
+    "a wooden boat", "the kitchen window", "an old map of the city", "three blue umbrellas",
+    "the broken bicycle", "a letter from abroad", "the garden fence", "a basket of apples",
+    "the piano in the hall", "a box of old records", "the yellow kite", "a pair of leather boots",
+    "the clock on the tower", "a jar of honey", "the silver key", "a stack of newspapers",
+]
+_WHEN = [
+    "before sunrise", "last winter", "on a rainy afternoon", "after the meeting", "yesterday evening",
+    "during the holidays", "just before lunch", "late at night", "early on Sunday", "this morning",
+]
+_PLACES = [
+    "near the station", "behind the library", "at the harbour", "in the village square",
+    "by the river", "outside the museum", "on the third floor", "at the corner cafe",
+]
+_NUMBERS = ["two", "three", "five", "seven", "nine", "eleven", "twelve", "fifteen", "twenty", "forty"]
+_DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+_THINGS = ["bread", "coffee", "train tickets", "fresh fish", "winter coats", "paint", "rent", "apples"]
+_INTERJ = ["Honestly", "Well", "Look", "You know", "Believe it or not", "Of course", "Oh"]
+_FEELINGS = ["surprised", "worried", "delighted", "confused", "relieved", "annoyed"]
+
+_TEMPLATES = [
+    "{S} {V} {O} {W}.",
+    "Did {s} really {v} {o} {w}?",
+    "I think {s} {V2} {o}, but nobody saw it happen.",
+    "{I}, {s} {V2} {o} {p}!",
+    "We should meet {p} at {n} o'clock on {d}.",
+    "The price of {t} went up by {n} percent last year.",
+    "Why would anyone {v} {o} {p}?",
+    "{S} was {f} when we {V2} {o}.",
+    "Please remember to {v} {o} before {d}.",
+    "There were {n} people waiting {p} {w}.",
+    "If it rains on {d}, {s} will not {v} {o}.",
+    "{I}, I have never seen {o} {p} before.",
+]
+
+
+def _build_sentences(n: int = 360, seed: int = 1234) -> list[str]:
+    rng = random.Random(seed)
+    out, seen = [], set()
+    while len(out) < n:
+        past, base = rng.choice(_VERBS)
+        subj = rng.choice(_SUBJECTS)
+        s = rng.choice(_TEMPLATES).format(
+            S=subj[0].upper() + subj[1:], s=subj, V=past, V2=past, v=base, O=rng.choice(_OBJECTS),
+            o=rng.choice(_OBJECTS), W=rng.choice(_WHEN), w=rng.choice(_WHEN), p=rng.choice(_PLACES),
+            n=rng.choice(_NUMBERS), d=rng.choice(_DAYS), t=rng.choice(_THINGS), I=rng.choice(_INTERJ),
+            f=rng.choice(_FEELINGS))
+        if s not in seen:
+            seen.add(s)
+            out.append(s)
+    return out
+
+
+SENTENCES: list[str] = _build_sentences()
+
+
+# ---------------------------------------------------------------- speech
+
+def _as_voice(voice) -> Voice:
+    if isinstance(voice, Voice):
+        return voice
+    if voice in VOICE_BY_NAME:
+        return VOICE_BY_NAME[voice]
+    return Voice(str(voice), str(voice), 50, 160)  # a raw espeak-ng voice name
+
+
+def _trim(wav: np.ndarray, sr: int, rel_db: float = -45.0) -> np.ndarray:
+    """Cut leading/trailing silence: keep from the first to the last 2 ms frame whose
+    peak is within `rel_db` of the utterance peak."""
+    hop = max(1, sr // 500)
+    n = len(wav) // hop
+    if n == 0:
+        return wav
+    peaks = np.abs(wav[:n * hop]).reshape(n, hop).max(axis=1)
+    loud = np.flatnonzero(peaks > peaks.max() * 10 ** (rel_db / 20))
+    return wav[loud[0] * hop:(loud[-1] + 1) * hop]
+
+
+def tts(text: str, voice=VOICES[0], sample_rate: int = 24000) -> np.ndarray:
+    """Speak `text` with an espeak-ng voice (Voice, a VOICES name, or a raw espeak-ng
+    voice name). Returns float32 mono at `sample_rate`, silence at both ends trimmed."""
+    v = _as_voice(voice)
+    if shutil.which("espeak-ng") is None:
+        raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng)")
+    proc = subprocess.run(["espeak-ng", "-v", v.espeak, "-p", str(v.pitch), "-s", str(v.speed), "--stdout"],
+                          input=text.encode(), capture_output=True)
+    raw = proc.stdout
+    # espeak-ng streams a WAV whose header has placeholder sizes: read the PCM after "data".
+    k = raw.find(b"data")
+    if proc.returncode != 0 or raw[:4] != b"RIFF" or k < 0:
+        raise RuntimeError(f"espeak-ng failed for voice {v.espeak!r}: {proc.stderr.decode(errors='replace')[-300:]}")
+    sr = int.from_bytes(raw[24:28], "little")
+    pcm = raw[k + 8:]
+    wav = np.frombuffer(pcm[:len(pcm) // 2 * 2], dtype="<i2").astype(np.float32) / 32768.0
+    wav = _trim(wav, sr)
+    if sample_rate != sr:
+        wav = soxr.resample(wav, sr, sample_rate, quality="HQ").astype(np.float32)
+        wav = _trim(wav, sample_rate)  # resampling ringing adds a few near-silent samples
+    return wav
+
+
+# ---------------------------------------------------------------- music and noise
+
+def music_tones(seconds: float, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
+    """Music-like tones: a melody of 2-3 note chords with harmonics, notes change every 0.15-0.6 s."""
+    n = int(seconds * sample_rate)
+    out = np.zeros(n, np.float32)
+    pos = 0
+    scale = np.array([0, 2, 4, 5, 7, 9, 11, 12])  # major scale, semitones
+    root = 220.0 * 2 ** (rng.integers(0, 12) / 12)
+    while pos < n:
+        dur = min(n - pos, int(rng.uniform(0.15, 0.6) * sample_rate))
+        t = np.arange(dur) / sample_rate
+        note = np.zeros(dur)
+        for deg in rng.choice(scale, size=rng.integers(2, 4), replace=False):
+            f0 = root * 2 ** (deg / 12)
+            for h, amp in ((1, 1.0), (2, 0.4), (3, 0.2)):
+                if h * f0 < sample_rate / 2:
+                    note += amp * np.sin(2 * np.pi * h * f0 * t + rng.uniform(0, 2 * np.pi))
+        env = np.minimum(1.0, t / 0.01) * np.exp(-t * rng.uniform(1.0, 4.0))  # pluck: fast attack, decay
+        env *= np.minimum(1.0, (dur - np.arange(dur)) / (0.005 * sample_rate))  # no click at the note end
+        out[pos:pos + dur] = note * env
+        pos += dur
+    return out / (np.sqrt(np.mean(out ** 2)) + 1e-9) * 10 ** (-20 / 20)  # -20 dBFS RMS
+
+
+def _noise(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Stationary, slightly low-passed (pinkish) noise, unit power."""
+    x = lfilter([1.0], [1.0, -0.7], rng.standard_normal(n)).astype(np.float32)
+    return x / np.sqrt(np.mean(x ** 2))
+
+
+# ---------------------------------------------------------------- conversations
+
+def _speaker_order(rng: np.random.Generator, n_speakers: int, n_turns: int | None) -> "iter":
+    """Each speaker once first (so all appear), then mostly alternating with occasional repeats."""
+    first = list(rng.permutation(n_speakers))
+    i, prev = 0, None
+    while n_turns is None or i < n_turns:
+        if i < n_speakers:
+            s = int(first[i])
+        elif rng.random() < 0.15:
+            s = prev  # the same speaker again after a pause
+        else:
+            s = int(rng.choice([k for k in range(n_speakers) if k != prev] or [prev]))
+        prev = s
+        i += 1
+        yield s
+
+
+def _compose(voices: list[Voice], n_turns: int | None, min_seconds: float, seed: int, sample_rate: int,
+             gap_range: tuple[float, float], with_music: bool):
+    rng = np.random.default_rng(seed)
+    sr = sample_rate
+    pieces, utts, music_spans = [], [], []
+    t = float(rng.uniform(0.3, 1.0))
+    pieces.append(np.zeros(int(round(t * sr)), np.float32))
+    pos = len(pieces[0])
+    lo, hi = np.log(gap_range[0]), np.log(gap_range[1])
+    for i, s in enumerate(_speaker_order(rng, len(voices), n_turns)):
+        if n_turns is None and pos >= min_seconds * sr:
+            break
+        if i > 0:
+            gap = float(np.exp(rng.uniform(lo, hi)))  # log-uniform: many short gaps, a few long ones
+            if with_music and rng.random() < 0.25 or (with_music and i == 2 and not music_spans):
+                m = float(rng.uniform(2.0, 4.0))
+                music_spans.append(((pos + int(0.3 * sr)) / sr, (pos + int(0.3 * sr) + int(m * sr)) / sr, False))
+                gap = m + 0.6
+            g = int(round(gap * sr))
+            pieces.append(np.zeros(g, np.float32))
+            pos += g
+        v = voices[s]
+        text = str(rng.choice(SENTENCES))
+        if rng.random() < 0.3:
+            text += " " + str(rng.choice(SENTENCES))
+        wav = tts(text, v, sr)
+        wav *= 10 ** ((SPEECH_RMS_DB + v.gain_db) / 20) / (np.sqrt(np.mean(wav ** 2)) + 1e-9)
+        utts.append({"start": round(pos / sr, 4), "end": round((pos + len(wav)) / sr, 4),
+                     "speaker": v.name, "text": text})
+        pieces.append(wav)
+        pos += len(wav)
+    tail = int(round(rng.uniform(0.3, 1.0) * sr))
+    pieces.append(np.zeros(tail, np.float32))
+    speech = np.concatenate(pieces)
+    mix = speech.copy()
+    for a, b, _ in music_spans:
+        seg = music_tones(b - a, sr, rng)
+        i0 = int(round(a * sr))
+        mix[i0:i0 + len(seg)] += seg
+    if with_music and len(utts) >= 3:
+        # A quiet bed under a stretch of speech (-15 dB below -20 dBFS speech).
+        k = int(rng.integers(0, len(utts) - 2))
+        a, b = utts[k]["start"], utts[k + 2]["end"]
+        seg = music_tones(b - a, sr, rng) * 10 ** (-15 / 20)
+        i0 = int(round(a * sr))
+        mix[i0:i0 + len(seg)] += seg
+        music_spans.append((a, b, True))
+    music_out = [{"start": round(a, 4), "end": round(b, 4), "under_speech": u} for a, b, u in music_spans]
+    return mix, speech, utts, music_out, rng
+
+
+def _finish(path, mix, speech, utts, music_spans, rng, voices, seed, sample_rate, snr_db, sidecar):
+    sr = sample_rate
+    if snr_db is not None:
+        spans = np.concatenate([speech[int(round(u["start"] * sr)):int(round(u["end"] * sr))] for u in utts])
+        p_speech = float(np.mean(spans.astype(np.float64) ** 2))
+        mix = mix + _noise(len(mix), rng) * np.sqrt(p_speech / 10 ** (snr_db / 10))
+    peak = float(np.abs(mix).max())
+    if peak > 0.95:  # scale everything alike so the SNR and relative levels hold
+        mix = mix * (0.95 / peak)
+    path = Path(path)
+    save_audio(path, mix.astype(np.float32), sr)
+    used = [v for v in voices if any(u["speaker"] == v.name for u in utts)]
+    order = sorted(used, key=lambda v: next(i for i, u in enumerate(utts) if u["speaker"] == v.name))
+    truth = {"audio": path.name, "sample_rate": sr, "duration": round(len(mix) / sr, 4), "seed": seed,
+             "snr_db": snr_db, "speakers": [v.name for v in order],
+             "voices": {v.name: {"espeak": v.espeak, "pitch": v.pitch, "speed": v.speed} for v in order},
+             "utterances": utts, "music": music_spans}
+    _write_text(path.with_name(path.name + ".truth.json"), json.dumps(truth, indent=1))
+    if sidecar:
+        write_sidecar(path, utts, "txt" if sidecar is True else sidecar)
+    return utts
+
+
+def write_sidecar(audio_path, utts: list[dict], kind: str = "txt") -> Path:
+    """Write `<stem>.txt` (one utterance text per line) or `<stem>.json` (see module doc)."""
+    audio_path = Path(audio_path)
+    if kind == "txt":
+        return _write_text(audio_path.with_suffix(".txt"), "\n".join(u["text"] for u in utts) + "\n")
+    if kind == "json":
+        doc = {"text": " ".join(u["text"] for u in utts),
+               "segments": [{k: u[k] for k in ("start", "end", "speaker", "text")} for u in utts]}
+        return _write_text(audio_path.with_suffix(".json"), json.dumps(doc, indent=1))
+    raise ValueError(f"sidecar must be 'txt' or 'json', got {kind!r}")
+
+
+def _write_text(path: Path, text: str) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
+def _pick_voices(rng: np.random.Generator, n_speakers: int, voices) -> list[Voice]:
+    pool = [_as_voice(v) for v in (voices or VOICES)]
+    if n_speakers > len(pool):
+        raise ValueError(f"n_speakers={n_speakers} but only {len(pool)} voices given")
+    return [pool[i] for i in sorted(rng.choice(len(pool), size=n_speakers, replace=False))]
+
+
+def make_conversation(path, n_speakers: int = 2, n_turns: int = 10, seed: int = 0, sample_rate: int = 24000,
+                      snr_db: float | None = None, music: bool = False, gap_range=(0.2, 1.5),
+                      voices=None, sidecar: bool | str = False) -> list[dict]:
+    """Write a conversation between `n_speakers` voices (chosen from `voices`, default VOICES)
+    to `path` and its truth to `<path>.truth.json`. Returns the utterances
+    [{start, end, speaker, text}]. sidecar: False, True/"txt" or "json" (see module doc)."""
+    if n_turns < n_speakers:
+        raise ValueError(f"n_turns={n_turns} < n_speakers={n_speakers}: not every speaker would speak")
+    chosen = _pick_voices(np.random.default_rng([seed, 7]), n_speakers, voices)
+    mix, speech, utts, music_spans, rng = _compose(chosen, n_turns, 0.0, seed, sample_rate,
+                                                   tuple(gap_range), music)
+    return _finish(path, mix, speech, utts, music_spans, rng, chosen, seed, sample_rate, snr_db, sidecar)
+
+
+def make_long_file(path, minutes: float = 10.0, seed: int = 0, sample_rate: int = 24000,
+                   n_speakers: int = 3, snr_db: float | None = 30.0) -> list[dict]:
+    """A conversation of at least `minutes` minutes (for memory/throughput benchmarks), with a little
+    noise and some music. Same outputs as make_conversation."""
+    chosen = _pick_voices(np.random.default_rng([seed, 7]), n_speakers, None)
+    mix, speech, utts, music_spans, rng = _compose(chosen, None, minutes * 60.0, seed, sample_rate,
+                                                   (0.2, 2.0), True)
+    return _finish(path, mix, speech, utts, music_spans, rng, chosen, seed, sample_rate, snr_db, False)
+
+
+def make_voice_folder(out_dir, voice=VOICES[0], n_clips: int = 10, seed: int = 0, sample_rate: int = 24000,
+                      ext: str = "wav") -> list[Path]:
+    """One voice, one sentence or two per file, each with a `<stem>.txt` transcript and a truth file:
+    the shape of a fine-tuning voice folder."""
+    out_dir = Path(out_dir)
+    paths = []
+    for i in range(n_clips):
+        p = out_dir / f"clip_{i:03d}.{ext}"
+        make_conversation(p, n_speakers=1, n_turns=1, seed=seed * 1000 + i, sample_rate=sample_rate,
+                          voices=[voice], sidecar="txt")
+        paths.append(p)
+    return paths
+
+
+def make_broken_files(out_dir, seed: int = 0) -> list[Path]:
+    """Files every loader must reject: empty.wav, truncated.flac, random.mp3, text.wav."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, 99])
+    (out_dir / "empty.wav").write_bytes(b"")
+    full = out_dir / ".whole.flac"
+    sf.write(str(full), tts("This file is cut short in the middle.", VOICES[0], 24000), 24000, format="FLAC")
+    data = full.read_bytes()
+    full.unlink()
+    (out_dir / "truncated.flac").write_bytes(data[:len(data) // 3])
+    (out_dir / "random.mp3").write_bytes(rng.integers(0, 256, 48_000, dtype=np.uint8).tobytes())
+    (out_dir / "text.wav").write_text("This is not audio. It is a text file with a .wav name.\n" * 20)
+    return [out_dir / n for n in ("empty.wav", "truncated.flac", "random.mp3", "text.wav")]
+
+
+# ---------------------------------------------------------------- presets
+
+# name, n_speakers, n_turns, sample_rate, snr_db, music, sidecar
+_TESTS = [
+    ("conv_2spk.wav", 2, 9, 16000, None, False, "json"),
+    ("conv_3spk.flac", 3, 9, 24000, None, False, "txt"),
+    ("conv_4spk.mp3", 4, 10, 44100, None, False, False),
+    ("conv_noisy.wav", 2, 8, 22050, 10.0, False, False),
+    ("conv_music.ogg", 3, 8, 48000, None, True, False),
+    ("conv_aac.m4a", 2, 7, 24000, None, False, False),
+    ("conv_opus.opus", 2, 5, 48000, None, False, False),
+]
+_DEMO_FORMATS = [("wav", 24000), ("flac", 24000), ("flac", 48000), ("mp3", 44100), ("wav", 16000),
+                 ("ogg", 22050)]
+
+
+def make_corpus(out_dir, preset: str = "tests", seed: int = 0) -> dict:
+    """Write a corpus; returns {"out_dir", "preset", "seed", "files": [{path, truth, ...}], "broken": [...],
+    "speech_seconds", "audio_seconds"} with paths relative to out_dir."""
+    if preset not in ("tests", "demo", "bench"):
+        raise ValueError(f"unknown preset {preset!r}: tests, demo or bench")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+
+    def add(rel, utts, **meta):
+        truth = json.loads((out / (rel + ".truth.json")).read_text())
+        files.append({"path": rel, "truth": rel + ".truth.json", "sample_rate": truth["sample_rate"],
+                      "duration": truth["duration"], "n_speakers": len(truth["speakers"]),
+                      "speech_seconds": round(sum(u["end"] - u["start"] for u in utts), 3), **meta})
+
+    if preset == "tests":
+        for i, (name, n_spk, n_turns, sr, snr, mus, side) in enumerate(_TESTS):
+            utts = make_conversation(out / name, n_spk, n_turns, seed=seed * 1000 + i, sample_rate=sr,
+                                     snr_db=snr, music=mus, sidecar=side)
+            add(name, utts, snr_db=snr, music=mus, sidecar=side or None)
+    else:
+        # ~10 minutes of speech from 4 voices, mostly clean: enough for the tiny demo models.
+        demo_voices = VOICES[:4]
+        for i in range(10):
+            ext, sr = _DEMO_FORMATS[i % len(_DEMO_FORMATS)]
+            n_spk = 2 + i % 3
+            snr = 25.0 if i % 5 == 4 else None
+            name = f"conversations/conv_{i:02d}.{ext}"
+            side = "json" if i % 2 == 0 else False
+            utts = make_conversation(out / name, n_spk, 12, seed=seed * 1000 + i, sample_rate=sr, snr_db=snr,
+                                     music=(i % 7 == 3), voices=demo_voices, sidecar=side)
+            add(name, utts, snr_db=snr, music=(i % 7 == 3), sidecar=side or None)
+        for p in make_voice_folder(out / "voice_v1", VOICES[1], n_clips=12, seed=seed):
+            rel = str(p.relative_to(out))
+            add(rel, json.loads((out / (rel + ".truth.json")).read_text())["utterances"], snr_db=None,
+                music=False, sidecar="txt")
+        if preset == "bench":
+            utts = make_long_file(out / "long/long_conversation.flac", minutes=10.5, seed=seed)
+            add("long/long_conversation.flac", utts, snr_db=30.0, music=True, sidecar=None)
+    broken = [str(p.relative_to(out)) for p in make_broken_files(out / "broken", seed)]
+    return {"out_dir": str(out), "preset": preset, "seed": seed, "files": files, "broken": broken,
+            "speech_seconds": round(sum(f["speech_seconds"] for f in files), 2),
+            "audio_seconds": round(sum(f["duration"] for f in files), 2)}
+
+
+def main(argv: list[str]) -> int:
+    usage = ("usage: python -m data_pipeline.synth out_dir=DIR [preset=tests|demo|bench] [seed=0]\n"
+             "  tests: 7 short conversations (2-4 speakers, noisy, music, wav/flac/mp3/ogg/m4a/opus,\n"
+             "         16-48 kHz) + broken/ files\n"
+             "  demo:  ~10 min of speech, 4 voices, sidecar transcripts, a one-voice folder + broken/\n"
+             "  bench: demo + a 10.5-minute file in long/\n")
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(usage)
+        return 0
+    args = {"preset": "tests", "seed": "0"}
+    for a in argv:
+        k, sep, v = a.partition("=")
+        if not sep or k not in ("out_dir", "preset", "seed"):
+            print(f"bad argument {a!r}\n{usage}", file=sys.stderr)
+            return 2
+        args[k] = v
+    if "out_dir" not in args:
+        print(usage, file=sys.stderr)
+        return 2
+    summary = make_corpus(args["out_dir"], args["preset"], int(args["seed"]))
+    print(f"wrote {len(summary['files'])} files ({summary['audio_seconds'] / 60:.1f} min audio, "
+          f"{summary['speech_seconds'] / 60:.1f} min speech) and {len(summary['broken'])} broken files "
+          f"to {summary['out_dir']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,44 @@
+"""Shared fixtures: a synthetic speech corpus with ground truth (data_pipeline/synth.py).
+
+synth_corpus  session-scoped; make_corpus(preset="tests") built once (~6 s) into a temp dir.
+              A dict: "root" (Path), "files" [{path, truth, sample_rate, duration, n_speakers,
+              speech_seconds, snr_db, music, sidecar}] with paths relative to root,
+              "broken" (relative paths: broken/empty.wav, truncated.flac, random.mp3, text.wav).
+              Files: conv_2spk.wav (16 kHz, json sidecar), conv_3spk.flac (24 kHz, txt sidecar),
+              conv_4spk.mp3 (44.1 kHz), conv_noisy.wav (22.05 kHz, 10 dB SNR),
+              conv_music.ogg (48 kHz, music), conv_aac.m4a (24 kHz), conv_opus.opus (48 kHz).
+conversation  session-scoped factory: conversation(name="conv.wav", **make_conversation_kwargs)
+              -> (path, utterances). Same arguments give the same cached file, so treat
+              the files as read-only (copy them before changing them).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from data_pipeline.synth import make_conversation, make_corpus
+
+
+@pytest.fixture(scope="session")
+def synth_corpus(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("synth_corpus")
+    summary = make_corpus(root, preset="tests", seed=0)
+    summary["root"] = Path(root)
+    return summary
+
+
+@pytest.fixture(scope="session")
+def conversation(tmp_path_factory):
+    root = tmp_path_factory.mktemp("conversations")
+    cache: dict = {}
+
+    def make(name: str = "conv.wav", **kwargs):
+        key = (name, tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
+        if key not in cache:
+            path = root / f"{len(cache):03d}" / name  # own folder: equal names never collide
+            path.parent.mkdir(parents=True)
+            cache[key] = (path, make_conversation(path, **kwargs))
+        return cache[key]
+
+    return make
