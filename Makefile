@@ -9,6 +9,8 @@ export WANDB_MODE ?= offline
 export PYANNOTE_METRICS_ENABLED ?= 0
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
+# Tiny models on few cores: OpenMP hand-offs cost more than the matmuls save.
+export OMP_NUM_THREADS ?= 1
 
 .PHONY: setup demo test clean-demo
 

@@ -35,8 +35,8 @@ def fit(cfg: DictConfig) -> Path:
 
     module, datamodule = instantiate(cfg.task.build, cfg=cfg, _recursive_=False)
     callbacks = [
-        ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step}", save_last=True, save_top_k=-1,
-                        every_n_train_steps=cfg.checkpoint_every_n_steps),
+        ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step}", auto_insert_metric_name=False,
+                        save_last=True, save_top_k=-1, every_n_train_steps=cfg.checkpoint_every_n_steps),
         LearningRateMonitor(logging_interval="step"),
     ]
     logger = instantiate(cfg.logger, save_dir=str(run_dir))

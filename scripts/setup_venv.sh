@@ -6,9 +6,12 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
 
-# Debian packages used by the synthetic corpus and the ffmpeg decode fallback.
+# Debian packages: espeak-ng/sox for the synthetic corpus, ffmpeg for decoding
+# odd formats, chromium + its driver for the browser test of the server page.
 need=()
 for cmd in espeak-ng sox ffmpeg; do command -v "$cmd" >/dev/null || need+=("$cmd"); done
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "[setup] apt-get install ${need[*]}"

@@ -1,0 +1,79 @@
+"""Inference speed on CPU with tiny random exports (or real ones: model=DIR tokenizer=DIR).
+
+    python benchmarks/inference.py [model=DIR tokenizer=DIR] [frames=100] [batch=8] [threads=1]
+
+Rows: real-time factor (compute seconds per audio second, generation + decoding), the KV cache's
+speed-up over recomputing the whole sequence every step, batched vs sequential throughput
+(frames/s of `batch` requests decoded together vs one after another), and time to the first
+streamed audio chunk.
+"""
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Run as a script, this file's folder comes first on sys.path and its name would shadow the
+# `inference` package: put the repository root there instead.
+_here = Path(__file__).resolve().parent
+sys.path[:] = [str(_here.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _here]
+
+import torch  # noqa: E402
+
+from inference.engine import Engine, EngineConfig, Request  # noqa: E402
+from inference.sampling import SamplingConfig  # noqa: E402
+from inference.tiny import make_tiny_exports  # noqa: E402
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def main(argv: list[str]) -> None:
+    args = dict(a.split("=", 1) for a in argv)
+    frames, batch = int(args.get("frames", 100)), int(args.get("batch", 8))
+    torch.set_num_threads(int(args.get("threads", 1)))
+    tmp = tempfile.TemporaryDirectory()
+    llm, tok = (args["model"], args["tokenizer"]) if "model" in args else make_tiny_exports(tmp.name)
+    # fixed length (temperature > 0 on random weights rarely draws EOS; max_frames bounds it)
+    s = SamplingConfig(temperature=0.8, max_frames=frames, seed=0)
+    engine = Engine.from_pretrained(llm, tok, "cpu", cfg=EngineConfig(buckets=(256, 1024, 4096)), sampling=s)
+    req = Request("The quick brown fox jumps over the lazy dog.")
+    engine.generate([Request("warm up", sampling=s.replace(max_frames=5))])
+
+    [res], t = timed(lambda: engine.generate([req]))
+    audio_s = len(res.audio) / res.sample_rate
+    rows = [("real-time factor (batch 1, incl. decode)", f"{t / audio_s:.3f}",
+             f"{audio_s:.1f} s audio in {t:.2f} s")]
+
+    row = lambda: [engine._row(req, engine._plan(req), [], 0)]   # noqa: E731
+    _, t_cache = timed(lambda: engine.generate_codes(row()))
+    _, t_full = timed(lambda: engine.generate_codes(row(), use_cache=False))
+    rows.append(("KV cache speed-up vs recomputation", f"{t_full / t_cache:.1f}x",
+                 f"{t_cache:.2f} s vs {t_full:.2f} s for {frames} frames"))
+
+    reqs = [Request(f"Sentence number {i} is spoken now.", sampling=s.replace(seed=i)) for i in range(batch)]
+    _, t_seq = timed(lambda: [engine.generate([r]) for r in reqs])
+    out, t_bat = timed(lambda: engine.generate(reqs))
+    n = sum(r.codes.shape[1] for r in out)
+    rows.append((f"batched ({batch}) vs sequential throughput", f"{t_seq / t_bat:.1f}x",
+                 f"{n / t_bat:.0f} vs {n / t_seq:.0f} frames/s"))
+
+    t0 = time.perf_counter()
+    it = engine.stream(req)
+    first = next(it)
+    ttfc = time.perf_counter() - t0
+    rest = sum(len(c) for c in it)
+    rows.append(("time to first streamed chunk", f"{ttfc * 1000:.0f} ms",
+                 f"{len(first) / 24000 * 1000:.0f} ms of audio; whole {(len(first) + rest) / 24000:.1f} s"))
+
+    print(f"{'measure':<44} {'value':>8}  detail")
+    for name, v, d in rows:
+        print(f"{name:<44} {v:>8}  {d}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,93 @@
+"""Audio tokenizer benchmark: encode/decode real-time factor on CPU (tiny and full), parameter
+counts, and training steps/s of the tiny config.
+
+    python benchmarks/tokenizer.py [--seconds 4] [--threads N] [--train-steps 20]
+
+RTF = compute seconds / audio seconds (below 1 is faster than real time). The full size is
+measured without its HuBERT teacher (acoustic path; the teacher adds ~95 M parameters and
+its own encode cost). Training steps/s: batch 4 x 0.3 s crops, with and without the GAN.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from higgs_train.config import CONFIG_DIR
+from higgs_train.tokenizer import AudioTokenizer, TokenizerConfig
+from higgs_train.tokenizer.lit import TokenizerModule
+
+
+def load_cfg(size: str):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["task=tokenizer", f"model=tokenizer/{size}", "data.shards=x"])
+    return cfg
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up (allocator, oneDNN primitives)
+    t = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - t) / repeats
+
+
+def codec_row(size: str, seconds: float, repeats: int) -> dict:
+    mc = OmegaConf.to_container(load_cfg(size).model, resolve=True)
+    mc["teacher"] = None
+    m = AudioTokenizer(TokenizerConfig.from_dict(mc)).eval()
+    wav = torch.randn(1, int(seconds * 24000)) * 0.1
+    codes = m.encode(wav, 24000)
+    enc = timed(lambda: m.encode(wav, 24000), repeats)
+    dec = timed(lambda: m.decode(codes), repeats)
+    return {"size": size, "params_M": sum(p.numel() for p in m.parameters()) / 1e6, "audio_s": seconds,
+            "encode_rtf": enc / seconds, "decode_rtf": dec / seconds}
+
+
+def train_steps_per_s(steps: int, gan: bool) -> float:
+    cfg = load_cfg("tiny")
+    t = cfg.task
+    mod = TokenizerModule(OmegaConf.to_container(cfg.model, resolve=True), OmegaConf.to_container(t.loss),
+                          OmegaConf.to_container(t.optim), t.disc_channels, seed=0)
+    opt_g = torch.optim.AdamW([p for p in mod.model.parameters() if p.requires_grad], lr=1e-4)
+    opt_d = torch.optim.AdamW(mod.disc.parameters(), lr=1e-4)
+    from higgs_train.tokenizer.losses import d_loss, feature_matching, g_loss
+
+    def step():  # the same work as TokenizerModule.training_step, without a Trainer
+        wav = torch.randn(4, 1, 7200) * 0.1
+        out = mod.model(wav, mod.gen)
+        loss = 15 * mod.mel(out["recon"], wav) + mod.stft(out["recon"], wav) + 0.25 * out["commit"]
+        if gan:
+            ld = d_loss(mod.disc(wav), mod.disc(out["recon"].detach()), "lsgan")
+            opt_d.zero_grad(); ld.backward(); opt_d.step()
+            fake = mod.disc(out["recon"])
+            with torch.no_grad():
+                real = mod.disc(wav)
+            loss = loss + g_loss(fake, "lsgan") + 2 * feature_matching(real, fake)
+        opt_g.zero_grad(); loss.backward(); opt_g.step()
+
+    return 1.0 / timed(step, steps)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--train-steps", type=int, default=20)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    print(f"torch {torch.__version__}, {a.threads} thread(s), {a.seconds:.0f} s of audio, batch 1")
+    print(f"{'size':6} {'params (M)':>10} {'encode RTF':>11} {'decode RTF':>11}")
+    for size in ("tiny", "full"):
+        r = codec_row(size, a.seconds, a.repeats)
+        print(f"{r['size']:6} {r['params_M']:10.2f} {r['encode_rtf']:11.3f} {r['decode_rtf']:11.3f}")
+    print(f"\ntraining, tiny, batch 4 x 0.3 s: {train_steps_per_s(a.train_steps, False):.2f} steps/s (reconstruction "
+          f"losses), {train_steps_per_s(max(3, a.train_steps // 4), True):.2f} steps/s (with GAN)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Tokenize stage: add KEY.codes.npy (int16 [8, frames]) to every sample of the shards.
+
+    python -m data_pipeline.tokenize shards=OUT/shards tokenizer=runs/tokenizer/export [batch_size=16 device=cpu]
+
+Each shard is rewritten atomically (temp file + rename) once all its samples are encoded,
+so a killed run loses at most the shard in progress; a rerun skips shards whose samples
+all have codes, and encodes only the missing samples of the others. Samples are sorted
+by length before batching so that padding stays small.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+
+import hydra
+import numpy as np
+import soxr
+import torch
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from higgs_train.config import CONFIG_DIR
+from higgs_train.shards import SAMPLE_RATE, decode_flac, iter_shard, list_shards, rewrite_shard
+from higgs_train.tokenizer import AudioTokenizer
+
+log = logging.getLogger(__name__)
+
+
+def _load(sample: dict) -> np.ndarray | None:
+    try:
+        wav, sr = decode_flac(sample["flac"])
+    except Exception as e:  # a broken sample keeps no codes and is reported, never fatal
+        log.warning("%s: cannot decode audio (%s)", sample["key"], e)
+        return None
+    if sr != SAMPLE_RATE:
+        wav = soxr.resample(wav, sr, SAMPLE_RATE).astype(np.float32)
+    return wav if len(wav) else None
+
+
+@torch.inference_mode()
+def encode_batch(tok: AudioTokenizer, wavs: list[np.ndarray]) -> list[np.ndarray]:
+    """Variable-length 24 kHz clips -> int16 codes [8, ceil(len / hop)] each (zero-padded batch)."""
+    T = max(len(w) for w in wavs)
+    x = torch.zeros(len(wavs), T)
+    for i, w in enumerate(wavs):
+        x[i, :len(w)] = torch.from_numpy(w)
+    codes = tok.encode(x, SAMPLE_RATE).cpu().numpy().astype(np.int16)  # [B, 8, ceil(T / hop)]
+    return [c[:, :math.ceil(len(w) / tok.hop)] for c, w in zip(codes, wavs)]
+
+
+def tokenize_shards(shards, tokenizer_dir, batch_size: int = 16, device: str = "cpu",
+                    progress: bool = True) -> dict:
+    """Encode every sample without codes; returns counts and timings."""
+    paths = list_shards(shards)
+    if not paths:
+        raise FileNotFoundError(f"no shard-*.tar found for {shards}")
+    tok = AudioTokenizer.from_pretrained(tokenizer_dir, device=device)
+    stats = {"shards": len(paths), "shards_skipped": 0, "samples": 0, "encoded": 0, "failed": 0,
+             "audio_seconds": 0.0, "wall_seconds": 0.0}
+    t0 = time.perf_counter()
+    bar = tqdm(paths, unit="shard", desc="tokenize", disable=not progress)
+    for path in bar:
+        samples = list(iter_shard(path))
+        stats["samples"] += len(samples)
+        todo = [s for s in samples if s["codes"] is None]
+        if not todo:
+            stats["shards_skipped"] += 1
+            continue
+        loaded = [(s, w) for s in todo if (w := _load(s)) is not None]
+        stats["failed"] += len(todo) - len(loaded)
+        loaded.sort(key=lambda sw: len(sw[1]))
+        for i in range(0, len(loaded), batch_size):
+            chunk = loaded[i:i + batch_size]
+            for (s, w), c in zip(chunk, encode_batch(tok, [w for _, w in chunk])):
+                s["codes"] = c
+                stats["encoded"] += 1
+                stats["audio_seconds"] += len(w) / SAMPLE_RATE
+        if loaded:
+            rewrite_shard(path, samples)
+        bar.set_postfix(encoded=stats["encoded"], failed=stats["failed"])
+    stats["wall_seconds"] = time.perf_counter() - t0
+    stats["rtf"] = stats["wall_seconds"] / max(stats["audio_seconds"], 1e-9)
+    return stats
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="tokenize")
+def main(cfg: DictConfig) -> None:
+    stats = tokenize_shards(cfg.shards, cfg.tokenizer, batch_size=cfg.batch_size, device=cfg.device)
+    print(json.dumps(stats, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,4 @@
+"""The DualFFN LLM (model, delay pattern, prompts, data, training module)."""
+from higgs_train.llm.model import DualFFNConfig, DualFFNModel, DualFFNOutput, KVCache
+
+__all__ = ["DualFFNConfig", "DualFFNModel", "DualFFNOutput", "KVCache"]

@@ -1,0 +1,182 @@
+"""Lightning wrappers for `python -m higgs_train.train task=llm`: module, data module, builder.
+
+The model stays a plain nn.Module (higgs_train.llm.model); this file adds the optimiser and
+schedule, logging, freezing / checkpointing options, the data position for exact resume, and
+export (config.json + model.safetensors + text tokenizer files).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from higgs_train.llm.data import LLMStream
+from higgs_train.llm.model import DualFFNConfig, DualFFNModel
+from higgs_train.llm.text_tokenizer import load_text_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def cosine_with_warmup(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """LR multiplier: linear warm-up to 1, then cosine down to min_ratio at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def gather_zero3_state_dict(model: torch.nn.Module, keep: bool) -> dict | None:
+    """Whole CPU state dict of a ZeRO-3 partitioned model (call on every rank; `keep` on the one
+    that writes it), or None when parameters are not partitioned (state_dict() is whole then)."""
+    params = list(model.parameters())
+    if not any(hasattr(p, "ds_id") for p in params):
+        return None
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()} if keep else None
+
+
+class LLMModule(L.LightningModule):
+    def __init__(self, model_cfg: dict, tokenizer_dir: str, optim: dict, text_loss_weight: float = 0.0,
+                 freeze_text: bool = False, gradient_checkpointing: bool = False, init_from: str | None = None):
+        super().__init__()
+        self.model = self._make_model(model_cfg, init_from)
+        # the model config travels in every checkpoint (weights too, so init_from is not needed again)
+        self.save_hyperparameters({"model_cfg": asdict(self.model.cfg), "tokenizer_dir": tokenizer_dir,
+                                   "optim": optim, "text_loss_weight": text_loss_weight,
+                                   "freeze_text": freeze_text, "gradient_checkpointing": gradient_checkpointing,
+                                   "init_from": None})
+        self.optim = optim
+        self.text_loss_weight = text_loss_weight
+        self.tokenizer_dir = tokenizer_dir
+        self.model.gradient_checkpointing = gradient_checkpointing
+        if freeze_text:   # train only what audio positions own (their norms, FFNs, embedding, head)
+            audio = set(self.model.audio_parameter_names())
+            for n, p in self.model.named_parameters():
+                p.requires_grad_(n in audio)
+        if not text_loss_weight:
+            # no loss reaches the text head: freeze it, or weight decay alone would shrink it and
+            # DDP would stop on a parameter without gradient
+            self.model.text_head.weight.requires_grad_(False)
+        self._t_last: float | None = None
+
+    @staticmethod
+    def _make_model(model_cfg: dict, init_from: str | None) -> DualFFNModel:
+        cfg = DualFFNConfig.from_dict(model_cfg)
+        if not init_from:
+            return DualFFNModel(cfg)
+        src = Path(init_from)
+        cfg_file = src / "config.json"
+        if cfg_file.exists() and '"DualFFNModel"' in cfg_file.read_text():
+            model = DualFFNModel.from_pretrained(src)
+        else:
+            model = DualFFNModel.from_hf_llama(src, dual_layers=cfg.dual_layers, num_codebooks=cfg.num_codebooks,
+                                               codebook_size=cfg.codebook_size, vocab_size=cfg.vocab_size)
+        if model.cfg != cfg:
+            log.warning("init_from=%s: its config %s replaces model config %s", src, model.cfg, cfg)
+        return model.float()
+
+    def training_step(self, batch, batch_idx):
+        out = self.model.loss(batch["input_ids"], batch["audio_codes"], batch["audio_mask"],
+                              batch["audio_labels"], batch["text_labels"], self.text_loss_weight)
+        now = time.perf_counter()
+        B = batch["input_ids"].shape[0]
+        kw = dict(on_step=True, on_epoch=False, batch_size=B)
+        self.log("train/loss", out["loss"], prog_bar=True, **kw)
+        self.log("train/audio_loss", out["audio_loss"], **kw)
+        self.log("train/code_acc", out["code_acc"], prog_bar=True, **kw)
+        if "text_loss" in out:
+            self.log("train/text_loss", out["text_loss"], **kw)
+        for k, v in enumerate(out["codebook_loss"]):
+            self.log(f"train/cb{k}_loss", v, **kw)
+        self.log("train/padding", 1 - batch["num_tokens"].float() / batch["num_positions"].float(), **kw)
+        if self._t_last is not None:   # wall time since the previous step: data + forward + backward
+            self.log("train/tokens_per_s", batch["num_tokens"].float() / (now - self._t_last), **kw)
+        self._t_last = now
+        return out["loss"]
+
+    def configure_optimizers(self):
+        o = self.optim
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        # no weight decay on norms (1-D); embeddings and matrices decay
+        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": o["weight_decay"]},
+                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+        opt = torch.optim.AdamW(groups, lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"])
+        total = o["decay_steps"]
+        if total is None or total <= 0:
+            raise ValueError("task.optim.decay_steps (default: trainer.max_steps) must be > 0")
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: cosine_with_warmup(s, o["warmup_steps"], total, o["min_lr_ratio"]))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_train_end(self) -> None:
+        # ZeRO-3 shards parameters over ranks: gather them on every rank (a collective) so that
+        # export(), which train.py calls on rank 0 only, writes whole tensors.
+        self._export_state = gather_zero3_state_dict(self.model, self.trainer.is_global_zero)
+
+    def export(self, out_dir) -> None:
+        """What inference loads: config.json, model.safetensors, text tokenizer files."""
+        out = Path(out_dir)
+        self.model.save_pretrained(out, state_dict=getattr(self, "_export_state", None))
+        load_text_tokenizer(self.tokenizer_dir).save_pretrained(str(out))
+
+
+class LLMDataModule(L.LightningDataModule):
+    """Owns the data position: batches the training loop consumed, saved in every checkpoint."""
+
+    def __init__(self, shards, tokenizer, data: dict, seed: int, num_codebooks: int, codebook_size: int):
+        super().__init__()
+        self.shards, self.tokenizer, self.data, self.seed = shards, tokenizer, data, seed
+        self.num_codebooks, self.codebook_size = num_codebooks, codebook_size
+        self.consumed = 0
+
+    def train_dataloader(self):
+        d = self.data
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        ds = LLMStream(self.shards, self.tokenizer, kinds=d["kinds"], max_tokens=d["max_tokens"],
+                       max_len=d["max_len"], buffer=d["buffer"], max_group=d["max_group"],
+                       max_dialogue_turns=d["max_dialogue_turns"], seed=self.seed,
+                       num_codebooks=self.num_codebooks, codebook_size=self.codebook_size,
+                       rank=rank, world_size=world, skip_batches=self.consumed,
+                       limit_segments=d["limit_segments"])
+        return DataLoader(ds, batch_size=None, num_workers=d["num_workers"],
+                          persistent_workers=False, prefetch_factor=4 if d["num_workers"] else None)
+
+    def on_before_batch_transfer(self, batch, dataloader_idx):
+        if self.trainer is not None and self.trainer.training:
+            self.consumed += 1   # called once per batch the training loop takes, not per prefetch
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"consumed": self.consumed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.consumed = int(state["consumed"])
+
+
+def build(cfg: DictConfig):
+    """task.build for train.py: (LLMModule, LLMDataModule) from the whole config."""
+    tok = load_text_tokenizer(cfg.text_tokenizer)
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    n_tok = len(tok)
+    if model_cfg.get("vocab_size") is None:
+        model_cfg["vocab_size"] = 64 * math.ceil(n_tok / 64)   # rounded for matmul-friendly shapes
+    elif model_cfg["vocab_size"] < n_tok:
+        raise ValueError(f"model.vocab_size={model_cfg['vocab_size']} < {n_tok} tokens in {cfg.text_tokenizer}")
+    t = cfg.task
+    module = LLMModule(model_cfg, tokenizer_dir=str(Path(cfg.text_tokenizer).resolve()),
+                       optim=OmegaConf.to_container(t.optim, resolve=True), text_loss_weight=t.text_loss_weight,
+                       freeze_text=t.freeze_text, gradient_checkpointing=t.gradient_checkpointing,
+                       init_from=t.init_from)
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    dm = LLMDataModule(data.pop("shards"), tok, data, seed=cfg.seed, num_codebooks=model_cfg["num_codebooks"],
+                       codebook_size=model_cfg["codebook_size"])
+    return module, dm

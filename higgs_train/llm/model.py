@@ -1,0 +1,446 @@
+"""The DualFFN LLM: a Llama-style decoder whose audio positions use their own norms and FFN.
+
+Inputs (one position = one text token or one audio frame):
+    input_ids   [B, T] long   text ids; at audio positions the <|AUDIO_OUT|> placeholder (ignored)
+    audio_codes [B, T, K] long  K=8 codebook ids in 0..1025 (1024 = stream BOS, 1025 = stream EOS),
+                               read only where audio_mask is True
+    audio_mask  [B, T] bool   True at audio positions; None = all text
+Outputs (DualFFNOutput): hidden [B, T, D], text_logits [B, T, V], audio_logits [B, T, K, 1026].
+The logits at position t predict position t+1 (text head: next token; audio head: next frame).
+
+KV cache (what inference uses; no second model implementation):
+    cache = model.allocate_cache(batch, max_len, dtype=None, device=None)   # static, preallocated
+    # prefill: the prompt fills slots 0..P-1
+    out = model(ids, codes, mask, cache=cache, positions=torch.arange(P), last_only=True)
+    # one-step decode: write slot P, attend to slots <= P
+    out = model(ids[:, None], codes[:, None], mask[:, None], cache=cache, positions=torch.tensor([P]))
+  positions [T] are the cache slots written *and* the RoPE positions, shared by every row, so a
+  batch of prompts of different lengths is left-padded: pass token_mask [B, T] (False at padding)
+  and padded slots are never attended to. RoPE depends only on position differences, so left
+  padding does not change the result of a row. Every shape is static (CUDA-graph friendly) except
+  the DualFFN split, which gathers audio / text rows when audio_mask is mixed.
+
+Sizes are a DualFFNConfig (stored as config.json next to model.safetensors).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+IGNORE = -100
+
+
+@dataclass
+class DualFFNConfig:
+    vocab_size: int = 128256
+    hidden_size: int = 3072
+    intermediate_size: int = 8192
+    num_layers: int = 28
+    num_heads: int = 24
+    num_kv_heads: int = 8
+    head_dim: int = 128
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 500000.0
+    # llama3 RoPE scaling ({"factor", "low_freq_factor", "high_freq_factor",
+    # "original_max_position_embeddings"}) or None for plain RoPE.
+    rope_scaling: dict | None = field(default_factory=lambda: {
+        "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192})
+    dual_layers: list[int] | None = None  # indices of DualFFN layers; None = every layer
+    num_codebooks: int = 8
+    codebook_size: int = 1024             # + stream BOS and EOS rows per codebook
+
+    @property
+    def audio_vocab(self) -> int:
+        return self.codebook_size + 2
+
+    @property
+    def audio_bos(self) -> int:
+        return self.codebook_size
+
+    @property
+    def audio_eos(self) -> int:
+        return self.codebook_size + 1
+
+    def is_dual(self, layer: int) -> bool:
+        return self.dual_layers is None or layer in self.dual_layers
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DualFFNConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown DualFFNConfig keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+@dataclass
+class DualFFNOutput:
+    hidden: Tensor                 # [B, T, D] after the final norm
+    text_logits: Tensor            # [B, T, V]   (T = 1 with last_only)
+    audio_logits: Tensor           # [B, T, K, codebook_size + 2]
+
+
+class KVCache:
+    """Static per-layer key/value buffers: k, v [L, B, KV, S, hd]; valid [B, S] marks written, real slots."""
+
+    def __init__(self, cfg: DualFFNConfig, batch: int, max_len: int, dtype, device):
+        shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.valid = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    def reset(self) -> None:
+        self.valid.zero_()
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # statistics in float32 whatever the compute dtype (as Llama does)
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def rope_inv_freq(cfg: DualFFNConfig) -> Tensor:
+    """Inverse frequencies [hd/2], with Llama-3 long-context scaling when configured."""
+    inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim))
+    s = cfg.rope_scaling
+    if not s:
+        return inv
+    factor, low, high = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+    old = s["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv
+    scaled = torch.where(wavelen > old / low, inv / factor, inv)   # long wavelengths: stretch
+    smooth = (old / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled    # in between: interpolate
+    medium = (wavelen >= old / high) & (wavelen <= old / low)
+    return torch.where(medium, smoothed, scaled)
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat((-b, a), dim=-1)
+
+
+class Attention(nn.Module):
+    """Grouped-query attention shared by text and audio positions."""
+
+    def __init__(self, cfg: DualFFNConfig, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.nh, self.nkv, self.hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        d = cfg.hidden_size
+        self.q_proj = nn.Linear(d, self.nh * self.hd, bias=False)
+        self.k_proj = nn.Linear(d, self.nkv * self.hd, bias=False)
+        self.v_proj = nn.Linear(d, self.nkv * self.hd, bias=False)
+        self.o_proj = nn.Linear(self.nh * self.hd, d, bias=False)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None,
+                positions: Tensor | None, mask: Tensor | None) -> Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.nh, self.hd).transpose(1, 2)    # [B, H, T, hd]
+        k = self.k_proj(x).view(B, T, self.nkv, self.hd).transpose(1, 2)   # [B, KV, T, hd]
+        v = self.v_proj(x).view(B, T, self.nkv, self.hd).transpose(1, 2)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        else:
+            ck, cv = cache.k[self.layer], cache.v[self.layer]            # [B, KV, S, hd]
+            ck.index_copy_(2, positions, k.to(ck.dtype))
+            cv.index_copy_(2, positions, v.to(cv.dtype))
+            y = F.scaled_dot_product_attention(q, ck.to(q.dtype), cv.to(q.dtype), attn_mask=mask,
+                                               enable_gqa=True)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.nh * self.hd))
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward."""
+
+    def __init__(self, cfg: DualFFNConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def split_apply(x: Tensor, audio_mask: Tensor | None, text_fn, audio_fn) -> Tensor:
+    """text_fn on text positions, audio_fn on audio positions (each sees only its own rows)."""
+    out = torch.empty_like(x)
+    out[~audio_mask] = text_fn(x[~audio_mask])
+    out[audio_mask] = audio_fn(x[audio_mask])
+    return out
+
+
+class Block(nn.Module):
+    """Pre-norm decoder layer; a dual layer gives audio positions their own two norms and FFN."""
+
+    def __init__(self, cfg: DualFFNConfig, layer: int):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.attn = Attention(cfg, layer)
+        self.ffn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+        self.dual = cfg.is_dual(layer)
+        if self.dual:
+            self.audio_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+            self.audio_ffn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+            self.audio_mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, audio_mask, cache, positions, mask):
+        if self.dual and audio_mask is not None:
+            h = split_apply(x, audio_mask, self.attn_norm, self.audio_attn_norm)
+            x = x + self.attn(h, cos, sin, cache, positions, mask)
+            return x + split_apply(x, audio_mask, lambda t: self.mlp(self.ffn_norm(t)),
+                                   lambda t: self.audio_mlp(self.audio_ffn_norm(t)))
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache, positions, mask)
+        return x + self.mlp(self.ffn_norm(x))
+
+
+class DualFFNModel(nn.Module):
+    def __init__(self, cfg: DualFFNConfig):
+        super().__init__()
+        self.cfg = cfg
+        K, A, D = cfg.num_codebooks, cfg.audio_vocab, cfg.hidden_size
+        self.text_embed = nn.Embedding(cfg.vocab_size, D)
+        self.audio_embed = nn.Embedding(K * A, D)          # codebook k uses rows k*A .. k*A+A-1
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
+        self.norm = RMSNorm(D, cfg.rms_norm_eps)
+        self.text_head = nn.Linear(D, cfg.vocab_size, bias=False)
+        self.audio_head = nn.Linear(D, K * A, bias=False)
+        self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+        self.register_buffer("codebook_offset", torch.arange(K) * A, persistent=False)
+        self.gradient_checkpointing = False   # a training choice, set by the LightningModule
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+
+    # ---- forward ---------------------------------------------------------------------------
+    def embed(self, input_ids: Tensor, audio_codes: Tensor | None, audio_mask: Tensor | None) -> Tensor:
+        x = self.text_embed(input_ids)                                        # [B, T, D]
+        if audio_mask is None:
+            return x
+        codes = audio_codes.masked_fill(~audio_mask[..., None], 0) + self.codebook_offset
+        a = self.audio_embed(codes).sum(dim=2)                                # [B, T, K, D] -> [B, T, D]
+        return torch.where(audio_mask[..., None], a.to(x.dtype), x)
+
+    def hidden_states(self, input_ids, audio_codes=None, audio_mask=None, cache: KVCache | None = None,
+                      positions: Tensor | None = None, token_mask: Tensor | None = None) -> Tensor:
+        B, T = input_ids.shape
+        if cache is not None and positions is None:
+            raise ValueError("positions are required with a cache")
+        if positions is None:
+            positions = torch.arange(T, device=input_ids.device)
+        x = self.embed(input_ids, audio_codes, audio_mask)
+        freqs = positions.float()[:, None] * self.inv_freq[None, :]           # [T, hd/2]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)               # [T, hd]
+        mask = None
+        if cache is not None:
+            cache.valid.index_copy_(1, positions, torch.ones(B, T, dtype=torch.bool, device=x.device)
+                                    if token_mask is None else token_mask)
+            slots = torch.arange(cache.max_len, device=x.device)
+            causal = slots[None, :] <= positions[:, None]                     # [T, S]
+            own = slots[None, :] == positions[:, None]    # every query sees itself: no all-masked rows
+            mask = ((causal[None] & cache.valid[:, None, :]) | own[None])[:, None]   # [B, 1, T, S]
+        for block in self.layers:
+            if self.gradient_checkpointing and self.training and cache is None:
+                x = checkpoint(block, x, cos, sin, audio_mask, None, positions, None, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, audio_mask, cache, positions, mask)
+        return self.norm(x)
+
+    def forward(self, input_ids: Tensor, audio_codes: Tensor | None = None, audio_mask: Tensor | None = None,
+                cache: KVCache | None = None, positions: Tensor | None = None,
+                token_mask: Tensor | None = None, last_only: bool = False) -> DualFFNOutput:
+        h = self.hidden_states(input_ids, audio_codes, audio_mask, cache, positions, token_mask)
+        hh = h[:, -1:] if last_only else h
+        return DualFFNOutput(hidden=h, text_logits=self.text_head(hh), audio_logits=self.audio_logits(hh))
+
+    def audio_logits(self, h: Tensor) -> Tensor:
+        return self.audio_head(h).unflatten(-1, (self.cfg.num_codebooks, self.cfg.audio_vocab))
+
+    def allocate_cache(self, batch: int, max_len: int, dtype=None, device=None) -> KVCache:
+        p = self.text_embed.weight
+        return KVCache(self.cfg, batch, max_len, dtype or p.dtype, device or p.device)
+
+    # ---- training loss --------------------------------------------------------------------
+    def loss(self, input_ids, audio_codes, audio_mask, audio_labels, text_labels=None,
+             text_loss_weight: float = 0.0) -> dict:
+        """Per-codebook CE at positions with audio labels [B, T, K] (-100 = unsupervised), mean over
+        codebooks, + text_loss_weight * CE at text_labels [B, T]. Labels are already shifted: the label
+        at t is the target of position t's prediction. Heads run only where there is a label."""
+        h = self.hidden_states(input_ids, audio_codes, audio_mask)
+        K, A = self.cfg.num_codebooks, self.cfg.audio_vocab
+        sel = (audio_labels != IGNORE).any(-1)                                 # [B, T]
+        logits = self.audio_logits(h[sel]).float()                             # [N, K, A]
+        labels = audio_labels[sel]                                             # [N, K]
+        ce = F.cross_entropy(logits.reshape(-1, A), labels.reshape(-1), ignore_index=IGNORE,
+                             reduction="none").view(-1, K)
+        valid = labels != IGNORE
+        per_cb = (ce * valid).sum(0) / valid.sum(0).clamp(min=1)              # [K]
+        real = valid & (labels < self.cfg.codebook_size)   # real codes (not stream BOS/EOS)
+        correct = (logits.argmax(-1) == labels) & real
+        out = {"audio_loss": per_cb.mean(), "codebook_loss": per_cb.detach(),
+               "code_acc": correct.sum() / real.sum().clamp(min=1),
+               "codebook_acc": correct.sum(0) / real.sum(0).clamp(min=1)}
+        loss = out["audio_loss"]
+        if text_labels is not None:
+            tsel = text_labels != IGNORE
+            if tsel.any():
+                out["text_loss"] = F.cross_entropy(self.text_head(h[tsel]).float(), text_labels[tsel])
+                if text_loss_weight:
+                    loss = loss + text_loss_weight * out["text_loss"]
+        out["loss"] = loss
+        return out
+
+    # ---- parameter groups -----------------------------------------------------------------
+    def audio_parameter_names(self) -> list[str]:
+        """Parameters that only audio positions use (what `freeze_text` leaves trainable)."""
+        return [n for n, _ in self.named_parameters()
+                if n.startswith(("audio_embed", "audio_head")) or ".audio_" in n]
+
+    # ---- I/O ------------------------------------------------------------------------------
+    def save_pretrained(self, out_dir, state_dict: dict | None = None) -> None:
+        """config.json + model.safetensors, each written to a temp name and renamed when whole."""
+        from safetensors.torch import save_file
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        sd = state_dict if state_dict is not None else self.state_dict()
+        sd = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+        tmp = out / f".model.safetensors.{os.getpid()}.tmp"
+        save_file(sd, str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, out / "model.safetensors")
+        tmp = out / f".config.json.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps({"architecture": "DualFFNModel", **asdict(self.cfg)}, indent=2))
+        os.replace(tmp, out / "config.json")
+
+    @classmethod
+    def from_pretrained(cls, export_dir, dtype=None, device=None) -> "DualFFNModel":
+        from safetensors.torch import load_file
+
+        d = Path(export_dir)
+        for name in ("config.json", "model.safetensors"):
+            if not (d / name).exists():
+                raise FileNotFoundError(f"{d / name} is missing: not a DualFFNModel export directory")
+        raw = json.loads((d / "config.json").read_text())
+        raw.pop("architecture", None)
+        model = cls.build(DualFFNConfig.from_dict(raw), device=device)
+        model.load_state_dict(load_file(str(d / "model.safetensors"), device=str(device or "cpu")),
+                              assign=True, strict=True)
+        return model.to(dtype=dtype) if dtype is not None else model
+
+    @classmethod
+    def build(cls, cfg: DualFFNConfig, device=None) -> "DualFFNModel":
+        """A model whose weights are about to be loaded: built on meta, buffers materialised."""
+        with torch.device("meta"):
+            model = cls(cfg)
+        model.to_empty(device=device or "cpu")
+        model.inv_freq.copy_(rope_inv_freq(cfg))
+        model.codebook_offset.copy_(torch.arange(cfg.num_codebooks) * cfg.audio_vocab)
+        return model
+
+    @classmethod
+    def from_hf_llama(cls, hf_dir, dual_layers: list[int] | None = None, num_codebooks: int = 8,
+                      codebook_size: int = 1024, vocab_size: int | None = None, seed: int = 0) -> "DualFFNModel":
+        """Start from a Hugging Face Llama directory (config.json + *.safetensors, local path).
+
+        Text weights map 1:1 (a tied checkpoint gets an untied copy of the embedding as head);
+        every audio FFN and its norms start as copies of the text ones; audio embedding and head
+        are freshly initialised. vocab_size > the checkpoint's grows the text tables (new rows =
+        mean of the old ones) for tokens added to the tokenizer."""
+        from safetensors.torch import load_file
+
+        d = Path(hf_dir)
+        if not (d / "config.json").exists():
+            raise FileNotFoundError(f"{d / 'config.json'} is missing: not a Hugging Face Llama directory")
+        hc = json.loads((d / "config.json").read_text())
+        files = sorted(d.glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"no *.safetensors in {d}")
+        if hc.get("attention_bias") or hc.get("mlp_bias"):
+            raise ValueError("Llama checkpoints with attention/MLP biases are not supported")
+        rs = hc.get("rope_scaling") or hc.get("rope_parameters")
+        if rs and rs.get("rope_type", rs.get("type")) == "llama3":
+            rope_scaling = {k: float(rs[k]) if k != "original_max_position_embeddings" else int(rs[k])
+                            for k in ("factor", "low_freq_factor", "high_freq_factor",
+                                      "original_max_position_embeddings")}
+        elif rs and rs.get("rope_type", rs.get("type")) not in (None, "default"):
+            raise ValueError(f"unsupported rope scaling {rs}")
+        else:
+            rope_scaling = None
+        theta = hc.get("rope_theta") or (rs or {}).get("rope_theta", 10000.0)
+        nh = hc["num_attention_heads"]
+        cfg = DualFFNConfig(
+            vocab_size=max(hc["vocab_size"], vocab_size or 0), hidden_size=hc["hidden_size"],
+            intermediate_size=hc["intermediate_size"], num_layers=hc["num_hidden_layers"], num_heads=nh,
+            num_kv_heads=hc.get("num_key_value_heads", nh), head_dim=hc.get("head_dim") or hc["hidden_size"] // nh,
+            rms_norm_eps=hc.get("rms_norm_eps", 1e-6), rope_theta=float(theta), rope_scaling=rope_scaling,
+            dual_layers=dual_layers, num_codebooks=num_codebooks, codebook_size=codebook_size)
+        src: dict[str, Tensor] = {}
+        for f in files:
+            src.update(load_file(str(f)))
+        rename = {"model.embed_tokens.weight": "text_embed.weight", "model.norm.weight": "norm.weight",
+                  "lm_head.weight": "text_head.weight"}
+        sub = {"self_attn.": "attn.", "input_layernorm.": "attn_norm.", "post_attention_layernorm.": "ffn_norm."}
+        sd: dict[str, Tensor] = {}
+        for k, v in src.items():
+            if k in rename:
+                sd[rename[k]] = v
+            elif k.startswith("model.layers."):
+                k = k[len("model."):]
+                for a, b in sub.items():
+                    k = k.replace(a, b)
+                sd[k] = v
+        if "text_head.weight" not in sd:   # tied checkpoint (Llama-3.2): our head is untied
+            sd["text_head.weight"] = sd["text_embed.weight"].clone()
+        for name in ("text_embed.weight", "text_head.weight"):
+            w = sd[name]
+            if w.shape[0] < cfg.vocab_size:
+                extra = w.float().mean(0, keepdim=True).expand(cfg.vocab_size - w.shape[0], -1)
+                sd[name] = torch.cat([w, extra.to(w.dtype)])
+        for i in range(cfg.num_layers):
+            if cfg.is_dual(i):
+                for a, b in (("attn_norm", "audio_attn_norm"), ("ffn_norm", "audio_ffn_norm")):
+                    sd[f"layers.{i}.{b}.weight"] = sd[f"layers.{i}.{a}.weight"].clone()
+                for p in ("gate_proj", "up_proj", "down_proj"):
+                    sd[f"layers.{i}.audio_mlp.{p}.weight"] = sd[f"layers.{i}.mlp.{p}.weight"].clone()
+        g = torch.Generator().manual_seed(seed)
+        dtype = sd["text_embed.weight"].dtype
+        K, A, D = cfg.num_codebooks, cfg.audio_vocab, cfg.hidden_size
+        sd["audio_embed.weight"] = (torch.randn(K * A, D, generator=g) * 0.02).to(dtype)
+        sd["audio_head.weight"] = (torch.randn(K * A, D, generator=g) * 0.02).to(dtype)
+        model = cls.build(cfg)
+        model.load_state_dict(sd, strict=True, assign=True)
+        return model
+
+
+def count_parameters(cfg: DualFFNConfig) -> int:
+    """Parameter count of a config, built on the meta device (no memory)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in DualFFNModel(cfg).parameters())

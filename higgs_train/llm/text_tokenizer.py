@@ -1,0 +1,96 @@
+"""The text tokenizer: any Hugging Face tokenizer directory, plus the chat and audio special tokens.
+
+    tok = load_text_tokenizer(DIR)          # adds the special tokens it lacks
+    train_bpe(texts, DIR, vocab_size=2000)  # a small byte-level BPE for tests and the demo
+
+CLI (train a BPE on manifest transcripts and save it as a tokenizer directory):
+    python -m higgs_train.llm.text_tokenizer texts=OUT/manifest.jsonl out=DIR [vocab_size=2000]
+`texts` is a .jsonl manifest (its `text` fields), a .txt file (one text per line), or a
+comma-separated list of them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Iterable, Iterator
+
+# Llama-3 chat tokens and the Higgs audio tokens (SPEC §2), in a fixed order so a trained
+# tokenizer gives them the same ids every time.
+CHAT_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+               "<|eot_id|>", "<|scene_desc_start|>", "<|scene_desc_end|>"]
+AUDIO_TOKENS = ["<|audio_bos|>", "<|audio_eos|>", "<|audio_out_bos|>", "<|AUDIO|>", "<|AUDIO_OUT|>"]
+SPECIAL_TOKENS = CHAT_TOKENS + AUDIO_TOKENS
+
+
+def load_text_tokenizer(path):
+    """A transformers fast tokenizer from a local directory, with every SPECIAL_TOKENS entry present."""
+    from transformers import AutoTokenizer
+
+    p = Path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(f"text tokenizer directory {p} does not exist "
+                                "(train one with `python -m higgs_train.llm.text_tokenizer texts=... out=...`)")
+    tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+    vocab = tok.get_vocab()
+    missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+    if missing:
+        tok.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+    return tok
+
+
+def iter_texts(spec) -> Iterator[str]:
+    for part in str(spec).split(","):
+        path = Path(part)
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if not line:
+                    continue
+                if path.suffix == ".jsonl":
+                    try:
+                        text = json.loads(line).get("text") or ""
+                    except json.JSONDecodeError:
+                        continue  # a bad row costs one text, not the run
+                else:
+                    text = line
+                if text.strip():
+                    yield text.strip()
+
+
+def train_bpe(texts: Iterable[str], out_dir, vocab_size: int = 2000):
+    """Train a byte-level BPE on `texts`, save it as a tokenizer directory, return the loaded tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    bpe.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|begin_of_text|>",
+                                   eos_token="<|eot_id|>", pad_token="<|end_of_text|>")
+    out = Path(out_dir)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    fast.save_pretrained(str(tmp))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return load_text_tokenizer(out)
+
+
+def main(argv: list[str]) -> None:
+    args = dict(a.split("=", 1) for a in argv)
+    unknown = set(args) - {"texts", "out", "vocab_size"}
+    if unknown or not {"texts", "out"} <= set(args):
+        sys.exit("usage: python -m higgs_train.llm.text_tokenizer texts=FILE[,FILE] out=DIR [vocab_size=N]")
+    tok = train_bpe(iter_texts(args["texts"]), args["out"], int(args.get("vocab_size", 2000)))
+    print(f"saved a {len(tok)}-token BPE tokenizer to {args['out']}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,381 @@
+"""The generation engine: load the exported LLM and audio tokenizer once, then speak many times.
+
+    engine = Engine.from_pretrained(llm_dir, tokenizer_dir, device="cuda", dtype=torch.bfloat16)
+    [result] = engine.generate([Request("Hello there.", voice="alice")])   # result.audio at 24 kHz
+    for chunk in engine.stream(Request("Hello there.")): play(chunk)
+
+One decode step of a batch:
+    prompt (chat format, higgs_train.llm.prompt, ends with the all-BOS frame at slot P-1)
+    -> prefill (in slices of `prefill_chunk` positions) into a static KV cache (length bucket)
+    -> per step: audio logits [B, K, A] of the last position -> one delayed frame per row
+       (sampling.sample_frame, constrained by the delay pattern) -> fed back at slot P-1+j.
+Delay pattern (higgs_train.llm.delay): stream position j of codebook k holds frame j-k; frame 0
+is the BOS frame, so positions with j <= k are forced BOS. When any codebook draws EOS at
+position j, frame j-k is the EOS frame: every codebook is forced to EOS from that frame on,
+the later ones finish their delay, and the stream ends at the all-EOS position.
+A batch is left-padded (token_mask) so every row decodes at the same slot; rows that finish
+early keep feeding EOS frames, which no other row attends to.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from higgs_train.llm.delay import strip_stream
+from higgs_train.llm.model import DualFFNModel, KVCache
+from higgs_train.llm.prompt import Message, encode_chat, system_message
+from higgs_train.llm.text_tokenizer import load_text_tokenizer
+from higgs_train.tokenizer import AudioTokenizer
+from inference.sampling import SamplingConfig, sample_frame
+from inference.streaming import StreamDecoder
+from inference.text import speaker_ids, split_text
+from inference.voices import VoiceError, VoiceLibrary
+
+log = logging.getLogger(__name__)
+
+
+class RequestError(ValueError):
+    """A request the engine cannot serve as asked (too long, bad reference): the client's fault."""
+
+
+@dataclass
+class EngineConfig:
+    buckets: tuple[int, ...] = (1024, 4096, 8192)  # static KV-cache lengths (slots); the smallest that fits
+    prefill_chunk: int = 1024        # prompt positions per prefill forward (caps activation memory)
+    chunk_words: int = 40            # long text is spoken in chunks of whole sentences up to this many words
+    context_chunks: int = 2          # earlier generated chunks fed back as context (keeps the voice)
+    max_reference_seconds: float = 30.0
+    # streaming (frames at 25/s)
+    first_chunk_frames: int = 10     # frames emitted in the first audio chunk
+    stream_chunk_frames: int = 25    # frames per later chunk
+    decode_context_frames: int = 10  # already-played frames each streamed decode sees on the left
+    lookahead_frames: int = 6        # frames held back until their right neighbours exist
+    crossfade_frames: int = 3
+
+
+@dataclass
+class Reference:
+    """A voice prompt: a transcript and its codes [K, F]."""
+    text: str
+    codes: Tensor
+
+
+@dataclass
+class Request:
+    text: str
+    voice: str | None = None                 # preset name; "a,b" gives [SPEAKER0]=a, [SPEAKER1]=b
+    reference_audio: str | Path | tuple | None = None   # path, or (wav float32 mono, sample_rate)
+    reference_text: str | None = None
+    scene: str | None = None                 # scene description for the system turn
+    sampling: SamplingConfig | None = None   # None: the engine's defaults
+
+
+@dataclass
+class Result:
+    audio: np.ndarray          # float32 mono at sample_rate
+    codes: Tensor              # [K, F] the generated frames (all chunks)
+    sample_rate: int
+    chunks: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Row:
+    """One prompt being decoded."""
+    ids: Tensor        # [P] long
+    codes: Tensor      # [P, K] long
+    amask: Tensor      # [P] bool
+    cfg: SamplingConfig
+    gen: torch.Generator
+
+
+class Engine:
+    def __init__(self, model: DualFFNModel, audio_tokenizer: AudioTokenizer, text_tokenizer,
+                 cfg: EngineConfig | None = None, sampling: SamplingConfig | None = None,
+                 voices: VoiceLibrary | None = None):
+        self.model = model.eval()
+        self.codec = audio_tokenizer.eval()
+        self.tok = text_tokenizer
+        self.cfg = cfg or EngineConfig()
+        self.sampling = sampling or SamplingConfig()
+        self.voices = voices or VoiceLibrary(None)
+        mc = model.cfg
+        self.K, self.bos, self.eos = mc.num_codebooks, mc.audio_bos, mc.audio_eos
+        if (self.codec.n_codebooks, self.codec.codebook_size) != (mc.num_codebooks, mc.codebook_size):
+            raise ValueError(f"LLM expects {mc.num_codebooks}x{mc.codebook_size} codes, tokenizer makes "
+                             f"{self.codec.n_codebooks}x{self.codec.codebook_size}")
+        self.placeholder = self.tok.convert_tokens_to_ids("<|AUDIO_OUT|>")
+        self.device = model.text_embed.weight.device
+        self._caches: dict[tuple[int, int], KVCache] = {}
+        self._voice_cache: dict[str, Reference] = {}
+
+    @classmethod
+    def from_pretrained(cls, llm_dir, tokenizer_dir, device: str | torch.device = "cpu", dtype=None,
+                        **kw) -> "Engine":
+        """llm_dir: an LLM export (config.json, model.safetensors, text tokenizer files);
+        tokenizer_dir: an audio tokenizer export. dtype None: bf16 on CUDA, fp32 elsewhere."""
+        for name, d in (("model", llm_dir), ("tokenizer", tokenizer_dir)):
+            if not Path(d).is_dir():
+                raise FileNotFoundError(f"{name} export directory {d} does not exist")
+        device = torch.device(device)
+        if dtype is None:
+            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        model = DualFFNModel.from_pretrained(llm_dir, dtype=dtype, device=device)
+        codec = AudioTokenizer.from_pretrained(tokenizer_dir, device=device)
+        return cls(model, codec, load_text_tokenizer(llm_dir), **kw)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.codec.sample_rate
+
+    # ---- voices ------------------------------------------------------------------------
+    def encode_reference(self, audio, text: str) -> Reference:
+        from higgs_train.audio import AudioError, load_audio
+
+        try:
+            wav, sr = load_audio(audio, self.sample_rate) if isinstance(audio, (str, Path)) else audio
+        except AudioError as e:
+            raise RequestError(f"reference audio: {e}") from None
+        wav = np.asarray(wav, np.float32).reshape(-1)
+        if len(wav) == 0 or not text or not text.strip():
+            raise RequestError("a reference needs non-empty audio and its transcript")
+        if len(wav) > self.cfg.max_reference_seconds * sr:
+            raise RequestError(f"reference audio longer than {self.cfg.max_reference_seconds:g} s")
+        codes = self.codec.encode(torch.from_numpy(wav)[None], sr)[0].cpu()          # [K, F]
+        return Reference(" ".join(text.split()), codes)
+
+    def voice(self, name: str) -> Reference:
+        if name not in self._voice_cache:
+            v = self.voices.get(name)
+            self._voice_cache[name] = self.encode_reference(v.audio, v.text)
+        return self._voice_cache[name]
+
+    def references(self, req: Request) -> list[Reference]:
+        if req.reference_audio is not None:
+            if req.voice:
+                raise RequestError("give either voice or reference_audio, not both")
+            refs = [self.encode_reference(req.reference_audio, req.reference_text or "")]
+        elif req.voice:
+            try:
+                refs = [self.voice(n.strip()) for n in req.voice.split(",")]
+            except VoiceError as e:
+                raise RequestError(str(e)) from None
+        else:
+            return []
+        tagged = speaker_ids(req.text)
+        if len(refs) > 1 or tagged:   # dialogue: reference i speaks as [SPEAKERi]
+            refs = [Reference(f"[SPEAKER{i}] {r.text}", r.codes) for i, r in enumerate(refs)]
+        return refs
+
+    # ---- prompts -----------------------------------------------------------------------
+    def prompt(self, text: str, refs: list[Reference], history: list[tuple[str, Tensor]],
+               scene: str | None = None):
+        """Chat-format generation prompt (the training format: higgs_train.llm.prompt)."""
+        msgs = [system_message(scene)]
+        for r in refs:
+            msgs += [Message("user", r.text), Message("assistant", codes=r.codes.numpy())]
+        for t, c in history:
+            msgs += [Message("user", t), Message("assistant", codes=c.numpy())]
+        msgs.append(Message("user", text))
+        s = encode_chat(self.tok, msgs, self.K, self.model.cfg.codebook_size, generation=True)
+        return torch.from_numpy(s.input_ids), torch.from_numpy(s.audio_codes), torch.from_numpy(s.audio_mask)
+
+    def _sampling(self, req: Request, index: int) -> SamplingConfig:
+        cfg = req.sampling or self.sampling
+        if cfg.seed is None:
+            cfg = cfg.replace(seed=random.randrange(2 ** 31))
+        return cfg.replace(seed=cfg.seed + index) if index else cfg
+
+    # ---- public API ----------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, requests: list[Request], progress: Callable[[int], None] | None = None,
+                 use_cache: bool = True) -> list[Result]:
+        """Speak each request; all rows of a text-chunk index are decoded as one batch."""
+        plans = [self._plan(r) for r in requests]
+        outs: list[list[Tensor]] = [[] for _ in requests]
+        for c in range(max(len(p[1]) for p in plans)):
+            idx = [i for i, p in enumerate(plans) if c < len(p[1])]
+            rows = [self._row(requests[i], plans[i], outs[i], c) for i in idx]
+            for i, codes in zip(idx, self.generate_codes(rows, progress, use_cache)):
+                outs[i].append(codes)
+        results = []
+        for r, (refs, chunks), codes in zip(requests, plans, outs):
+            allc = torch.cat(codes, 1)
+            results.append(Result(self.decode(allc), allc, self.sample_rate, chunks))
+        return results
+
+    @torch.no_grad()
+    def stream(self, request: Request) -> Iterator[np.ndarray]:
+        """Yield float32 audio chunks while generating: the first after cfg.first_chunk_frames frames."""
+        c = self.cfg
+        plan = self._plan(request)
+        dec = StreamDecoder(self.decode, self.codec.hop, c.decode_context_frames, c.lookahead_frames,
+                            c.crossfade_frames)
+        done: list[Tensor] = []
+        for ci in range(len(plan[1])):
+            row = self._row(request, plan, done, ci)
+            sent = 0
+            for frames in self._decode_frames([row]):
+                new = frames[0][:, sent:]
+                sent += new.shape[1]
+                need = c.first_chunk_frames if dec.emitted == 0 else c.stream_chunk_frames
+                out = dec.push(new, min_new=need)
+                if len(out):
+                    yield out
+            done.append(frames[0])
+        tail = dec.flush()
+        if len(tail):
+            yield tail
+
+    def decode(self, codes: Tensor) -> np.ndarray:
+        """codes [K, F] -> float32 audio [F * hop]."""
+        if codes.shape[1] == 0:
+            return np.zeros(0, np.float32)
+        return self.codec.decode(codes[None].to(self.device))[0, 0].float().cpu().numpy()
+
+    def _plan(self, req: Request) -> tuple[list[Reference], list[str]]:
+        if not req.text or not req.text.strip():
+            raise RequestError("input text is empty")
+        chunks = split_text(req.text, self.cfg.chunk_words)
+        if not chunks:
+            raise RequestError("input text has nothing to speak")
+        return self.references(req), chunks
+
+    def _row(self, req: Request, plan, done: list[Tensor], c: int) -> _Row:
+        refs, chunks = plan
+        k = self.cfg.context_chunks
+        history = list(zip(chunks[:c], done))[max(0, c - k):] if k else []
+        ids, codes, amask = self.prompt(chunks[c], refs, history, req.scene)
+        cfg = self._sampling(req, c)
+        return _Row(ids, codes, amask, cfg, torch.Generator().manual_seed(cfg.seed))
+
+    # ---- decoding ----------------------------------------------------------------------
+    @torch.no_grad()
+    def generate_codes(self, rows: list[_Row], progress=None, use_cache: bool = True) -> list[Tensor]:
+        """Decode each row to the end of its stream; returns codes [K, F] per row."""
+        last = None
+        for last in self._decode_frames(rows, use_cache):
+            if progress:
+                progress(1)
+        return last
+
+    def _cache(self, batch: int, need: int) -> KVCache:
+        fit = [b for b in sorted(self.cfg.buckets) if b >= need]
+        if not fit:
+            raise RequestError(f"prompt + generation need {need} positions, more than the largest KV-cache "
+                               f"bucket ({max(self.cfg.buckets)}): shorten the text or the reference")
+        key = (batch, fit[0])
+        if key not in self._caches:
+            if len(self._caches) >= 2:   # keep memory bounded: the two most recent shapes
+                self._caches.pop(next(iter(self._caches)))
+            self._caches[key] = self.model.allocate_cache(batch, fit[0])
+        cache = self._caches[key]
+        cache.reset()
+        return cache
+
+    def _allowed(self, j: int, eos_frame: int, max_frames: int) -> Tensor:
+        """[K, A] bool: what codebook k may hold at stream position j (its frame is j - k)."""
+        A = self.model.cfg.audio_vocab
+        allowed = torch.zeros(self.K, A, dtype=torch.bool)
+        for k in range(self.K):
+            f = j - k
+            if f <= 0:
+                allowed[k, self.bos] = True
+            elif f >= eos_frame or f > max_frames:
+                allowed[k, self.eos] = True
+            else:
+                allowed[k, :self.bos] = True
+                allowed[k, self.eos] = f >= 2     # at least one real frame
+        return allowed
+
+    def _decode_frames(self, rows: list[_Row], use_cache: bool = True) -> Iterator[list[Tensor]]:
+        """Yields, after every decode step, each row's code frames complete so far ([K, F_b])."""
+        B, K, dev = len(rows), self.K, self.device
+        P = max(len(r.ids) for r in rows)
+        max_frames = max(r.cfg.max_frames for r in rows)
+        if not use_cache and any(len(r.ids) != P for r in rows):
+            raise ValueError("recomputation without a cache needs prompts of equal length")
+        ids = torch.zeros(B, P, dtype=torch.long)
+        codes = torch.zeros(B, P, K, dtype=torch.long)
+        amask = torch.zeros(B, P, dtype=torch.bool)
+        tmask = torch.zeros(B, P, dtype=torch.bool)
+        for b, r in enumerate(rows):              # left padding: every row ends at slot P-1
+            n = len(r.ids)
+            ids[b, P - n:], codes[b, P - n:], amask[b, P - n:], tmask[b, P - n:] = r.ids, r.codes, r.amask, True
+        ids, codes, amask, tmask = ids.to(dev), codes.to(dev), amask.to(dev), tmask.to(dev)
+        L = max_frames + K + 1                     # stream positions incl. the BOS frame
+        stream = torch.full((B, K, L), self.eos, dtype=torch.long)
+        stream[:, :, 0] = self.bos
+        eos_frame = [math.inf] * B
+        done = [False] * B
+
+        if use_cache:
+            cache = self._cache(B, P + L)
+            for s in range(0, P, self.cfg.prefill_chunk):
+                e = min(P, s + self.cfg.prefill_chunk)
+                out = self.model(ids[:, s:e], codes[:, s:e], amask[:, s:e], cache=cache,
+                                 positions=torch.arange(s, e, device=dev), token_mask=tmask[:, s:e],
+                                 last_only=True)
+        else:
+            out = self.model(ids, codes, amask, last_only=True)
+        j = 0
+        while not all(done):
+            j += 1
+            logits = out.audio_logits[:, -1].float().cpu()                           # [B, K, A]
+            frame = torch.full((B, K), self.eos, dtype=torch.long)
+            for b, r in enumerate(rows):
+                if done[b]:
+                    continue
+                allowed = self._allowed(j, eos_frame[b], r.cfg.max_frames)
+                c = sample_frame(logits[b], r.cfg, stream[b, :, 1:j], r.gen, allowed)
+                f = j - torch.arange(K)                                              # frame per codebook
+                if (c == self.eos).any():
+                    eos_frame[b] = min(eos_frame[b], int(f[c == self.eos].min()))
+                c = torch.where(f >= eos_frame[b], self.eos, c)   # EOS spreads to every later frame
+                frame[b] = c
+                stream[b, :, j] = c
+                done[b] = j >= eos_frame[b] + K - 1
+            yield [self._complete(stream[b], j, eos_frame[b]) for b in range(B)]
+            if all(done):
+                break
+            x_ids = torch.full((B, 1), self.placeholder, dtype=torch.long, device=dev)
+            x_codes, x_mask = frame[:, None].to(dev), torch.ones(B, 1, dtype=torch.bool, device=dev)
+            if use_cache:
+                out = self.model(x_ids, x_codes, x_mask, cache=cache,
+                                 positions=torch.tensor([P - 1 + j], device=dev))
+            else:
+                ids, codes, amask = torch.cat([ids, x_ids], 1), torch.cat([codes, x_codes], 1), \
+                    torch.cat([amask, x_mask], 1)
+                out = self.model(ids, codes, amask, last_only=True)
+
+    def _complete(self, stream: Tensor, j: int, eos_frame: float) -> Tensor:
+        """Code frames [K, F] whose every codebook is known after position j (delay reverted)."""
+        if j >= eos_frame + self.K - 1:                       # finished: the whole stream
+            end = int(eos_frame) + self.K  # a row finished earlier in the batch: stop at its own end
+            return strip_stream(stream[:, :end], self.bos, self.eos)
+        n = min(j - self.K + 1, int(min(eos_frame, 1e9)) - 1)   # frames 1..n are complete
+        if n <= 0:
+            return stream.new_zeros(self.K, 0)
+        return torch.stack([stream[k, 1 + k:1 + k + n] for k in range(self.K)])
+
+
+def engine_from_config(cfg) -> Engine:
+    """The engine the CLI and the server build from configs/inference/default.yaml keys."""
+    from omegaconf import OmegaConf
+
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    dtype = None if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
+    ec = OmegaConf.to_container(cfg.engine, resolve=True)
+    ec["buckets"] = tuple(ec["buckets"])
+    return Engine.from_pretrained(cfg.model, cfg.tokenizer, device, dtype, cfg=EngineConfig(**ec),
+                                  sampling=SamplingConfig(**OmegaConf.to_container(cfg.sampling, resolve=True)),
+                                  voices=VoiceLibrary(cfg.voices_dir))

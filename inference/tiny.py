@@ -1,0 +1,34 @@
+"""Tiny random exports (LLM + text tokenizer, audio tokenizer) for tests, benchmarks and smoke runs.
+
+    llm_dir, tok_dir = make_tiny_exports(out_dir)   # out_dir/llm, out_dir/tokenizer
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from higgs_train.llm.model import DualFFNConfig, DualFFNModel
+from higgs_train.llm.synthetic import WORDS
+from higgs_train.llm.text_tokenizer import train_bpe
+from higgs_train.tokenizer import AudioTokenizer, TokenizerConfig
+
+TINY_LLM = dict(hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32,
+                rope_theta=10000.0, rope_scaling=None)
+TINY_CODEC = dict(channels=16, max_channels=128, res_units=1, latent_dim=64, codebook_dim=32, semantic_dim=64,
+                  semantic_layers=1, teacher=None)
+
+
+def tiny_text_tokenizer(out_dir, texts=None, vocab_size: int = 400):
+    texts = list(texts or []) + [" ".join(WORDS), "Hello there. How are you today? I am fine, thanks!"]
+    return train_bpe(texts * 4, out_dir, vocab_size=vocab_size)
+
+
+def make_tiny_exports(out_dir, seed: int = 0, llm: dict | None = None, texts=None) -> tuple[Path, Path]:
+    out = Path(out_dir)
+    torch.manual_seed(seed)
+    tok = tiny_text_tokenizer(out / "llm", texts)
+    model = DualFFNModel(DualFFNConfig(vocab_size=len(tok), **{**TINY_LLM, **(llm or {})}))
+    model.save_pretrained(out / "llm")
+    AudioTokenizer(TokenizerConfig(**TINY_CODEC)).save_pretrained(out / "tokenizer")
+    return out / "llm", out / "tokenizer"

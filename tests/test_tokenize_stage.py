@@ -1,0 +1,93 @@
+"""Tokenize stage: codes for every sample, atomic rewrite, resumable, broken samples reported."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from data_pipeline.tokenize import tokenize_shards
+from higgs_train.shards import ShardWriter, decode_flac, encode_flac, iter_shard, list_shards
+from higgs_train.tokenizer import AudioTokenizer, TokenizerConfig
+
+MICRO = dict(channels=4, max_channels=16, res_units=1, latent_dim=16, codebook_dim=8, teacher=None)
+LENGTHS = [0.5, 1.3, 0.97, 2.2, 0.04]  # seconds; 0.04 s is shorter than one frame
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def setup(tmp_path):
+    torch.manual_seed(0)
+    tok = AudioTokenizer(TokenizerConfig(**MICRO))
+    tok.train()
+    tok(torch.randn(4, 1, 24000) * 0.1)  # k-means init: codebooks spread over real latents
+    tok.eval().save_pretrained(tmp_path / "tok")
+    rng = np.random.default_rng(0)
+    with ShardWriter(tmp_path / "shards") as w:
+        for i, sec in enumerate(LENGTHS):
+            if i == 3:
+                w.close_shard()
+            wav = (0.1 * rng.standard_normal(int(sec * 24000))).astype(np.float32)
+            w.write(f"k{i}", encode_flac(wav), {"id": f"k{i}", "duration": sec})
+        w.write("broken", b"not a flac file", {"id": "broken"})
+    return tmp_path, AudioTokenizer.from_pretrained(tmp_path / "tok")
+
+
+def test_codes_added_to_every_sample_and_rerun_skips(setup):
+    root, tok = setup
+    shards = list_shards(root / "shards")
+    assert len(shards) == 2
+    before = {p: {s["key"]: s for s in iter_shard(p)} for p in shards}
+
+    stats = tokenize_shards(root / "shards", root / "tok", batch_size=2, progress=False)
+    assert (stats["shards"], stats["samples"], stats["encoded"], stats["failed"]) == (2, 6, 5, 1)
+    assert stats["audio_seconds"] == pytest.approx(sum(LENGTHS), abs=1e-3)
+
+    for p in shards:
+        for s in iter_shard(p):
+            old = before[p][s["key"]]
+            assert s["flac"] == old["flac"] and s["row"] == old["row"]  # the rest is untouched
+            if s["key"] == "broken":
+                assert s["codes"] is None
+                continue
+            wav, _ = decode_flac(s["flac"])
+            assert s["codes"].dtype == np.int16
+            assert s["codes"].shape == (8, math.ceil(len(wav) / 960))
+            # batched (zero-padded) codes are the codes of the clip alone, except in the last
+            # frames, where the encoder's receptive field reaches into the padding
+            alone = tok.encode(torch.from_numpy(wav)[None], 24000)[0].numpy()
+            assert s["codes"].shape == alone.shape
+            if alone.shape[1] > 4:
+                assert (s["codes"][:, :-3] == alone[:, :-3]).mean() > 0.95
+    assert not list((root / "shards").glob(".*tmp"))  # no temp files left
+
+    # rerun: the complete shard is skipped untouched, the other retries only its broken sample
+    mtime = os.stat(shards[0]).st_mtime_ns
+    stats = tokenize_shards(root / "shards", root / "tok", progress=False)
+    assert (stats["shards_skipped"], stats["encoded"], stats["failed"]) == (1, 0, 1)
+    assert os.stat(shards[0]).st_mtime_ns == mtime
+
+
+@pytest.mark.slow
+def test_cli_resumes_after_a_partial_run(setup):
+    root, _ = setup
+    shards = list_shards(root / "shards")
+    first = tokenize_shards([shards[0]], root / "tok", progress=False)  # "killed" after one shard
+    assert first["encoded"] == 3
+    proc = subprocess.run([sys.executable, "-m", "data_pipeline.tokenize", f"shards={root / 'shards'}",
+                           f"tokenizer={root / 'tok'}", "batch_size=4"], capture_output=True, text=True,
+                          cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    stats = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert (stats["shards_skipped"], stats["encoded"], stats["failed"]) == (1, 2, 1)
+    assert sorted(p.name for p in root.iterdir()) == ["shards", "tok"]  # no hydra outputs beside
