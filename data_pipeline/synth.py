@@ -446,7 +446,7 @@ def make_corpus(out_dir, preset: str = "tests", seed: int = 0) -> dict:
             n_spk = 2 + i % 3
             snr = 25.0 if i % 5 == 4 else None
             name = f"conversations/conv_{i:02d}.{ext}"
-            side = "json" if i % 2 == 0 else False
+            side = "json"  # the demo curates with transcribe=sidecar: exact text, no ASR time
             utts = make_conversation(out / name, n_spk, 12, seed=seed * 1000 + i, sample_rate=sr, snr_db=snr,
                                      music=(i % 7 == 3), voices=demo_voices, sidecar=side)
             add(name, utts, snr_db=snr, music=(i % 7 == 3), sidecar=side or None)

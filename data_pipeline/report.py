@@ -1,0 +1,385 @@
+"""The curation report: OUT/report/ with summary.json, PNG histograms, and index.html.
+
+    write_report(out_dir, manifest_rows, rejected_rows, stats) -> Path of report/
+
+index.html is for a curator deciding thresholds: the figures, the counts per
+rejection reason, and a few playable example clips (small MP3s under report/clips/)
+per rejection reason and per DNSMOS OVRL band, so a threshold can be judged by ear.
+
+`stats` (from finalize in data_pipeline/merge.py; every key optional):
+    input_seconds   total duration of the input audio (hours in); default: kept + rejected segments
+    sources         number of input files
+    timings         {stage: seconds}, summed over workers
+    wall_seconds    wall-clock time of the run (gives the real-time factor)
+    input_dir       the input folder: a last resort to play a segment from its source
+    thresholds      {quality key: minimum kept}, drawn on the quality histograms
+Any other key is copied into summary.json as given, and a given key wins
+over the computed one of the same name. Rows: see ../shared/DESIGN.md. Rejected segment
+rows that carry `quality`, `duration` and `text` also show up in the quality histograms
+and the OVRL band examples. Clip audio comes from the row's shard, else from
+OUT/parts/<source key>.tar (where the pipeline keeps every candidate segment), else
+from the source file.
+"""
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import shutil
+import tarfile
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
+CLIPS_PER_GROUP = 3
+CLIP_MAX_SECONDS = 15.0
+CLIP_SR = 16_000
+OVRL_BANDS = [("< 2.0", 0.0, 2.0), ("2.0–2.5", 2.0, 2.5), ("2.5–3.0", 2.5, 3.0), ("3.0–3.5", 3.0, 3.5),
+              ("≥ 3.5", 3.5, 9.9)]  # DNSMOS OVRL (MOS 1..5)
+QUALITY_KEYS = ["dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak", "snr_db", "clipping", "bandwidth_hz", "loudness_lufs"]
+
+
+def reason_key(row: dict) -> str:
+    """"stage/reason", e.g. "filter/dnsmos_ovrl" (the same keys as the pipeline's own counts)."""
+    return f"{row.get('stage', '')}/{row.get('reason', '') or 'unknown'}"
+
+
+def _is_segment(row: dict) -> bool:
+    return row.get("start") is not None and row.get("end") is not None
+
+
+def _duration(row: dict) -> float:
+    return float(row.get("duration") or (float(row["end"]) - float(row["start"])))
+
+
+def _score_keys(rows: list[dict]) -> list[str]:
+    """The known scores first, in QUALITY_KEYS order, then any other numeric score a scorer gave."""
+    seen = {k for r in rows for k, v in (r.get("quality") or {}).items() if isinstance(v, (int, float))}
+    return [k for k in QUALITY_KEYS if k in seen] + sorted(seen - set(QUALITY_KEYS))
+
+
+def _quality(row: dict, key: str):
+    v = (row.get("quality") or {}).get(key)
+    return float(v) if isinstance(v, (int, float)) and np.isfinite(v) else None
+
+
+# ---------------------------------------------------------------- summary
+
+def summarize(manifest_rows: list[dict], rejected_rows: list[dict], stats: dict) -> dict:
+    kept_s = sum(_duration(r) for r in manifest_rows)
+    seg_rej = [r for r in rejected_rows if _is_segment(r)]
+    by_reason = Counter(reason_key(r) for r in rejected_rows)
+    sec_by_reason = defaultdict(float)
+    for r in seg_rej:
+        sec_by_reason[reason_key(r)] += _duration(r)
+    input_s = stats.get("input_seconds")
+    if input_s is None:  # not given: the audio we know about
+        input_s = kept_s + sum(_duration(r) for r in seg_rej)
+    quality = {}
+    for key in _score_keys(manifest_rows):
+        vals = [v for v in (_quality(r, key) for r in manifest_rows) if v is not None]
+        if vals:
+            p10, p50, p90 = np.percentile(vals, [10, 50, 90])
+            quality[key] = {"mean": round(float(np.mean(vals)), 3), "p10": round(float(p10), 3),
+                            "p50": round(float(p50), 3), "p90": round(float(p90), 3)}
+    wall = stats.get("wall_seconds")
+    summary = {
+        "hours_in": round(input_s / 3600, 4),
+        "hours_kept": round(kept_s / 3600, 4),
+        "kept_fraction": round(kept_s / input_s, 4) if input_s else 0.0,
+        "segments_kept": len(manifest_rows),
+        "segments_rejected": len(seg_rej),
+        "files_rejected": len(rejected_rows) - len(seg_rej),
+        "files_with_segments": len({r["source"] for r in manifest_rows}),
+        "speakers": len({(r["source"], r.get("speaker")) for r in manifest_rows}),
+        "rejected_by_reason": dict(by_reason.most_common()),
+        "rejected_seconds_by_reason": {k: round(v, 2) for k, v in sorted(sec_by_reason.items())},
+        "rejected_by_stage": dict(Counter(str(r.get("stage", "")) for r in rejected_rows).most_common()),
+        "sources": None,
+        "timings": {},
+        "real_time_factor": round(input_s / wall, 2) if wall else None,
+        "quality": quality,
+        "thresholds": {},
+    }
+    summary.update({k: v for k, v in stats.items() if k not in ("input_dir", "input_seconds")})
+    return summary
+
+
+# ---------------------------------------------------------------- figures
+
+def _plots(report: Path, manifest_rows: list[dict], rejected_rows: list[dict], summary: dict) -> list[tuple]:
+    """Writes the PNGs; returns [(file name, caption)]."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    figs = []
+    seg_rej = [r for r in rejected_rows if _is_segment(r)]
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    kept_d = [_duration(r) for r in manifest_rows]
+    rej_d = [_duration(r) for r in seg_rej]
+    top = max(kept_d + rej_d + [1.0])
+    bins = np.linspace(0, top * 1.02, 40)
+    ax.hist([kept_d, rej_d], bins=bins, stacked=True, color=["tab:green", "tab:red"],
+            label=[f"kept ({len(kept_d)})", f"rejected ({len(rej_d)})"])
+    ax.set(xlabel="segment duration (s)", ylabel="segments", title="Segment durations")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend()
+    figs.append(("durations.png", "Segment durations, kept and rejected", fig))
+
+    keys = _score_keys(manifest_rows + seg_rej)
+    if keys:
+        cols = min(3, len(keys))
+        rows = (len(keys) + cols - 1) // cols
+        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+        for ax, key in zip(axes.flat, keys):
+            kept = [v for v in (_quality(r, key) for r in manifest_rows) if v is not None]
+            rej = [v for v in (_quality(r, key) for r in seg_rej) if v is not None]
+            both = kept + rej
+            if not both:  # only non-finite values
+                ax.axis("off")
+                continue
+            lo, hi = min(both), max(both)
+            pad = (hi - lo) * 0.02 or max(abs(lo) * 0.05, 0.5)  # a constant score still gets a visible bar
+            bins = np.linspace(lo - pad, hi + pad, 30)
+            ax.hist([kept, rej], bins=bins, stacked=True, color=["tab:green", "tab:red"], label=["kept", "rejected"])
+            thr = summary["thresholds"].get(key)
+            if thr is not None:
+                ax.axvline(float(thr), color="black", ls="--", lw=1, label=f"threshold {thr}")
+            ax.set(title=key, ylabel="segments")
+            ax.ticklabel_format(axis="x", useOffset=False, style="plain")
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.legend(fontsize=7)
+        for ax in list(axes.flat)[len(keys):]:
+            ax.axis("off")
+        fig.suptitle("Quality scores")
+        figs.append(("quality.png", "Quality scores per segment (DNSMOS P.835, SNR, clipping, bandwidth, loudness)",
+                     fig))
+
+    per_source = Counter()
+    speakers = defaultdict(set)
+    for r in manifest_rows:
+        speakers[r["source"]].add(r.get("speaker"))
+    per_source.update(len(s) for s in speakers.values())
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    if per_source:
+        xs = sorted(per_source)
+        ax.bar(xs, [per_source[x] for x in xs], color="tab:blue")
+        ax.set_xticks(xs)
+    ax.set(xlabel="speakers kept in the source", ylabel="sources", title="Speakers per source")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    figs.append(("speakers.png", "Speakers (with kept segments) per source", fig))
+
+    reasons = summary["rejected_by_reason"]
+    if reasons:
+        fig, ax = plt.subplots(figsize=(7, 0.45 * len(reasons) + 1.2))
+        names = list(reasons)[::-1]
+        ax.barh([n[:50] for n in names], [reasons[n] for n in names], color="tab:red")
+        ax.set(xlabel="rejected rows", title="Rejections per reason")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        figs.append(("reasons.png", "Rejections per reason (files and segments)", fig))
+
+    out = []
+    for name, caption, fig in figs:
+        fig.tight_layout()
+        fig.savefig(report / name, dpi=90)
+        plt.close(fig)
+        out.append((name, caption))
+    return out
+
+
+# ---------------------------------------------------------------- example clips
+
+def _spread(rows: list[dict], n: int) -> list[dict]:
+    """n rows evenly spread over the list sorted by (source, start): deterministic, varied."""
+    rows = sorted(rows, key=lambda r: (str(r.get("source")), float(r.get("start") or 0)))
+    if len(rows) <= n:
+        return rows
+    return [rows[int(i)] for i in np.linspace(0, len(rows) - 1, n).round()]
+
+
+def _from_tar(tar_path: Path, key: str) -> np.ndarray | None:
+    """KEY.flac of a shard or part tar at CLIP_SR, at most CLIP_MAX_SECONDS; None if absent."""
+    from higgs_train.shards import decode_flac
+
+    import soxr
+
+    if not tar_path.is_file():
+        return None
+    try:
+        with tarfile.open(tar_path) as tar:
+            wav, sr = decode_flac(tar.extractfile(f"{key}.flac").read())
+    except (KeyError, OSError, tarfile.TarError, RuntimeError):
+        return None
+    return soxr.resample(wav[:int(CLIP_MAX_SECONDS * sr)], sr, CLIP_SR).astype(np.float32)
+
+
+def _clip_audio(row: dict, out_dir: Path, input_dir: Path | None) -> np.ndarray | None:
+    """The segment's audio: from its shard, else its source's part file, else the source itself."""
+    from data_pipeline.run import PARTS
+    from higgs_train.audio import AudioError, load_segment
+
+    key = row.get("id")
+    if key and row.get("shard"):
+        wav = _from_tar(out_dir / row["shard"], key)
+        if wav is not None:
+            return wav
+    if key and "_" in key:  # ids are <source key>_<index>; the part file holds every candidate segment
+        wav = _from_tar(out_dir / PARTS / f"{key.rsplit('_', 1)[0]}.tar", key)
+        if wav is not None:
+            return wav
+    src = Path(str(row.get("source", "")))
+    if not src.is_absolute() and input_dir is not None:
+        src = input_dir / src
+    if not src.is_file():
+        return None
+    start = float(row["start"])
+    try:
+        return load_segment(src, start, min(float(row["end"]), start + CLIP_MAX_SECONDS), CLIP_SR)
+    except (AudioError, OSError, RuntimeError, ValueError):
+        return None
+
+
+def _write_clip(wav: np.ndarray, path: Path) -> bool:
+    import soundfile as sf
+
+    if wav is None or len(wav) < CLIP_SR // 10:
+        return False
+    tmp = path.with_name(f".{path.name}.tmp")
+    sf.write(str(tmp), np.clip(wav, -1, 1), CLIP_SR, format="MP3")
+    os.replace(tmp, path)
+    return True
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "x"
+
+
+def _examples(report: Path, out_dir: Path, groups: dict[str, list[dict]], input_dir: Path | None,
+              prefix: str) -> dict[str, list[tuple[dict, str | None]]]:
+    """{group: [(row, clip file relative to report/ or None)]}."""
+    clips = report / "clips"
+    clips.mkdir(exist_ok=True)
+    out = {}
+    for gi, (g, rows) in enumerate(groups.items()):
+        items = []
+        for i, row in enumerate(_spread(rows, CLIPS_PER_GROUP)):
+            name = f"{prefix}{gi:02d}-{_slug(g)}-{i}.mp3"  # index first: slugs of two groups may collide
+            ok = _write_clip(_clip_audio(row, out_dir, input_dir), clips / name)
+            items.append((row, f"clips/{name}" if ok else None))
+        out[g] = items
+    return out
+
+
+# ---------------------------------------------------------------- html
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}
+th{background:#f3f3f3}td.n{text-align:right}img{max-width:100%;border:1px solid #eee;margin:.3em 0}
+.ex{display:flex;gap:1em;align-items:center;margin:.3em 0;font-size:.9em}.ex audio{height:2em;flex:none;width:300px}
+.meta{color:#666}h2{border-bottom:2px solid #eee;padding-bottom:.2em;margin-top:1.6em}"""
+
+
+def _e(x) -> str:
+    return html.escape(str(x))
+
+
+def _example_html(row: dict, clip: str | None) -> str:
+    q = row.get("quality") or {}
+    scores = ", ".join(f"{k} {q[k]:.3g}" for k in ("dnsmos_ovrl", "snr_db") if isinstance(q.get(k), (int, float)))
+    where = f"{row.get('source')} {float(row['start']):.2f}–{float(row['end']):.2f} s, {row.get('speaker', '')}"
+    player = f'<audio controls preload="none" src="{_e(clip)}"></audio>' if clip else "<i>audio unavailable</i>"
+    text = f" “{_e(row['text'])}”" if row.get("text") else ""
+    return (f'<div class="ex">{player}<div><span class="meta">{_e(where)}'
+            f'{" · " + _e(scores) if scores else ""}</span>{text}</div></div>')
+
+
+def _html(summary: dict, figs: list[tuple], reason_ex: dict, band_ex: dict, band_counts: dict,
+          file_rejects: list[dict]) -> str:
+    s = summary
+    rows = [("hours in", s["hours_in"]), ("hours kept", f"{s['hours_kept']} ({100 * s['kept_fraction']:.1f} %)"),
+            ("files in", s["sources"]), ("files rejected", s["files_rejected"]),
+            ("files with kept segments", s["files_with_segments"]), ("segments kept", s["segments_kept"]),
+            ("segments rejected", s["segments_rejected"]), ("speakers kept", s["speakers"]),
+            ("real-time factor", s["real_time_factor"])]
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Curation report</title>"
+             f"<style>{_CSS}</style></head><body><h1>Curation report</h1><table>"]
+    parts += [f"<tr><th>{_e(k)}</th><td class='n'>{_e(v)}</td></tr>" for k, v in rows if v is not None]
+    parts.append("</table>")
+    if s["timings"]:
+        parts.append("<h2>Stage timings</h2><table><tr><th>stage</th><th>seconds (all workers)</th></tr>")
+        parts += [f"<tr><td>{_e(k)}</td><td class='n'>{float(v):.1f}</td></tr>" for k, v in s["timings"].items()]
+        parts.append("</table>")
+    parts.append("<h2>Figures</h2>")
+    parts += [f"<figure><img src='{_e(n)}' alt='{_e(c)}'><figcaption>{_e(c)}</figcaption></figure>" for n, c in figs]
+
+    parts.append("<h2>Rejections per reason</h2><table><tr><th>reason</th><th>rows</th><th>seconds</th></tr>")
+    anchors = {reason: f"r{i}" for i, reason in enumerate(reason_ex)}
+    for reason, n in s["rejected_by_reason"].items():
+        sec = s["rejected_seconds_by_reason"].get(reason, "")
+        name = f"<a href='#{anchors[reason]}'>{_e(reason)}</a>" if reason in anchors else _e(reason)
+        parts.append(f"<tr><td>{name}</td><td class='n'>{n}</td><td class='n'>{_e(sec)}</td></tr>")
+    parts.append("</table>")
+    for reason, items in reason_ex.items():
+        parts.append(f"<h3 id='{anchors[reason]}'>Rejected: {_e(reason)} "
+                     f"({s['rejected_by_reason'].get(reason, 0)})</h3>")
+        parts += [_example_html(r, c) for r, c in items]
+
+    parts.append("<h2>Examples per DNSMOS OVRL band</h2><p>Kept and rejected segments alike, to place the "
+                 f"threshold by ear (current: {_e(s['thresholds'].get('dnsmos_ovrl', 'none'))}).</p>")
+    for band, items in band_ex.items():
+        n = band_counts[band]
+        parts.append(f"<h3>OVRL {_e(band)} ({n} segment{'' if n == 1 else 's'})</h3>")
+        parts += [_example_html(r, c) for r, c in items] or ["<p class='meta'>none</p>"]
+
+    if file_rejects:
+        parts.append("<h2>Rejected files</h2><table><tr><th>source</th><th>stage</th><th>reason</th>"
+                     "<th>detail</th></tr>")
+        parts += [f"<tr><td>{_e(r.get('source'))}</td><td>{_e(r.get('stage'))}</td><td>{_e(r.get('reason'))}</td>"
+                  f"<td>{_e(r.get('detail', ''))}</td></tr>" for r in file_rejects[:200]]
+        parts.append("</table>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------- entry point
+
+def write_report(out_dir, manifest_rows: list[dict], rejected_rows: list[dict], stats: dict) -> Path:
+    """Write OUT/report/ (replacing an older one whole: built in a temp folder, then renamed)."""
+    out_dir = Path(out_dir)
+    final = out_dir / "report"
+    tmp = out_dir / f".report.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    input_dir = Path(stats["input_dir"]) if stats.get("input_dir") else None
+
+    summary = summarize(manifest_rows, rejected_rows, stats)
+    (tmp / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
+    figs = _plots(tmp, manifest_rows, rejected_rows, summary)
+
+    seg_rej = [r for r in rejected_rows if _is_segment(r)]
+    by_reason = defaultdict(list)
+    for r in seg_rej:
+        by_reason[reason_key(r)].append(r)
+    reason_ex = _examples(tmp, out_dir, dict(sorted(by_reason.items())), input_dir, "rejected")
+
+    by_band = {name: [] for name, _, _ in OVRL_BANDS}
+    for r in manifest_rows + seg_rej:
+        v = _quality(r, "dnsmos_ovrl")
+        for name, lo, hi in OVRL_BANDS:
+            if v is not None and lo <= v < hi:
+                by_band[name].append(r)
+    band_ex = _examples(tmp, out_dir, by_band, input_dir, "ovrl")
+    band_counts = {k: len(v) for k, v in by_band.items()}
+
+    file_rejects = [r for r in rejected_rows if not _is_segment(r)]
+    (tmp / "index.html").write_text(_html(summary, figs, reason_ex, band_ex, band_counts, file_rejects))
+
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final

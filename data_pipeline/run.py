@@ -1,0 +1,425 @@
+"""The curation run: list -> slice -> process every source (in parallel) -> finalize.
+
+    python -m data_pipeline input_dir=IN output_dir=OUT [workers=N] [num_shards=N shard_index=I] [stage overrides]
+
+Per source (one worker process each, models loaded once per worker):
+    ingest (decode once: 16 kHz analysis copy in memory, 24 kHz copy in a temp file, sha1)
+    -> vad -> diarization -> segment -> quality -> transcribe -> export part
+The result of a source is OUT/parts/<key>.tar (its candidate segments' FLAC + rows) and
+OUT/parts/<key>.json (its record: audio info, sha1, rejections, candidate rows with all
+scores, timings). The .json, written last and renamed into place, marks the source done:
+a rerun skips it (unless the processing config changed), so a killed run resumes.
+
+Finalize (data_pipeline/merge.py) turns the records into manifest.jsonl, rejected.jsonl,
+shards/ and report/: duplicates resolved, filters applied, kept segments packed. With
+num_shards=N each slice only writes its parts; `python -m data_pipeline.merge` finalizes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import socket
+import sys
+import tempfile
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from data_pipeline.stages.base import ANALYSIS_SR, Segment
+from data_pipeline.stages.ingest import source_key
+from data_pipeline.stages.transcribe import TranscriptError
+from higgs_train.audio import AudioError, audio_info
+from higgs_train.shards import SAMPLE_RATE as EXPORT_SR
+
+log = logging.getLogger("data_pipeline")
+
+PARTS, SLICES, SHA1_DIR = "parts", "slices", ".sha1"
+# Config groups whose values change what a source's record holds (a change redoes the source).
+# filter and export are not here: they act at finalize, on the stored records.
+PROCESSING_GROUPS = ("ingest", "vad", "diarization", "segment", "quality", "transcribe")
+CHUNK_SECONDS = 600.0  # audio per quality/transcribe call (bounds memory on multi-hour sources)
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("cpu_count"):
+        OmegaConf.register_new_resolver("cpu_count", lambda: len(os.sched_getaffinity(0)))
+
+
+register_resolvers()
+
+
+def processing_fingerprint(cfg: DictConfig) -> str:
+    groups = {g: OmegaConf.to_container(cfg[g], resolve=True) if cfg.get(g) is not None else None
+              for g in PROCESSING_GROUPS}
+    return hashlib.sha1(json.dumps(groups, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, ensure_ascii=False))
+    os.replace(tmp, path)
+
+
+def slice_sources(sources: list[str], num_shards: int, shard_index: int) -> list[str]:
+    """The shard_index-th of num_shards disjoint slices: every num_shards-th source of the sorted
+    list (round robin spreads long and short files alike)."""
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"need 0 <= shard_index ({shard_index}) < num_shards ({num_shards})")
+    return sorted(sources)[shard_index::num_shards]
+
+
+# ---------------------------------------------------------------- the stages of one source
+
+@dataclass
+class Stages:
+    ingest: object
+    vad: object
+    diarization: object
+    segment: object
+    quality: object
+    transcribe: object | None  # None or .produces_text False (transcribe=none): text filters are off
+    export: object
+
+
+def _build(node, threads: int):
+    """instantiate a stage; a `threads: 0` key ("all cores") becomes this worker's share of them."""
+    if node is None or node.get("_target_") is None:
+        return None
+    if node.get("threads") == 0:
+        node = OmegaConf.merge(node, {"threads": threads})
+    return instantiate(node, _convert_="all")
+
+
+def build_stages(cfg: DictConfig, threads: int = 1) -> Stages:
+    return Stages(**{g: _build(cfg.get(g), threads) for g in (*PROCESSING_GROUPS, "export")})
+
+
+@dataclass
+class Context:
+    input_dir: Path
+    out_dir: Path
+    fingerprint: str
+    threads: int
+
+
+def _claim_sha1(ctx: Context, sha1: str, key: str, rel: str) -> str | None:
+    """Register this source's audio hash; return an earlier-sorting input with the same audio,
+    if one has registered it (then this source is a duplicate and need not be processed).
+    Finalize makes the same decision from the records, so a race here only costs time."""
+    d = ctx.out_dir / SHA1_DIR / sha1
+    d.mkdir(parents=True, exist_ok=True)
+    _write_json(d / key, rel)
+    others = []
+    for p in d.iterdir():
+        if p.name != key and not p.name.startswith("."):
+            try:
+                others.append(json.loads(p.read_text()))
+            except (OSError, ValueError):
+                continue
+    earlier = sorted(o for o in others if o < rel and (ctx.input_dir / o).is_file())
+    return earlier[0] if earlier else None
+
+
+def _chunks(segments: list[Segment], seconds: float):
+    """Consecutive runs of segments with at most `seconds` of audio each (at least one segment)."""
+    chunk, total = [], 0.0
+    for s in segments:
+        if chunk and total + s.duration > seconds:
+            yield chunk
+            chunk, total = [], 0.0
+        chunk.append(s)
+        total += s.duration
+    if chunk:
+        yield chunk
+
+
+def _reject(rec: dict, stage: str, reason: str, detail: str | None = None, seg: Segment | None = None,
+            seg_id: str | None = None) -> dict:
+    row = {"source": rec["source"], "stage": stage, "reason": reason}
+    if detail:
+        row["detail"] = detail
+    if seg is not None:
+        row.update(start=seg.start, end=seg.end, speaker=seg.speaker, id=seg_id)
+    rec["rejected"].append(row)
+    return row
+
+
+def process_source(rel: str, stages: Stages, ctx: Context) -> dict:
+    """Run every stage on one source; write its part and record. Never raises for bad input:
+    whatever goes wrong becomes a rejection with a reason. Returns a small summary."""
+    key = source_key(rel)
+    parts = ctx.out_dir / PARTS
+    transcribed = stages.transcribe is not None and getattr(stages.transcribe, "produces_text", True)
+    rec = {"source": rel, "key": key, "fingerprint": ctx.fingerprint, "sha1": None, "duplicate_of": None,
+           "audio": None, "transcribed": transcribed, "rejected": [], "segments": [], "timings": {}}
+    timings = rec["timings"]
+    stage = "ingest"
+    t = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal t, stage
+        now = time.perf_counter()
+        timings[stage] = timings.get(stage, 0.0) + now - t
+        t, stage = now, name
+
+    dec = None
+
+    def run() -> None:  # every stage in order; an early return ends the source with what rec holds
+        nonlocal dec
+        try:
+            dec = stages.ingest(ctx.input_dir / rel)
+        except AudioError as e:
+            _reject(rec, "ingest", "unreadable", e.reason)
+            return
+        rec["sha1"] = dec.sha1
+        rec["audio"] = {"sample_rate": dec.sample_rate, "channels": dec.channels, "codec": dec.codec,
+                        "duration": round(dec.duration, 3)}
+        dup = _claim_sha1(ctx, dec.sha1, key, rel)
+        if dup is not None:
+            rec["duplicate_of"] = dup
+            _reject(rec, "ingest", "duplicate", f"same audio as {dup}")
+            return
+        lap("vad")
+        wav16 = dec.wav16
+        speech = stages.vad(wav16, ANALYSIS_SR)
+        if not speech:
+            _reject(rec, "vad", "no_speech")
+            return
+        lap("diarization")
+        turns = stages.diarization(wav16, ANALYSIS_SR, speech)
+        if not turns:
+            _reject(rec, "diarization", "no_speaker_turns")
+            return
+        lap("segment")
+        kept, dropped = stages.segment(turns, speech, wav16, ANALYSIS_SR)
+        # Ids follow time order over all pieces, so a segment keeps its id whatever the thresholds.
+        pieces = sorted([(s, None) for s in kept] + dropped, key=lambda p: (p[0].start, p[0].end))
+        ids = {id(s): f"{key}_{i:04d}" for i, (s, _) in enumerate(pieces)}
+        for s, why in dropped:
+            _reject(rec, "segment", why, seg=s, seg_id=ids[id(s)])
+        if not kept:
+            return
+        lap("quality")
+        # Scored (and transcribed) in chunks of <= CHUNK_SECONDS of audio: a stage batches inside a
+        # chunk, and the clips of a multi-hour source never all sit in memory at once.
+        for chunk in _chunks(kept, CHUNK_SECONDS):
+            for s, q in zip(chunk, stages.quality.score([dec.read24(s.start, s.end) for s in chunk], EXPORT_SR)):
+                s.quality = q
+        if rec["transcribed"]:
+            lap("transcribe")
+            for chunk in _chunks(kept, CHUNK_SECONDS):
+                clips16 = [wav16[int(round(s.start * ANALYSIS_SR)):int(round(s.end * ANALYSIS_SR))] for s in chunk]
+                try:
+                    transcripts = stages.transcribe.transcribe(clips16, ANALYSIS_SR, chunk, str(ctx.input_dir / rel))
+                except TranscriptError as e:  # e.g. no sidecar transcript for this file
+                    _reject(rec, "transcribe", "no_transcript", e.reason)
+                    return
+                for s, tr in zip(chunk, transcripts):
+                    s.text, s.language = tr.text.strip(), tr.language
+        lap("export")
+        rows = [{"id": ids[id(s)], "source": rel, "start": s.start, "end": s.end, "duration": round(s.end - s.start, 3),
+                 "speaker": s.speaker, "text": s.text, "language": s.language, "quality": s.quality} for s in kept]
+        stages.export.write_part(parts, key, ((row["id"], dec.read24(s.start, s.end), row) for s, row in zip(kept, rows)))
+        rec["segments"] = rows
+
+    try:
+        run()
+    except Exception as e:  # a bug or a model failure on this input: reject the source, keep going
+        log.warning("%s failed in stage %s:\n%s", rel, stage, traceback.format_exc())
+        rec["segments"] = []
+        rec["rejected"] = [r for r in rec["rejected"] if r["stage"] == "ingest"]
+        _reject(rec, stage, "error", f"{type(e).__name__}: {e}"[:500])
+    finally:
+        lap("done")
+        if dec is not None:
+            dec.cleanup()
+    return _save(rec, parts)
+
+
+def _save(rec: dict, parts: Path) -> dict:
+    for stale in parts.glob(f".{rec['key']}.json.*.tmp"):  # from a run killed while writing this record
+        stale.unlink(missing_ok=True)
+    if not rec["segments"]:  # no candidates: no part tar (drop one left by an earlier config)
+        (parts / f"{rec['key']}.tar").unlink(missing_ok=True)
+    _write_json(parts / f"{rec['key']}.json", rec)
+    dur = rec["audio"]["duration"] if rec["audio"] else 0.0
+    return {"source": rec["source"], "seconds": dur, "segments": len(rec["segments"])}
+
+
+def load_record(out_dir: Path, rel: str) -> dict | None:
+    p = Path(out_dir) / PARTS / f"{source_key(rel)}.json"
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_done(rec: dict | None, fingerprint: str, input_dir: Path) -> bool:
+    if rec is None or rec.get("fingerprint") != fingerprint:
+        return False
+    dup = rec.get("duplicate_of")
+    return dup is None or (input_dir / dup).is_file()  # its original must still be an input
+
+
+# ---------------------------------------------------------------- workers
+
+_WORKER: tuple[Stages, Context] | None = None
+
+
+def _init_worker(cfg_yaml: str, ctx: Context) -> None:
+    global _WORKER
+    import torch
+
+    torch.set_num_threads(ctx.threads)
+    register_resolvers()
+    _WORKER = (build_stages(OmegaConf.create(cfg_yaml), ctx.threads), ctx)
+
+
+def _work(rel: str) -> dict:
+    stages, ctx = _WORKER
+    return process_source(rel, stages, ctx)
+
+
+def _crash_record(rel: str, ctx: Context) -> dict:
+    rec = {"source": rel, "key": source_key(rel), "fingerprint": ctx.fingerprint, "sha1": None,
+           "duplicate_of": None, "audio": None, "transcribed": False, "segments": [], "timings": {},
+           "rejected": [{"source": rel, "stage": "pipeline", "reason": "worker_crashed",
+                         "detail": "the worker process died twice on this file (out of memory?)"}]}
+    return _save(rec, ctx.out_dir / PARTS)
+
+
+def run_sources(todo: list[tuple[str, float]], cfg: DictConfig, ctx: Context, workers: int, on_done) -> None:
+    """Process `todo` [(rel, seconds)] with `workers` processes (inline when 1), longest first."""
+    todo = sorted(todo, key=lambda x: (-x[1], x[0]))
+    if workers <= 1:
+        import torch
+
+        torch.set_num_threads(ctx.threads)
+        stages = build_stages(cfg, ctx.threads)
+        for rel, _ in todo:
+            on_done(process_source(rel, stages, ctx))
+        return
+    cfg_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    pending = [rel for rel, _ in todo]
+    crashes: dict[str, int] = {}
+    while pending:
+        inflight: dict = {}
+        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                   initargs=(cfg_yaml, ctx))
+        try:
+            while pending or inflight:
+                while pending and len(inflight) < workers:  # at most one source per worker in flight
+                    rel = pending.pop(0)
+                    inflight[pool.submit(_work, rel)] = rel
+                done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+                for f in done:
+                    rel = inflight.pop(f)
+                    if isinstance(f.exception(), BrokenProcessPool):
+                        inflight[f] = rel
+                        raise BrokenProcessPool
+                    on_done(f.result())
+        except BrokenProcessPool:
+            # A worker died (killed, out of memory, a crash in native code). Retry what was in
+            # flight once in a fresh pool; a file in flight for two deaths is rejected.
+            log.warning("a worker process died; restarting the pool (in flight: %s)", sorted(inflight.values()))
+            for rel in inflight.values():
+                crashes[rel] = crashes.get(rel, 0) + 1
+                if crashes[rel] >= 2:
+                    on_done(_crash_record(rel, ctx))
+                else:
+                    pending.insert(0, rel)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ---------------------------------------------------------------- progress
+
+class Progress:
+    """Files done, hours of audio done, speed (x real time) and ETA (from the hours rate)."""
+
+    def __init__(self, n_files: int, seconds: float, desc: str):
+        from tqdm import tqdm
+
+        tty = sys.stderr.isatty()  # in a batch log, a line every 30 s rather than a redraw every 0.5 s
+        self.bar = tqdm(total=round(seconds / 3600, 4), desc=desc, file=sys.stderr, dynamic_ncols=True,
+                        mininterval=0.5 if tty else 30.0,
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.3f}/{total:.3f} h audio "
+                                   "[{elapsed}<{remaining}] {postfix}")
+        self.n_files, self.done, self.seconds, self.t0 = n_files, 0, 0.0, time.perf_counter()
+        self.bar.set_postfix_str(f"files 0/{n_files}", refresh=False)
+
+    def update(self, summary: dict) -> None:
+        self.done += 1
+        self.seconds += summary["seconds"]
+        speed = self.seconds / max(time.perf_counter() - self.t0, 1e-9)
+        self.bar.set_postfix_str(f"files {self.done}/{self.n_files}, {speed:.1f}x real time", refresh=False)
+        self.bar.update(round(summary["seconds"] / 3600, 6))
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+# ---------------------------------------------------------------- the run
+
+def _clean_stale_temps() -> None:
+    """Remove 24 kHz temp copies left by killed runs on this host (their process is gone)."""
+    host = socket.gethostname()
+    for p in Path(tempfile.gettempdir()).glob(f"curate24-*-{host}-*"):
+        try:
+            pid = int(p.name.split("-")[1])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            p.unlink(missing_ok=True)
+        except (ValueError, IndexError, PermissionError, OSError):
+            continue
+
+
+def curate(cfg: DictConfig) -> dict:
+    """Run (or resume) a curation; returns the slice summary, plus the finalize summary if single."""
+    from data_pipeline.merge import finalize, slice_path
+
+    input_dir, out_dir = Path(cfg.input_dir).resolve(), Path(cfg.output_dir).resolve()
+    (out_dir / PARTS).mkdir(parents=True, exist_ok=True)
+    (out_dir / SLICES).mkdir(parents=True, exist_ok=True)
+    _clean_stale_temps()
+    ingest = _build(cfg.ingest, 1)
+    sources = slice_sources(ingest.list_sources(input_dir, exclude=out_dir), cfg.num_shards, cfg.shard_index)
+    fp = processing_fingerprint(cfg)
+    workers = max(1, int(cfg.workers))
+    ctx = Context(input_dir, out_dir, fp, threads=max(1, len(os.sched_getaffinity(0)) // workers))
+
+    todo = []
+    for rel in sources:
+        if not is_done(load_record(out_dir, rel), fp, input_dir):
+            try:
+                seconds = audio_info(input_dir / rel).duration
+            except AudioError:
+                seconds = 0.0
+            todo.append((rel, seconds))
+    log.info("%d input files in slice %d/%d: %d done, %d to process (%.2f h)", len(sources), cfg.shard_index,
+             cfg.num_shards, len(sources) - len(todo), len(todo), sum(s for _, s in todo) / 3600)
+    t0 = time.perf_counter()
+    if todo:
+        bar = Progress(len(todo), sum(s for _, s in todo), desc=f"curate {cfg.shard_index}/{cfg.num_shards}")
+        try:
+            run_sources(todo, cfg, ctx, workers, bar.update)
+        finally:
+            bar.close()
+    wall = time.perf_counter() - t0
+    slice_summary = {"num_shards": cfg.num_shards, "shard_index": cfg.shard_index, "fingerprint": fp,
+                     "input_dir": str(input_dir), "sources": sources, "seconds": round(wall, 3)}
+    _write_json(slice_path(out_dir, cfg.num_shards, cfg.shard_index), slice_summary)
+    if cfg.num_shards > 1:
+        log.info("slice %d/%d done; when all slices are, run: python -m data_pipeline.merge output_dir=%s",
+                 cfg.shard_index, cfg.num_shards, out_dir)
+        return slice_summary
+    return finalize(cfg, out_dir, sources, str(input_dir), wall if len(todo) == len(sources) else None)

@@ -1,0 +1,109 @@
+"""Whisper ASR from a LOCAL model directory (nothing is fetched from a hub).
+
+Two model formats, told apart by the directory's contents:
+    model.bin (CTranslate2)        -> faster-whisper (pip install faster-whisper)
+    config.json (Hugging Face)     -> transformers' WhisperForConditionalGeneration; the folder
+                                      also needs the tokenizer and feature-extractor files,
+                                      i.e. what `save_pretrained` of model and processor writes
+
+language: null lets Whisper detect it per segment; the detected (or given) code is recorded.
+Segments longer than 30 s go through transformers' long-form (sequential) decoding.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import soxr
+
+from data_pipeline.stages.base import Segment, Transcript
+
+WHISPER_SR = 16_000
+_MODELS: dict = {}  # (path, device) -> loaded model, one per process
+
+
+def _load_transformers(path: Path, device: str):
+    import torch
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    processor = WhisperProcessor.from_pretrained(str(path), local_files_only=True)
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    model = WhisperForConditionalGeneration.from_pretrained(str(path), local_files_only=True, dtype=dtype)
+    return processor, model.to(device).eval()
+
+
+def _load_faster_whisper(path: Path, device: str):
+    try:
+        from faster_whisper import WhisperModel
+    except ImportError:
+        raise ImportError(f"{path} holds a CTranslate2 (faster-whisper) model, but faster-whisper is not "
+                          "installed: pip install faster-whisper") from None
+    return WhisperModel(str(path), device=device)
+
+
+class WhisperTranscriber:
+    def __init__(self, model_path: str | None, language: str | None = None, device: str = "cpu",
+                 beam_size: int = 1, batch_size: int = 8, max_new_tokens: int | None = None):
+        if not model_path:
+            raise ValueError("transcribe=whisper needs transcribe.model_path=DIR (a local Whisper model folder)")
+        self.path = Path(model_path).expanduser()
+        if (self.path / "model.bin").is_file():
+            self.backend = "faster_whisper"
+        elif (self.path / "config.json").is_file():
+            self.backend = "transformers"
+        else:
+            raise FileNotFoundError(f"Whisper model not found: {self.path} (expected config.json of a "
+                                    "transformers model or model.bin of a CTranslate2 model)")
+        self.language = language
+        self.device = device
+        self.beam_size = beam_size
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens  # None: the model's own limit
+    def _model(self):
+        key = (str(self.path), self.device)
+        if key not in _MODELS:
+            load = _load_faster_whisper if self.backend == "faster_whisper" else _load_transformers
+            _MODELS[key] = load(self.path, self.device)
+        return _MODELS[key]
+
+    def transcribe(self, clips, sr, segments: list[Segment], source_path: Path) -> list[Transcript]:
+        clips16 = [np.asarray(c, np.float32).reshape(-1) for c in clips]
+        if sr != WHISPER_SR:
+            clips16 = [soxr.resample(c, sr, WHISPER_SR).astype(np.float32) for c in clips16]
+        if self.backend == "faster_whisper":
+            return [self._faster_whisper(c) for c in clips16]
+        out: list[Transcript] = []
+        for b in range(0, len(clips16), self.batch_size):
+            out += self._transformers(clips16[b:b + self.batch_size])
+        return out
+
+    def _faster_whisper(self, wav16: np.ndarray) -> Transcript:
+        cap = {"max_new_tokens": self.max_new_tokens} if self.max_new_tokens else {}
+        pieces, info = self._model().transcribe(wav16, language=self.language, beam_size=self.beam_size,
+                                                condition_on_previous_text=False, **cap)
+        return Transcript(text=" ".join(p.text.strip() for p in pieces).strip(),
+                          language=self.language or info.language)
+
+    def _transformers(self, batch: list[np.ndarray]) -> list[Transcript]:
+        import torch
+
+        processor, model = self._model()
+        long_form = max(len(c) for c in batch) > 30 * WHISPER_SR
+        # Short clips are padded to Whisper's fixed 30 s input; longer ones need no truncation so
+        # that generate() switches to sequential long-form decoding.
+        feats = processor.feature_extractor(
+            batch, sampling_rate=WHISPER_SR, return_tensors="pt", return_attention_mask=True,
+            **({"truncation": False, "padding": "longest"} if long_form else {}))
+        x = feats.input_features.to(self.device, model.dtype)  # [B, 80 mels, 3000+ frames]
+        with torch.inference_mode():
+            if self.language:
+                languages = [self.language] * len(batch)
+            else:  # detect once here (generate() would detect but not tell us what it found)
+                lang_ids = model.detect_language(x[..., :3000]).tolist()
+                languages = [t[2:-2] for t in processor.tokenizer.convert_ids_to_tokens(lang_ids)]
+            ids = model.generate(x, attention_mask=feats.attention_mask.to(self.device), language=languages,
+                                 task="transcribe", num_beams=self.beam_size,
+                                 **({"max_new_tokens": self.max_new_tokens} if self.max_new_tokens else {}))
+        ids = ids.sequences if hasattr(ids, "sequences") else ids
+        texts = processor.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        return [Transcript(text=t.strip(), language=lang) for t, lang in zip(texts, languages)]

@@ -1,0 +1,47 @@
+"""A task.build wrapper for the cluster tests (run in subprocesses with tests/ on PYTHONPATH).
+
+    task.build._target_=cluster_probe.build +task.build.inner=higgs_train.llm.lit.build
+
+builds the real (module, data module) and adds one hook to the module: after every optimizer
+step it appends {rank, step, params sha1, batch sha1} to run_dir/probe/rank<R>.jsonl, so a test
+can compare parameters across ranks. With +task.build.preempt_at=N it plays a Slurm preemption
+at step N: raises SIGUSR1 (Lightning's SLURMEnvironment handler saves hpc_ckpt_*.ckpt and calls
+`scontrol requeue`), then exits as the killed job would.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import types
+from pathlib import Path
+
+import torch
+from hydra.utils import get_method
+
+
+def sha1(tensors) -> str:
+    h = hashlib.sha1()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def build(cfg, inner: str, preempt_at: int | None = None):
+    module, datamodule = get_method(inner)(cfg=cfg)
+    out = Path(cfg.run_dir) / "probe"
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = [v for v in batch.values() if isinstance(v, torch.Tensor)] if isinstance(batch, dict) else [batch]
+        row = {"rank": self.global_rank, "world": self.trainer.world_size, "step": self.global_step,
+               "params": sha1(p for p in self.parameters()), "batch": sha1(tensors)}
+        with open(out / f"rank{self.global_rank}.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if preempt_at is not None and self.global_step == preempt_at:
+            signal.raise_signal(signal.SIGUSR1)   # what `sbatch --signal=USR1@90` delivers
+            os._exit(0)                           # Slurm then ends the job (and requeues it)
+
+    module.on_train_batch_end = types.MethodType(on_train_batch_end, module)
+    return module, datamodule
