@@ -17,3 +17,28 @@ TINY_LLM = ["model.hidden_size=32", "model.intermediate_size=64", "model.num_lay
             "model.num_kv_heads=1", "model.head_dim=16", "model.dual_layers=[1]", "data.max_tokens=600",
             "data.max_len=300", "data.buffer=16", "data.num_workers=0", "++trainer.enable_progress_bar=false",
             "trainer.log_every_n_steps=1", "task.optim.warmup_steps=2"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer_corpus(tmp_path_factory):
+    """4 shards x 2 half-second clips of noisy chirps: enough for 2 ranks to read disjoint shards."""
+    import numpy as np
+
+    from higgs_train.shards import ShardWriter, encode_flac
+
+    d = tmp_path_factory.mktemp("slurm_tok") / "shards"
+    rng = np.random.default_rng(0)
+    t = np.arange(12000) / 24000
+    with ShardWriter(d) as w:
+        for i in range(8):
+            if i and i % 2 == 0:
+                w.close_shard()
+            wav = 0.5 * np.sin(2 * np.pi * (150 + 40 * i) * t * (1 + t)) + 0.05 * rng.standard_normal(len(t))
+            w.write(f"c{i}", encode_flac(wav.astype(np.float32)), {"id": f"c{i}", "duration": 0.5})
+    return d
+
+
+# GAN from step 1 (step 0 is reconstruction only), so both optimizers step under DDP
+TINY_TOKENIZER = ["model=tokenizer/tiny", "task.data.crop_seconds=0.2", "task.data.batch_size=2",
+                  "task.data.num_workers=0", "task.data.shuffle_buffer=2", "task.loss.gan_start_step=1",
+                  "task.disc_channels=8", "++trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1"]

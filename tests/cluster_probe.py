@@ -2,9 +2,11 @@
 
     task.build._target_=cluster_probe.build +task.build.inner=higgs_train.llm.lit.build
 
-builds the real (module, data module) and adds one hook to the module: after every optimizer
-step it appends {rank, step, params sha1, batch sha1} to run_dir/probe/rank<R>.jsonl, so a test
-can compare parameters across ranks. With +task.build.preempt_at=N it plays a Slurm preemption
+builds the real (module, data module) and adds one hook to the module: after every training
+step it appends {rank, step, params sha1, batch sha1, parts} to run_dir/probe/rank<R>.jsonl, so a
+test can compare parameters across ranks; `parts` holds, per top-level submodule, the sha1 of its
+parameters and of its buffers (the tokenizer's generator and discriminator apart, and its EMA
+codebooks, buffers that move outside any optimizer). With +task.build.preempt_at=N it plays a Slurm preemption
 at step N: raises SIGUSR1 (Lightning's SLURMEnvironment handler saves hpc_ckpt_*.ckpt and calls
 `scontrol requeue`), then exits as the killed job would.
 """
@@ -36,7 +38,9 @@ def build(cfg, inner: str, preempt_at: int | None = None):
         out.mkdir(parents=True, exist_ok=True)
         tensors = [v for v in batch.values() if isinstance(v, torch.Tensor)] if isinstance(batch, dict) else [batch]
         row = {"rank": self.global_rank, "world": self.trainer.world_size, "step": self.global_step,
-               "params": sha1(p for p in self.parameters()), "batch": sha1(tensors)}
+               "params": sha1(p for p in self.parameters()), "batch": sha1(tensors),
+               "parts": {name: {"params": sha1(m.parameters()), "buffers": sha1(m.buffers())}
+                         for name, m in self.named_children()}}
         with open(out / f"rank{self.global_rank}.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
         if preempt_at is not None and self.global_step == preempt_at:
