@@ -127,7 +127,9 @@ def tile_to(src: Path, dst: Path, seconds: float) -> None:
 
 
 def rtf(audio: float, seconds: float) -> str:
-    return f"{audio / seconds:8.1f}x" if seconds > 0 else "       -"
+    if seconds <= 0:
+        return "-"
+    return f"{audio / seconds:.1f}x" if audio / seconds < 10_000 else ">10000x"
 
 
 def main(argv: list[str]) -> None:

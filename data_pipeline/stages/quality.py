@@ -55,6 +55,8 @@ def _session(path: Path, threads: int):
             raise FileNotFoundError(f"DNSMOS model not found: {path}")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads  # 0: onnxruntime picks (all cores)
+        # The arena holds on to each batch's peak (+1.8 GiB at batch 16 on a 2-hour file); off: +0.12 GiB.
+        opts.enable_cpu_mem_arena = False
         opts.inter_op_num_threads = 1
         _SESSIONS[key] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     return _SESSIONS[key]
