@@ -16,19 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from data_pipeline.synth import make_conversation, make_corpus
-
-
-@pytest.fixture(autouse=True, scope="session")
-def one_thread():
-    # Tiny models on a shared 2-core machine: OpenMP hand-offs cost more than the matmuls
-    # save (up to 10x slower with 2 threads under load), so every test runs single-threaded.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,15 @@ from inference.voices import VoiceError, VoiceLibrary
 GREEDY = SamplingConfig(temperature=0, max_frames=24)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # 2 shared cores: OpenMP hand-offs cost more than tiny matmuls save
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
     return make_tiny_exports(tmp_path_factory.mktemp("tiny"))

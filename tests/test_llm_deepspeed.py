@@ -17,6 +17,14 @@ from higgs_train.llm.lit import gather_zero3_state_dict
 deepspeed = pytest.importorskip("deepspeed")
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2 shared cores: more threads only contend
+    yield
+    torch.set_num_threads(n)
+
+
 CFG = DualFFNConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
                     num_kv_heads=1, head_dim=16, rope_scaling=None, dual_layers=[1])
 

@@ -56,6 +56,14 @@ def corpus(tmp_path_factory):
     return d
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # small convs on a shared 2-core machine: threads only spin
+    yield
+    torch.set_num_threads(n)
+
+
 def config(corpus, run_dir, *extra):
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         return compose("train", overrides=[
