@@ -1,6 +1,6 @@
 """Build a tiny pyannote.audio 4 speaker-diarization pipeline here, from generated conversations.
 
-    python -m data_pipeline.tiny_pyannote out_dir=DIR [minutes=3] [epochs=4] [seed=0]
+    python -m data_pipeline.tiny_pyannote out_dir=DIR [minutes=3] [steps=200] [seed=0]
 
 It writes the same layout as a downloaded pipeline (e.g. pyannote/speaker-diarization-community-1),
 so `diarization=pyannote diarization.path=DIR` loads it through the same code path:
@@ -17,6 +17,7 @@ download a pretrained pipeline once and point diarization.path at its folder.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -33,19 +34,20 @@ CHUNK = 5.0  # segmentation window (s)
 def _conversations(work: Path, minutes: float, seed: int) -> list[tuple[Path, list[dict], float]]:
     """Generated conversations of 2-3 voices at 16 kHz until `minutes` of audio: (path, utterances, duration)."""
     from data_pipeline.synth import make_conversation
+    from higgs_train.audio import audio_info
 
     out, total, i = [], 0.0, 0
     while total < minutes * 60 or len(out) < 2:
         path = work / f"conv{i:03d}.wav"
         utts = make_conversation(path, n_speakers=2 + i % 2, n_turns=8, seed=seed * 1000 + i, sample_rate=16000)
-        dur = utts[-1]["end"] + 0.3
+        dur = audio_info(path).duration
         out.append((path, utts, dur))
         total += dur
         i += 1
     return out
 
 
-def _protocol(files, dev):
+def _protocol(files):
     from pyannote.core import Annotation, Segment, Timeline
     from pyannote.database.protocol import SpeakerDiarizationProtocol
 
@@ -61,29 +63,26 @@ def _protocol(files, dev):
             for f in files:
                 yield item(*f)
 
-        def development_iter(self):
-            for f in dev:
-                yield item(*f)
-
     protocol = Synth()
     protocol.name = "Synth.SpeakerDiarization.Tiny"  # what the registry would set; the task cache records it
     return protocol
 
 
-def train_segmentation(files, dev, out: Path, epochs: int, seed: int) -> None:
-    """Train a tiny PyanNet (SincNet stride 10, one 32-unit BiLSTM) and save it in pyannote's format."""
+def train_segmentation(files, out: Path, steps: int, seed: int, cache: Path) -> None:
+    """Train a tiny PyanNet (SincNet stride 10, one 32-unit BiLSTM) for `steps` batches of 16 random
+    5 s chunks, and save it in pyannote's checkpoint format."""
     import lightning.pytorch as pl
     from pyannote.audio.models.segmentation import PyanNet
     from pyannote.audio.tasks import SpeakerDiarization
 
     pl.seed_everything(seed, workers=True, verbose=False)
-    task = SpeakerDiarization(_protocol(files, dev), duration=CHUNK, max_speakers_per_chunk=3,
-                              max_speakers_per_frame=2, batch_size=16, num_workers=0)
+    task = SpeakerDiarization(_protocol(files), duration=CHUNK, max_speakers_per_chunk=3,
+                              max_speakers_per_frame=2, batch_size=16, num_workers=0, cache=cache)
     model = PyanNet(sincnet={"stride": 10}, lstm={"hidden_size": 32, "num_layers": 1},
                     linear={"hidden_size": 32, "num_layers": 1}, task=task)
-    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False,
+    trainer = pl.Trainer(max_steps=steps, max_epochs=-1, accelerator="cpu", devices=1, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         num_sanity_val_steps=0, deterministic=True)
+                         limit_val_batches=0, num_sanity_val_steps=0, deterministic=True)
     trainer.fit(model)
     out.mkdir(parents=True, exist_ok=True)
     trainer.save_checkpoint(out / "pytorch_model.bin")  # Model.on_save_checkpoint adds pyannote's metadata
@@ -169,22 +168,28 @@ def write_config(out: Path) -> None:
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-def build(out_dir, minutes: float = 3.0, epochs: int = 4, seed: int = 0) -> Path:
-    """Generate data, train, fit and write the pipeline folder; returns its path."""
+def build(out_dir, minutes: float = 3.0, steps: int = 200, seed: int = 0) -> Path:
+    """Generate data, train, fit and write the pipeline folder; returns its path. The folder is
+    written under a temporary name and renamed when whole (replacing an earlier build)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and any(out.iterdir()) and not (out / "config.yaml").is_file():
+        raise FileExistsError(f"{out} exists and is not a pipeline folder: not overwriting it")
+    part = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(part, ignore_errors=True)
+    part.mkdir(parents=True)
     with tempfile.TemporaryDirectory() as tmp:
         files = _conversations(Path(tmp), minutes, seed)
-        dev, train = files[:1], files[1:]
-        train_segmentation(train, dev, out / "segmentation", epochs, seed)
-        model = save_embedding(out / "embedding", seed)
-        fit_plda(model, files, out / "plda")
-    write_config(out)
+        train_segmentation(files, part / "segmentation", steps, seed, cache=Path(tmp) / "task_cache.npz")
+        model = save_embedding(part / "embedding", seed)
+        fit_plda(model, files, part / "plda")
+    write_config(part)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(part, out)
     return out
 
 
 def main(argv: list[str]) -> int:
-    args = {"minutes": "3", "epochs": "4", "seed": "0"}
+    args = {"minutes": "3", "steps": "200", "seed": "0"}
     for a in argv:
         k, sep, v = a.partition("=")
         if not sep or k not in ("out_dir", *args):
@@ -194,7 +199,7 @@ def main(argv: list[str]) -> int:
     if "out_dir" not in args:
         print(__doc__, file=sys.stderr)
         return 2
-    out = build(args["out_dir"], float(args["minutes"]), int(args["epochs"]), int(args["seed"]))
+    out = build(args["out_dir"], float(args["minutes"]), int(args["steps"]), int(args["seed"]))
     print(f"wrote a pyannote pipeline to {out}: use diarization=pyannote diarization.path={out}")
     return 0
 

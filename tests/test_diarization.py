@@ -16,12 +16,15 @@ os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
 
 from data_pipeline.stages.base import ANALYSIS_SR, Turn  # noqa: E402
 from data_pipeline.stages.diarization import EmbeddingClusterDiarizer  # noqa: E402
-from data_pipeline.synth import VOICES, tts  # noqa: E402
+from data_pipeline.synth import VOICE_BY_NAME, Voice, tts  # noqa: E402
 from higgs_train.audio import load_audio  # noqa: E402
 
-# espeak voices v5 (en-gb-x-rp+f2) and v7 (en-gb-x-gbclan+f5) are nearly identical to resemblyzer
-# (centroid cosine 0.93-0.96, as close as two halves of one speaker): one of them is left out.
-DISTINCT = [v for v in VOICES if v.name != "v7"]
+# Resemblyzer hears some espeak voices as one: en-gb-x-rp+f2 vs en-gb-x-gbclan+f5 (v5, v7: centroid
+# cosine 0.93-0.96, as close as two halves of one speaker) and en-gb-scotland+m3 (v2) vs en-gb+f3 /
+# en-us+m1 (0.86-0.88). These tests replace v2 and v7 by two voices it tells apart (every pair
+# <= 0.82); the same change is proposed for data_pipeline.synth.VOICES.
+DISTINCT = [VOICE_BY_NAME[n] for n in ("v0", "v1", "v3", "v4", "v5", "v6")] + [
+    Voice("v2", "en-gb-x-rp+iven3", pitch=50, speed=165), Voice("v7", "en-us+klatt2", pitch=40, speed=150)]
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +62,7 @@ def purity(utterances: list[dict], start: float, end: float) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("n_speakers,seed", [(2, 3), (3, 1), (4, 2)])
+@pytest.mark.parametrize("n_speakers,seed", [(2, 10), (3, 11), (4, 12)])
 def test_der_and_segment_purity(conversation, diarizer, vad, n_speakers, seed):
     from data_pipeline.stages.segment import Segmenter
 
@@ -91,7 +94,7 @@ def test_one_speaker_is_one_label(conversation, diarizer):
 def test_change_inside_one_region_is_found_to_a_tenth(diarizer):
     """Speaker A then B with a 60 ms pause, given as ONE speech region (a VAD that merged them);
     earlier separate regions of both establish the two voices."""
-    a, b = DISTINCT[0], DISTINCT[3]  # en-us+m1, en-us+f4
+    a, b = DISTINCT[0], DISTINCT[2]  # en-us+m1, en-us+f4
     sil = np.zeros(ANALYSIS_SR // 2, np.float32)
     a1 = tts("The old fisherman painted a wooden boat before sunrise.", a, ANALYSIS_SR)
     b1 = tts("Did the mayor really sell the piano in the hall last winter?", b, ANALYSIS_SR)
@@ -113,9 +116,9 @@ def test_turns_follow_the_contract(diarizer):
     sil = np.zeros(ANALYSIS_SR // 3, np.float32)
     parts = [tts(text, v, ANALYSIS_SR) for text, v in [
         ("A quiet engineer repaired the kitchen window.", DISTINCT[0]),
-        ("Why would anyone hide the silver key?", DISTINCT[3]),
+        ("Why would anyone hide the silver key?", DISTINCT[2]),
         ("The price of coffee went up by nine percent last year.", DISTINCT[0]),
-        ("Please remember to return the yellow kite before Sunday.", DISTINCT[3])]]
+        ("Please remember to return the yellow kite before Sunday.", DISTINCT[2])]]
     wav = np.concatenate([x for p in parts for x in (p, sil)])
     bounds = np.cumsum([0] + [n for p in parts for n in (len(p), len(sil))]) / ANALYSIS_SR
     speech = [(bounds[2 * i], bounds[2 * i + 1]) for i in range(4)]

@@ -1,9 +1,10 @@
 """The curation run end to end: every input accounted for, broken files and duplicates rejected,
 shards that load, resume after SIGKILL, cluster slices + merge, re-thresholding without recompute.
 
-All runs share one small input folder (2 short conversations, 2 duplicates, the 4
-broken files) and the real stages (Silero VAD, resemblyzer diarization, DNSMOS, sidecar
-transcripts), kept small: DNSMOS dominates the time. DNSMOS scores espeak-ng speech around 2.1-2.9 OVRL, so the tests use a floor of 2.0.
+All runs share one small input folder (2 short conversations, 2 duplicates, the 4 broken files)
+and the real stages (Silero VAD, resemblyzer diarization, DNSMOS, sidecar transcripts); it is kept
+small because DNSMOS dominates the time. DNSMOS scores espeak-ng speech around 2.1-2.9 OVRL, so the
+tests use a floor of 2.0.
 """
 from __future__ import annotations
 

@@ -48,6 +48,7 @@ FPS = 100            # mel frames per second (resemblyzer: 25 ms window, 10 ms h
 CELL = 10            # frames per decision cell (0.1 s)
 N_MELS = 40
 TARGET_DBFS = -30.0  # speech level resemblyzer's preprocessing normalises to
+MAX_PIECES = 2000    # pieces clustered at most (~1.7 h of speech); the rest are labelled by the Viterbi pass
 
 
 class EmbeddingClusterDiarizer:
@@ -71,8 +72,12 @@ class EmbeddingClusterDiarizer:
                  min_speaker: float = 3.0, max_speakers: int = 8, tolerance: float = 0.9,
                  merge_threshold: float = 0.87, switch_penalty: float = 0.1, sure: float = 0.1,
                  snap: float = 1.0, batch_size: int = 128, device: str = "cpu"):
+        import warnings
+
         import librosa
-        from resemblyzer import VoiceEncoder  # heavy imports: only when the stage is built
+        with warnings.catch_warnings():  # resemblyzer imports a deprecated scipy.ndimage path
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from resemblyzer import VoiceEncoder  # heavy imports: only when the stage is built
 
         self.win = int(round(window * FPS))
         self.hop = max(1, int(round(hop * FPS)))
@@ -139,6 +144,7 @@ class EmbeddingClusterDiarizer:
     def _cluster(self, X: np.ndarray, weight: np.ndarray) -> np.ndarray:
         """Labels 0..K-1 for piece embeddings X [n, 256] (L2-normed) weighted by duration (frames)."""
         from scipy.cluster.hierarchy import fcluster, linkage
+        from scipy.spatial.distance import squareform
         from sklearn.metrics import silhouette_score
 
         n = len(X)
@@ -146,7 +152,9 @@ class EmbeddingClusterDiarizer:
         if n >= 3:
             Xc = X - (weight[:, None] * X).sum(0) / weight.sum()
             Xc /= np.linalg.norm(Xc, axis=1, keepdims=True) + 1e-8
-            tree = linkage(Xc, method="average", metric="cosine")
+            dist = np.clip(1.0 - Xc @ Xc.T, 0.0, 2.0)                  # cosine distances, once
+            np.fill_diagonal(dist, 0.0)
+            tree = linkage(squareform(dist, checks=False), method="average")
             cuts = []  # (silhouette, labels with outlier clusters folded in)
             for k in range(2, min(n - 1, 2 * self.max_speakers) + 1):
                 cut0 = cut = fcluster(tree, k, criterion="maxclust") - 1
@@ -159,7 +167,7 @@ class EmbeddingClusterDiarizer:
                     C = self._centroids(X, weight, cut, big)
                     cut = cut.copy()
                     cut[small] = np.asarray(big)[np.argmax(X[small] @ C.T, axis=1)]
-                cuts.append((silhouette_score(Xc, cut0, metric="cosine"), cut))
+                cuts.append((silhouette_score(dist, cut0, metric="precomputed"), cut))
             if cuts:
                 top = max(s for s, _ in cuts)
                 labels = [cut for s, cut in cuts if s >= self.tolerance * top][-1]
@@ -269,6 +277,10 @@ class EmbeddingClusterDiarizer:
         reliable = piece_weight >= self.min_piece
         if not reliable.any():
             reliable[:] = True
+        if reliable.sum() > MAX_PIECES:  # hours of speech: cluster an even spread (AHC needs n^2 memory)
+            chosen = np.flatnonzero(reliable)[np.linspace(0, reliable.sum() - 1, MAX_PIECES).astype(int)]
+            reliable[:] = False
+            reliable[chosen] = True
         piece_labels = np.full(n_pieces, -1)
         piece_labels[reliable] = self._cluster(P[reliable], piece_weight[reliable])
         K = int(piece_labels.max()) + 1

@@ -21,8 +21,8 @@ import torch
 
 from data_pipeline.stages.base import ANALYSIS_SR, Turn
 
-os.environ["PYANNOTE_METRICS_ENABLED"] = "0"  # pyannote.audio 4 sends usage metrics unless told not to
-os.environ["HF_HUB_OFFLINE"] = "1"            # belt and braces: a hub lookup fails at once instead of waiting
+# pyannote.audio 4 sends usage metrics unless told not to (read when it is first imported).
+os.environ["PYANNOTE_METRICS_ENABLED"] = "0"
 
 _PARTS = ("segmentation", "embedding", "plda")
 
@@ -36,31 +36,53 @@ def check_pipeline_dir(path) -> Path:
     hint = ("set diarization.path to a local pyannote pipeline folder (config.yaml + segmentation/, "
             "embedding/, plda/), e.g. one built by `python -m data_pipeline.tiny_pyannote out_dir=DIR` "
             "or a pretrained pipeline downloaded once")
-    if root is None or not (root / "config.yaml").is_file():
-        raise FileNotFoundError(f"pyannote pipeline not found: {root}/config.yaml does not exist ({hint})")
+    if root is None:
+        raise FileNotFoundError(f"diarization.path is not set: {hint}")
+    if not (root / "config.yaml").is_file():
+        raise FileNotFoundError(f"pyannote pipeline not found: {root / 'config.yaml'} does not exist ({hint})")
     config = yaml.safe_load((root / "config.yaml").read_text()) or {}
-    params = (config.get("pipeline") or {}).get("params") or {}
-    for part in _PARTS:
+    pipeline = config.get("pipeline") or {}
+    params = pipeline.get("params") or {}
+    parts = sorted(set(_PARTS) & set(params) | set(_hub_defaults(pipeline.get("name"))))
+    for part in parts:  # first: every model part must be local
         ref = params.get(part)
-        if ref is None:
-            continue
-        if isinstance(ref, str) and ref.startswith("$model/"):
-            where = root / ref[len("$model/"):].split("@")[0]
-            needed = [where / "pytorch_model.bin"] if part != "plda" else [where / "xvec_transform.npz",
-                                                                          where / "plda.npz"]
-        elif isinstance(ref, str) and Path(ref).expanduser().exists():
-            continue
-        else:
-            raise FileNotFoundError(f"{root}/config.yaml: {part} = {ref!r} is neither '$model/<subfolder>' "
+        if not (isinstance(ref, str) and (ref.startswith("$model/") or Path(ref).expanduser().exists())):
+            raise FileNotFoundError(f"{root / 'config.yaml'}: {part} = {ref!r} is neither '$model/<subfolder>' "
                                     f"nor an existing local path; models are never fetched from a hub ({hint})")
-        for p in needed:
-            if not p.is_file():
-                raise FileNotFoundError(f"pyannote pipeline {root}: {part} file {p} does not exist ({hint})")
+    for part in parts:  # then: the files of the "$model/<subfolder>" parts must exist
+        ref = params[part]
+        if ref.startswith("$model/"):
+            where = root / ref[len("$model/"):].split("@")[0]
+            for p in ([where / "xvec_transform.npz", where / "plda.npz"] if part == "plda"
+                      else [where / "pytorch_model.bin"]):
+                if not p.is_file():
+                    raise FileNotFoundError(f"pyannote pipeline {root}: {part} file {p} does not exist ({hint})")
     return root
 
 
+def _hub_defaults(name: str | None) -> list[str]:
+    """Parameters of the pipeline class whose default points at a hub checkpoint: config.yaml must
+    set them, or pyannote would download them."""
+    import inspect
+
+    from pyannote.core.utils.helper import get_class_by_name
+
+    try:
+        klass = get_class_by_name(name, default_module_name="pyannote.pipeline.blocks")
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return list(_PARTS)
+    out = []
+    for k, p in inspect.signature(klass.__init__).parameters.items():
+        d = p.default
+        if (isinstance(d, dict) and "checkpoint" in d) or (isinstance(d, str) and "/" in d and not Path(d).exists()):
+            out.append(k)
+    return out
+
+
 class PyannoteDiarizer:
-    """diarizer(wav16, sr, speech) -> list[Turn] with a local pyannote.audio pipeline.
+    """diarizer(wav16, sr, speech) -> list[Turn] with a local pyannote.audio pipeline. Every part is
+    checked to be a local file first (check_pipeline_dir), so pyannote takes its local-folder path
+    and never calls a hub.
 
     path:          the pipeline folder (config.yaml + parts)
     num_speakers:  the count when it is known; null: the pipeline estimates it
@@ -80,23 +102,27 @@ class PyannoteDiarizer:
         self.max_speakers = max_speakers
 
     def __call__(self, wav16: np.ndarray, sr: int, speech: list[tuple[float, float]]) -> list[Turn]:
-        from pyannote.core import Annotation, Segment, Timeline
-
         if sr != ANALYSIS_SR:
             raise ValueError(f"PyannoteDiarizer expects {ANALYSIS_SR} Hz analysis audio, got {sr}")
         wav = np.asarray(wav16, dtype=np.float32).reshape(-1)
-        speech_tl = Timeline([Segment(float(a), float(b)) for a, b in speech if b > a]).support()
-        if len(wav) == 0 or not speech_tl:
+        if len(wav) == 0 or not any(b > a for a, b in speech):
             return []
         out = self.pipeline({"waveform": torch.from_numpy(wav)[None], "sample_rate": sr, "uri": "source"},
                             num_speakers=self.num_speakers, min_speakers=self.min_speakers,
                             max_speakers=self.max_speakers)
-        ann: Annotation = getattr(out, "speaker_diarization", out)  # DiarizeOutput, or Annotation (legacy)
-        keep = speech_tl.extrude(ann.get_overlap()) if ann.get_overlap() else speech_tl
-        turns = []
-        for seg, _, label in ann.crop(keep, mode="intersection").itertracks(yield_label=True):
-            if seg.duration > 0:
-                turns.append((seg.start, seg.end, label))
-        turns.sort()
-        names: dict = {}
-        return [Turn(round(a, 3), round(b, 3), names.setdefault(k, f"S{len(names)}")) for a, b, k in turns]
+        return turns_from_annotation(getattr(out, "speaker_diarization", out), speech)  # DiarizeOutput or legacy
+
+
+def turns_from_annotation(annotation, speech: list[tuple[float, float]]) -> list[Turn]:
+    """pyannote Annotation -> sorted, non-overlapping turns: overlapped speech removed, the rest cut
+    to the speech regions, labels renamed S0, S1, ... in order of first appearance."""
+    from pyannote.core import Segment, Timeline
+
+    keep = Timeline([Segment(float(a), float(b)) for a, b in speech if b > a]).support()
+    overlap = annotation.get_overlap()
+    if overlap:
+        keep = keep.extrude(overlap)
+    turns = sorted((seg.start, seg.end, label) for seg, _, label in
+                   annotation.crop(keep, mode="intersection").itertracks(yield_label=True) if seg.duration > 0)
+    names: dict = {}
+    return [Turn(round(float(a), 3), round(float(b), 3), names.setdefault(k, f"S{len(names)}")) for a, b, k in turns]
