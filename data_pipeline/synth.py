@@ -70,16 +70,18 @@ class Voice:
 # Accent, formant variant (m*/f*), pitch and speed all differ, so that both a
 # listener and a speaker-embedding model can tell the voices apart. Pitches are
 # chosen so the median f0 forms a ladder ~17% apart: about 69, 88, 101, 119, 142,
-# 165, 200, 237 Hz (v0, v6, v2, v1, v4, v7, v5, v3).
+# 165, 200, 237 Hz (v0, v6, v2, v1, v4, v7, v5, v3). Resemblyzer's cosine between utterances
+# of two different voices stays <= 0.81 (v2 and v7 were replaced when they scored 0.85-0.87
+# against v1 and v5, as high as a voice against itself).
 VOICES: list[Voice] = [
     Voice("v0", "en-us+m1", pitch=10, speed=150, gain_db=0.0),
     Voice("v1", "en-gb+f3", pitch=65, speed=170, gain_db=-2.0),
-    Voice("v2", "en-gb-scotland+m3", pitch=45, speed=140, gain_db=1.5),
+    Voice("v2", "en-gb-x-rp+iven3", pitch=50, speed=165, gain_db=1.5),
     Voice("v3", "en-us+f4", pitch=75, speed=180, gain_db=-1.0),
     Voice("v4", "en-029+m7", pitch=80, speed=155, gain_db=2.0),
     Voice("v5", "en-gb-x-rp+f2", pitch=52, speed=195, gain_db=-3.0),
     Voice("v6", "en-us-nyc+m5", pitch=30, speed=130, gain_db=0.5),
-    Voice("v7", "en-gb-x-gbclan+f5", pitch=25, speed=160, gain_db=-1.5),
+    Voice("v7", "en+steph", pitch=40, speed=160, gain_db=-1.5),
 ]
 VOICE_BY_NAME = {v.name: v for v in VOICES}
 

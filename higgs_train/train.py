@@ -38,6 +38,8 @@ def fit(cfg: DictConfig) -> Path:
         ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step}", auto_insert_metric_name=False,
                         save_last=True, save_top_k=-1, every_n_train_steps=cfg.checkpoint_every_n_steps),
         LearningRateMonitor(logging_interval="step"),
+        # extra callbacks by name (e.g. evaluation every N steps, early stopping in fine-tuning)
+        *(instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None),
     ]
     logger = instantiate(cfg.logger, save_dir=str(run_dir))
     trainer: L.Trainer = instantiate(cfg.trainer, default_root_dir=str(run_dir), callbacks=callbacks,

@@ -10,14 +10,27 @@ synth_corpus  session-scoped; make_corpus(preset="tests") built once (~6 s) into
 conversation  session-scoped factory: conversation(name="conv.wav", **make_conversation_kwargs)
               -> (path, utterances). Same arguments give the same cached file, so treat
               the files as read-only (copy them before changing them).
+one_thread    module-scoped: torch runs single-threaded for a module that asks for it with
+              `pytestmark = pytest.mark.usefixtures("one_thread")`, and the count is restored after.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
 
 from data_pipeline.synth import make_conversation, make_corpus
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    # Tiny models on 2 shared cores: OpenMP hand-offs cost more than the small matmuls and convs
+    # save (10-25x slower under load). Module scope, restored after: not every module wants it.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

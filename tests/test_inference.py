@@ -18,13 +18,7 @@ from inference.voices import VoiceError, VoiceLibrary
 GREEDY = SamplingConfig(temperature=0, max_frames=24)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # 2 shared cores: OpenMP hand-offs cost more than tiny matmuls save
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

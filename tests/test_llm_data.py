@@ -15,12 +15,7 @@ from higgs_train.llm.text_tokenizer import SPECIAL_TOKENS, load_text_tokenizer, 
 from higgs_train.shards import list_shards
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: more threads only contend
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,7 @@ from higgs_train.llm.lit import gather_zero3_state_dict
 deepspeed = pytest.importorskip("deepspeed")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: more threads only contend
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 CFG = DualFFNConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,

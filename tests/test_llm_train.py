@@ -13,12 +13,7 @@ from higgs_train.llm.synthetic import write_synthetic_shards
 from higgs_train.llm.text_tokenizer import SPECIAL_TOKENS, load_text_tokenizer, train_bpe
 from higgs_train.train import fit
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: more threads only contend
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 MICRO = ["model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=2", "model.num_heads=2",

@@ -17,12 +17,7 @@ MICRO = dict(channels=4, max_channels=16, res_units=1, latent_dim=16, codebook_d
 LENGTHS = [0.5, 1.3, 0.97, 2.2, 0.04]  # seconds; 0.04 s is shorter than one frame
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 @pytest.fixture

@@ -15,14 +15,7 @@ MICRO = dict(channels=4, max_channels=16, res_units=1, latent_dim=16, codebook_d
              semantic_layers=1, teacher=None)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Small convs gain nothing from threads, and on a shared 2-core machine OpenMP spinning
-    # makes them 10x slower: run this module single-threaded, then restore.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 def size_config(size: str) -> TokenizerConfig:

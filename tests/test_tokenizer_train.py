@@ -56,12 +56,7 @@ def corpus(tmp_path_factory):
     return d
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # small convs on a shared 2-core machine: threads only spin
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 def config(corpus, run_dir, *extra):
