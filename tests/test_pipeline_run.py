@@ -249,3 +249,33 @@ def test_tokenizer_hook_adds_codes_after_export(inputs, clean_run, tmp_path):
             assert abs(s["codes"].shape[1] - rows[s["key"]]["duration"] * 25) <= 1  # 25 frames/s
             n += 1
     assert n == len(rows)
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_replaced_and_its_file_retried(inputs, clean_run, tmp_path):
+    """A worker process dies (SIGKILL, as the kernel's OOM killer would) while files are in flight:
+    the pool is rebuilt, those files are retried, and the result equals the undisturbed run's."""
+    import psutil
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "data_pipeline", *config_args(
+        [f"input_dir={inputs}", f"output_dir={out}", *COMMON, "workers=2"])],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # Hydra logs to stdout
+    killed = None
+    deadline = time.time() + 120
+    while killed is None and time.time() < deadline and proc.poll() is None:
+        try:  # the pool's spawned workers (not multiprocessing's resource tracker)
+            workers = [c for c in psutil.Process(proc.pid).children(recursive=True)
+                       if "spawn_main" in " ".join(c.cmdline())]
+        except psutil.Error:
+            workers = []
+        if workers:  # the first file cannot be done yet: workers start by loading four models
+            killed = workers[0].pid
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.05)
+    err, _ = proc.communicate(timeout=600)
+    assert killed is not None, err[-2000:]
+    assert proc.returncode == 0, err[-3000:]
+    assert "a worker process died; restarting the pool" in err
+    assert (out / "manifest.jsonl").read_text() == (clean_run / "manifest.jsonl").read_text()
+    assert (out / "rejected.jsonl").read_text() == (clean_run / "rejected.jsonl").read_text()
