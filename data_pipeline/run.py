@@ -28,8 +28,10 @@ import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -47,6 +49,10 @@ PARTS, SLICES, SHA1_DIR = "parts", "slices", ".sha1"
 # filter and export are not here: they act at finalize, on the stored records.
 PROCESSING_GROUPS = ("ingest", "vad", "diarization", "segment", "quality", "transcribe")
 CHUNK_SECONDS = 600.0  # audio per quality/transcribe call (bounds memory on multi-hour sources)
+# Share of a source's processing time done after each stage, for the progress bar inside a long
+# file (benchmarks/README.md: DNSMOS ~85 % of the time without ASR; with ASR, quality and
+# transcription split what follows diarization).
+DONE_AFTER = {"ingest": 0.02, "vad": 0.04, "diarization": 0.14, "quality": 0.95, "transcribe": 0.95}
 
 
 def register_resolvers() -> None:
@@ -109,6 +115,13 @@ class Context:
     out_dir: Path
     fingerprint: str
     threads: int
+    # progress(rel, fraction) inside one source, so a multi-hour file moves the bar while it runs:
+    # Progress.partial inline, a queue's put in worker processes (None: not reported)
+    progress: Callable | None = None
+
+    def report(self, rel: str, fraction: float) -> None:
+        if self.progress is not None:
+            self.progress((rel, fraction))
 
 
 def _claim_sha1(ctx: Context, sha1: str, key: str, rel: str) -> str | None:
@@ -169,7 +182,14 @@ def process_source(rel: str, stages: Stages, ctx: Context) -> dict:
         nonlocal t, stage
         now = time.perf_counter()
         timings[stage] = timings.get(stage, 0.0) + now - t
+        if stage in DONE_AFTER:
+            ctx.report(rel, DONE_AFTER[stage] if stage != "quality" or not transcribed else 0.5)
         t, stage = now, name
+
+    def chunk_done(i: int, n: int) -> None:  # a chunk of quality or transcription, for the bar
+        lo = DONE_AFTER["diarization"] if stage == "quality" else 0.5
+        hi = 0.5 if stage == "quality" and transcribed else DONE_AFTER[stage]
+        ctx.report(rel, lo + (hi - lo) * (i + 1) / n)
 
     dec = None
 
@@ -211,12 +231,14 @@ def process_source(rel: str, stages: Stages, ctx: Context) -> dict:
         lap("quality")
         # Scored (and transcribed) in chunks of <= CHUNK_SECONDS of audio: a stage batches inside a
         # chunk, and the clips of a multi-hour source never all sit in memory at once.
-        for chunk in _chunks(kept, CHUNK_SECONDS):
+        chunks = list(_chunks(kept, CHUNK_SECONDS))
+        for i, chunk in enumerate(chunks):
             for s, q in zip(chunk, stages.quality.score([dec.read24(s.start, s.end) for s in chunk], EXPORT_SR)):
                 s.quality = q
+            chunk_done(i, len(chunks))
         if rec["transcribed"]:
             lap("transcribe")
-            for chunk in _chunks(kept, CHUNK_SECONDS):
+            for i, chunk in enumerate(chunks):
                 clips16 = [wav16[int(round(s.start * ANALYSIS_SR)):int(round(s.end * ANALYSIS_SR))] for s in chunk]
                 try:
                     transcripts = stages.transcribe.transcribe(clips16, ANALYSIS_SR, chunk, str(ctx.input_dir / rel))
@@ -225,6 +247,7 @@ def process_source(rel: str, stages: Stages, ctx: Context) -> dict:
                     return
                 for s, tr in zip(chunk, transcripts):
                     s.text, s.language = tr.text.strip(), tr.language
+                chunk_done(i, len(chunks))
         lap("export")
         rows = [{"id": ids[id(s)], "source": rel, "start": s.start, "end": s.end, "duration": round(s.end - s.start, 3),
                  "speaker": s.speaker, "text": s.text, "language": s.language, "quality": s.quality} for s in kept]
@@ -297,14 +320,17 @@ def _crash_record(rel: str, ctx: Context) -> dict:
     return _save(rec, ctx.out_dir / PARTS)
 
 
-def run_sources(todo: list[tuple[str, float]], cfg: DictConfig, ctx: Context, workers: int, on_done) -> None:
-    """Process `todo` [(rel, seconds)] with `workers` processes (inline when 1), longest first."""
+def run_sources(todo: list[tuple[str, float]], cfg: DictConfig, ctx: Context, workers: int, on_done,
+                on_partial: Callable | None = None) -> None:
+    """Process `todo` [(rel, seconds)] with `workers` processes (inline when 1), longest first.
+    on_done(summary) after each source; on_partial((rel, fraction)) while one is under way."""
     todo = sorted(todo, key=lambda x: (-x[1], x[0]))
     if workers <= 1:
         import torch
 
         torch.set_num_threads(ctx.threads)
         stages = build_stages(cfg, ctx.threads)
+        ctx = replace(ctx, progress=on_partial)
         for rel, _ in todo:
             on_done(process_source(rel, stages, ctx))
         return
@@ -313,8 +339,14 @@ def run_sources(todo: list[tuple[str, float]], cfg: DictConfig, ctx: Context, wo
     crashes: dict[str, int] = {}
     while pending:
         inflight: dict = {}
+        # Workers put (rel, fraction) on a queue that a thread here hands on; one queue per pool,
+        # since a worker killed inside put() would leave the queue's lock held.
+        queue = mp.get_context("spawn").SimpleQueue() if on_partial else None
+        if queue is not None:
+            threading.Thread(target=_drain, args=(queue, on_partial), daemon=True).start()
         pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                                   initargs=(cfg_yaml, ctx))
+                                   initargs=(cfg_yaml, replace(ctx, progress=queue.put if queue else None)))
+        broken = False
         try:
             while pending or inflight:
                 while pending and len(inflight) < workers:  # at most one source per worker in flight
@@ -328,6 +360,7 @@ def run_sources(todo: list[tuple[str, float]], cfg: DictConfig, ctx: Context, wo
                         raise BrokenProcessPool
                     on_done(f.result())
         except BrokenProcessPool:
+            broken = True
             # A worker died (killed, out of memory, a crash in native code). Retry what was in
             # flight once in a fresh pool; a file in flight for two deaths is rejected.
             log.warning("a worker process died; restarting the pool (in flight: %s)", sorted(inflight.values()))
@@ -339,6 +372,13 @@ def run_sources(todo: list[tuple[str, float]], cfg: DictConfig, ctx: Context, wo
                     pending.insert(0, rel)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+            if queue is not None and not broken:
+                queue.put(None)  # every worker has exited: the lock is free; ends the thread
+
+
+def _drain(queue, on_partial) -> None:
+    while (item := queue.get()) is not None:
+        on_partial(item)
 
 
 # ---------------------------------------------------------------- progress
@@ -346,7 +386,8 @@ def run_sources(todo: list[tuple[str, float]], cfg: DictConfig, ctx: Context, wo
 class Progress:
     """Files done, hours of audio done, speed (x real time) and ETA (from the hours rate)."""
 
-    def __init__(self, n_files: int, seconds: float, desc: str):
+    def __init__(self, durations: list[tuple[str, float]], desc: str):
+        n_files, seconds = len(durations), sum(d for _, d in durations)
         from tqdm import tqdm
 
         tty = sys.stderr.isatty()  # in a batch log, a line every 30 s rather than a redraw every 0.5 s
@@ -355,14 +396,32 @@ class Progress:
                         bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.3f}/{total:.3f} h audio "
                                    "[{elapsed}<{remaining}] {postfix}")
         self.n_files, self.done, self.seconds, self.t0 = n_files, 0, 0.0, time.perf_counter()
+        self.durations = dict(durations)          # rel -> seconds, to turn a fraction into hours
+        self.counted: dict[str, float] = {}       # rel -> seconds counted so far for sources under way
+        self.lock = threading.Lock()              # partial() comes from a queue-draining thread
         self.bar.set_postfix_str(f"files 0/{n_files}", refresh=False)
 
+    def partial(self, item: tuple[str, float]) -> None:
+        """A source under way reports the fraction of its work done: the bar moves inside long files."""
+        rel, fraction = item
+        with self.lock:
+            if rel not in self.durations:
+                return
+            seconds = fraction * self.durations[rel]
+            delta = seconds - self.counted.get(rel, 0.0)
+            if delta > 0:
+                self.counted[rel] = seconds
+                self.bar.update(round(delta / 3600, 6))
+
     def update(self, summary: dict) -> None:
-        self.done += 1
-        self.seconds += summary["seconds"]
-        speed = self.seconds / max(time.perf_counter() - self.t0, 1e-9)
-        self.bar.set_postfix_str(f"files {self.done}/{self.n_files}, {speed:.1f}x real time", refresh=False)
-        self.bar.update(round(summary["seconds"] / 3600, 6))
+        with self.lock:
+            self.done += 1
+            self.seconds += summary["seconds"]
+            self.durations.pop(summary["source"], None)   # late partial reports are ignored
+            counted = self.counted.pop(summary["source"], 0.0)
+            speed = self.seconds / max(time.perf_counter() - self.t0, 1e-9)
+            self.bar.set_postfix_str(f"files {self.done}/{self.n_files}, {speed:.1f}x real time", refresh=False)
+            self.bar.update(round((summary["seconds"] - counted) / 3600, 6))
 
     def close(self) -> None:
         self.bar.close()
@@ -409,9 +468,9 @@ def curate(cfg: DictConfig) -> dict:
              cfg.num_shards, len(sources) - len(todo), len(todo), sum(s for _, s in todo) / 3600)
     t0 = time.perf_counter()
     if todo:
-        bar = Progress(len(todo), sum(s for _, s in todo), desc=f"curate {cfg.shard_index}/{cfg.num_shards}")
+        bar = Progress(todo, desc=f"curate {cfg.shard_index}/{cfg.num_shards}")
         try:
-            run_sources(todo, cfg, ctx, workers, bar.update)
+            run_sources(todo, cfg, ctx, workers, bar.update, bar.partial)
         finally:
             bar.close()
     wall = time.perf_counter() - t0

@@ -279,3 +279,31 @@ def test_a_killed_worker_is_replaced_and_its_file_retried(inputs, clean_run, tmp
     assert "a worker process died; restarting the pool" in err
     assert (out / "manifest.jsonl").read_text() == (clean_run / "manifest.jsonl").read_text()
     assert (out / "rejected.jsonl").read_text() == (clean_run / "rejected.jsonl").read_text()
+
+
+def test_progress_moves_inside_a_source_and_ends_at_its_duration(inputs, tmp_path, monkeypatch):
+    """A long source reports the fraction done after each stage and each quality chunk, so the
+    bar moves while it runs; the bar ends at the total audio, whatever order reports arrive in."""
+    import data_pipeline.run as run
+
+    monkeypatch.setattr(run, "CHUNK_SECONDS", 4.0)  # several quality chunks in a 20-s conversation
+    cfg = make_cfg(inputs, tmp_path / "out", "workers=1")
+    reports = []
+    ctx = run.Context(Path(inputs), tmp_path / "out", run.processing_fingerprint(cfg), threads=1,
+                      progress=reports.append)
+    (tmp_path / "out" / PARTS).mkdir(parents=True)
+    summary = run.process_source("a.wav", run.build_stages(cfg), ctx)
+    fractions = [f for rel, f in reports]
+    assert all(rel == "a.wav" for rel, _ in reports)
+    assert fractions == sorted(fractions) and fractions[0] <= 0.05 and fractions[-1] == 0.95
+    assert len([f for f in fractions if 0.14 < f < 0.95]) >= 2, fractions  # quality chunk by chunk
+
+    bar = run.Progress([("a.wav", summary["seconds"]), ("b.wav", 30.0)], desc="t")
+    for r in reports:
+        bar.partial(r)
+    assert bar.bar.n == pytest.approx(0.95 * summary["seconds"] / 3600, abs=1e-5)
+    bar.update(summary)
+    bar.partial(("a.wav", 0.5))  # late report of a finished source: ignored
+    bar.update({"source": "b.wav", "seconds": 30.0, "segments": 1})
+    assert bar.bar.n == pytest.approx((summary["seconds"] + 30.0) / 3600, abs=1e-5)
+    bar.close()
