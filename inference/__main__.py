@@ -1,6 +1,7 @@
 """`python -m inference model=EXPORT_DIR tokenizer=EXPORT_DIR text="..." output=out.wav [overrides]`.
 
-Voice: voice=NAME (a preset folder in voices_dir; "a,b" gives [SPEAKER0]=a and [SPEAKER1]=b), or
+Voice: voice=NAME (a preset folder in voices_dir, else in MODEL/voices/ where fine-tuning puts its
+voice; "a,b" gives [SPEAKER0]=a and [SPEAKER1]=b), or
 reference_audio=clip.wav reference_text="...", or nothing (the model picks a voice).
 Sampling: sampling.temperature=0.7 sampling.top_k=50 sampling.top_p=0.95 sampling.seed=1 ...
 The output format follows the extension (wav, flac, mp3). `--help` shows the whole config.

@@ -378,4 +378,4 @@ def engine_from_config(cfg) -> Engine:
     ec["buckets"] = tuple(ec["buckets"])
     return Engine.from_pretrained(cfg.model, cfg.tokenizer, device, dtype, cfg=EngineConfig(**ec),
                                   sampling=SamplingConfig(**OmegaConf.to_container(cfg.sampling, resolve=True)),
-                                  voices=VoiceLibrary(cfg.voices_dir))
+                                  voices=VoiceLibrary([cfg.voices_dir, Path(cfg.model) / "voices"]))

@@ -26,29 +26,45 @@ class Voice:
 
 
 class VoiceLibrary:
-    def __init__(self, root: str | Path | None):
-        self.root = Path(root).resolve() if root else None
+    """Presets in one voices folder, or in several searched in order (the first that holds a name
+    wins): the CLI and the server look in voices_dir, then in the model export's voices/ folder,
+    where fine-tuning puts the preset of its voice."""
+
+    def __init__(self, root: str | Path | None | list):
+        roots = root if isinstance(root, (list, tuple)) else [root]
+        self.roots = [Path(r).resolve() for r in roots if r]
+
+    @property
+    def root(self) -> Path | None:
+        """The first folder: where add() writes."""
+        return self.roots[0] if self.roots else None
 
     def names(self) -> list[str]:
-        if self.root is None or not self.root.is_dir():
-            return []
-        out = []
-        for d in sorted(self.root.iterdir()):
-            try:
-                self.get(d.name)
-                out.append(d.name)
-            except VoiceError:
-                continue   # half-made preset folders are skipped, not fatal
-        return out
+        out = set()
+        for root in self.roots:
+            if not root.is_dir():
+                continue
+            for d in root.iterdir():
+                try:
+                    self.get(d.name)
+                    out.add(d.name)
+                except VoiceError:
+                    continue   # half-made preset folders are skipped, not fatal
+        return sorted(out)
 
     def get(self, name: str) -> Voice:
         if not isinstance(name, str) or not NAME.match(name):
             raise VoiceError(f"invalid voice name {name!r}: use letters, digits, '-', '_' and '.'")
-        if self.root is None:
+        if not self.roots:
             raise VoiceError(f"unknown voice {name!r}: no voices folder is configured")
-        folder = (self.root / name).resolve()
-        if folder.parent != self.root or not folder.is_dir():
-            raise VoiceError(f"unknown voice {name!r}")
+        for root in self.roots:
+            folder = (root / name).resolve()
+            if folder.parent == root and folder.is_dir():
+                return self._load(name, folder)
+        raise VoiceError(f"unknown voice {name!r}")
+
+    @staticmethod
+    def _load(name: str, folder: Path) -> Voice:
         audio = next((folder / a for a in AUDIO_NAMES if (folder / a).is_file()), None)
         text = folder / "reference.txt"
         if audio is None or not text.is_file():

@@ -149,12 +149,13 @@ def collate(samples: list[Sample]) -> dict:
 
 
 class LLMStream(IterableDataset):
-    """Endless, deterministic stream of collated batches (a DataLoader with batch_size=None)."""
+    """Endless (or `epochs` long), deterministic stream of collated batches (a DataLoader with
+    batch_size=None)."""
 
     def __init__(self, shards, tokenizer, kinds: dict, max_tokens: int, max_len: int, buffer: int,
                  max_group: int, max_dialogue_turns: int, seed: int, num_codebooks: int = 8,
                  codebook_size: int = 1024, rank: int = 0, world_size: int = 1, skip_batches: int = 0,
-                 limit_segments: int | None = None):
+                 limit_segments: int | None = None, epochs: int | None = None):
         self.shards = list_shards(shards)
         if not self.shards:
             raise FileNotFoundError(f"no shard-*.tar found for data.shards={shards}")
@@ -165,6 +166,7 @@ class LLMStream(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.skip_batches = skip_batches   # batches the trainer already consumed (resume)
         self.limit_segments = limit_segments
+        self.epochs = epochs               # None: endless (training); 1: one pass (validation)
 
     def _worker(self) -> tuple[int, int]:
         """(logical worker, workers). The DataLoader reads workers round-robin from worker 0, so
@@ -217,7 +219,7 @@ class LLMStream(IterableDataset):
         w, nw = self._worker()
         skip = max(0, (self.skip_batches - w + nw - 1) // nw)   # this worker's share of batches 0..N-1
         epoch = 0
-        while True:
+        while self.epochs is None or epoch < self.epochs:
             produced = 0
             for samples in self.epoch_batches(epoch):
                 produced += 1

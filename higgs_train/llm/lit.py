@@ -103,6 +103,15 @@ class LLMModule(L.LightningModule):
         self._t_last = now
         return out["loss"]
 
+    def validation_step(self, batch, batch_idx):
+        # runs only when the data module has val_shards and the trainer validates (limit_val_batches > 0)
+        out = self.model.loss(batch["input_ids"], batch["audio_codes"], batch["audio_mask"],
+                              batch["audio_labels"], batch["text_labels"], self.text_loss_weight)
+        kw = dict(on_step=False, on_epoch=True, batch_size=batch["input_ids"].shape[0], sync_dist=True)
+        self.log("val/loss", out["loss"], prog_bar=True, **kw)
+        self.log("val/code_acc", out["code_acc"], **kw)
+        return out["loss"]
+
     def configure_optimizers(self):
         o = self.optim
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -130,11 +139,14 @@ class LLMModule(L.LightningModule):
 
 
 class LLMDataModule(L.LightningDataModule):
-    """Owns the data position: batches the training loop consumed, saved in every checkpoint."""
+    """Owns the data position: batches the training loop consumed, saved in every checkpoint.
+    With `val_shards`, validation is one deterministic pass over them (the same batches every time)."""
 
-    def __init__(self, shards, tokenizer, data: dict, seed: int, num_codebooks: int, codebook_size: int):
+    def __init__(self, shards, tokenizer, data: dict, seed: int, num_codebooks: int, codebook_size: int,
+                 val_shards=None):
         super().__init__()
         self.shards, self.tokenizer, self.data, self.seed = shards, tokenizer, data, seed
+        self.val_shards = val_shards
         self.num_codebooks, self.codebook_size = num_codebooks, codebook_size
         self.consumed = 0
 
@@ -150,6 +162,17 @@ class LLMDataModule(L.LightningDataModule):
         return DataLoader(ds, batch_size=None, num_workers=d["num_workers"],
                           persistent_workers=False, prefetch_factor=4 if d["num_workers"] else None)
 
+    def val_dataloader(self):
+        if not self.val_shards:   # train.py's trainers keep limit_val_batches=0: never asked then
+            return []
+        d = self.data
+        # every rank reads all of it (rank 0 of 1): a small held-out set, identical on each rank
+        ds = LLMStream(self.val_shards, self.tokenizer, kinds=d["kinds"], max_tokens=d["max_tokens"],
+                       max_len=d["max_len"], buffer=d["buffer"], max_group=d["max_group"],
+                       max_dialogue_turns=d["max_dialogue_turns"], seed=self.seed,
+                       num_codebooks=self.num_codebooks, codebook_size=self.codebook_size, epochs=1)
+        return DataLoader(ds, batch_size=None, num_workers=0)
+
     def on_before_batch_transfer(self, batch, dataloader_idx):
         if self.trainer is not None and self.trainer.training:
             self.consumed += 1   # called once per batch the training loop takes, not per prefetch
@@ -162,8 +185,9 @@ class LLMDataModule(L.LightningDataModule):
         self.consumed = int(state["consumed"])
 
 
-def build(cfg: DictConfig):
-    """task.build for train.py: (LLMModule, LLMDataModule) from the whole config."""
+def build(cfg: DictConfig, module_cls=LLMModule, **module_kw):
+    """task.build for train.py: (LLMModule, LLMDataModule) from the whole config. A task built on
+    this one (fine-tuning) passes its LLMModule subclass and that class's extra arguments."""
     tok = load_text_tokenizer(cfg.text_tokenizer)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     n_tok = len(tok)
@@ -172,11 +196,11 @@ def build(cfg: DictConfig):
     elif model_cfg["vocab_size"] < n_tok:
         raise ValueError(f"model.vocab_size={model_cfg['vocab_size']} < {n_tok} tokens in {cfg.text_tokenizer}")
     t = cfg.task
-    module = LLMModule(model_cfg, tokenizer_dir=str(Path(cfg.text_tokenizer).resolve()),
-                       optim=OmegaConf.to_container(t.optim, resolve=True), text_loss_weight=t.text_loss_weight,
-                       freeze_text=t.freeze_text, gradient_checkpointing=t.gradient_checkpointing,
-                       init_from=t.init_from)
+    module = module_cls(model_cfg, tokenizer_dir=str(Path(cfg.text_tokenizer).resolve()),
+                        optim=OmegaConf.to_container(t.optim, resolve=True), text_loss_weight=t.text_loss_weight,
+                        freeze_text=t.freeze_text, gradient_checkpointing=t.gradient_checkpointing,
+                        init_from=t.init_from, **module_kw)
     data = OmegaConf.to_container(cfg.data, resolve=True)
     dm = LLMDataModule(data.pop("shards"), tok, data, seed=cfg.seed, num_codebooks=model_cfg["num_codebooks"],
-                       codebook_size=model_cfg["codebook_size"])
+                       codebook_size=model_cfg["codebook_size"], val_shards=data.pop("val_shards", None))
     return module, dm

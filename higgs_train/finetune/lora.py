@@ -1,0 +1,149 @@
+"""The fine-tuning task for train.py's fit(): the LLM task from a base export, LoRA or full.
+
+    task.build = higgs_train.finetune.lora.build   (configs/finetune.yaml sets it)
+
+LoRA (peft) wraps the linear layers named by `lora.targets` (suffixes of module names, e.g.
+`attn.q_proj`, `audio_mlp.up_proj`): their weights stay frozen and a low-rank update B·A
+(scaled alpha / rank) is trained; B starts at zero, so step 0 is exactly the base. Nothing else
+is trained. `mode=full` trains every weight (the text head stays frozen without a text loss,
+as in the LLM task).
+
+Checkpoints hold only the trainable tensors (LoRA: a few MB instead of the whole model): the
+frozen ones are the base export's, which the module loads again (init_from) when it is rebuilt.
+
+export() writes what inference loads, in the base export's format and dtype: the weights of
+the *best* validation checkpoint (ModelCheckpoint monitoring val/loss), LoRA merged in.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig
+
+from higgs_train.llm.lit import LLMModule
+from higgs_train.llm.lit import build as build_llm
+from higgs_train.llm.text_tokenizer import load_text_tokenizer
+
+log = logging.getLogger(__name__)
+
+MONITOR = "val/loss"
+SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+
+
+def add_lora(model: torch.nn.Module, rank: int, alpha: float, dropout: float, targets) -> torch.nn.Module:
+    """The model wrapped by peft with LoRA adapters on `targets`; only adapter weights train."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=int(rank), lora_alpha=float(alpha), lora_dropout=float(dropout),
+                     target_modules=list(targets), bias="none")
+    return get_peft_model(model, cfg)
+
+
+def merged(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain model with LoRA folded into its weights (W + alpha/rank · B·A); a model without
+    adapters is returned as it is. Mutates a peft model: call it last."""
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+
+
+def export_dtype(export_dir) -> torch.dtype:
+    """The dtype the base export stores its weights in (the merged export keeps it)."""
+    from safetensors import safe_open
+
+    with safe_open(str(Path(export_dir) / "model.safetensors"), "pt") as f:
+        return SAFETENSORS_DTYPES.get(f.get_slice(next(iter(f.keys()))).get_dtype(), torch.float32)
+
+
+class LastAfterValidation(ModelCheckpoint):
+    """Rewrites last.ckpt when a validation ends. train.py's checkpoint is written at the end of
+    the training batch, before that step's validation, so a run resumed from it would not know
+    the validation's result: early stopping and the best checkpoint would forget it."""
+
+    def __init__(self, dirpath):
+        super().__init__(dirpath=dirpath, save_top_k=0, save_last=True, enable_version_counter=False)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class FinetuneModule(LLMModule):
+    def __init__(self, *args, lora: dict | None = None, **kw):
+        super().__init__(*args, **kw)
+        self.base_dir = kw["init_from"]
+        if lora:
+            self.model = add_lora(self.model, **lora)
+        # rebuilding this module needs the base (checkpoints hold only the trainable tensors)
+        self.hparams.update(init_from=self.base_dir, lora=lora)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # the frozen tensors left out by on_save_checkpoint: this module's own (the base's)
+        sd = checkpoint["state_dict"]
+        for k, v in self.state_dict().items():
+            sd.setdefault(k, v)
+
+    def best_checkpoint(self) -> str | None:
+        for cb in self.trainer.checkpoint_callbacks:
+            if getattr(cb, "monitor", None) == MONITOR and cb.best_model_path:
+                return cb.best_model_path
+        return None
+
+    def load_weights(self, ckpt_path) -> None:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        self.on_load_checkpoint(ckpt)
+        self.load_state_dict(ckpt["state_dict"], strict=True)
+
+    def export(self, out_dir) -> None:
+        """The best validation checkpoint, merged, as config.json + model.safetensors + text tokenizer."""
+        best = self.best_checkpoint()
+        if best:
+            log.info("exporting the best checkpoint %s", best)
+            self.load_weights(best)
+        else:
+            log.warning("no validation checkpoint (did validation run?): exporting the last weights")
+        model = merged(self.model)
+        dtype = export_dtype(self.base_dir)
+        model.save_pretrained(out_dir, state_dict={k: v.to(dtype) for k, v in model.state_dict().items()})
+        load_text_tokenizer(self.tokenizer_dir).save_pretrained(str(out_dir))
+
+
+def build(cfg: DictConfig):
+    """task.build for train.py: the LLM task's (module, data module), the module a FinetuneModule."""
+    if cfg.mode not in ("lora", "full"):
+        raise ValueError(f"mode={cfg.mode!r}: use lora or full")
+    lora = None
+    if cfg.mode == "lora":
+        lora = {k: (list(v) if k == "targets" else v) for k, v in cfg.lora.items()}
+    return build_llm(cfg, module_cls=FinetuneModule, lora=lora)
+
+
+@torch.no_grad()
+def held_out_loss(export_dir, cfg: DictConfig) -> float:
+    """The validation loss of an export on cfg.data.val_shards: the same batches and the same
+    batch-size-weighted mean as the val/loss the training loop logs."""
+    from omegaconf import OmegaConf
+
+    from higgs_train.llm.lit import LLMDataModule
+    from higgs_train.llm.model import DualFFNModel
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32   # bf16: a 3B model fits a 16 GB card
+    model = DualFFNModel.from_pretrained(export_dir, dtype=dtype, device=device).eval()
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    dm = LLMDataModule(data.pop("shards"), load_text_tokenizer(export_dir), data, seed=cfg.seed,
+                       num_codebooks=model.cfg.num_codebooks, codebook_size=model.cfg.codebook_size,
+                       val_shards=data.pop("val_shards"))
+    total, rows = 0.0, 0
+    for batch in dm.val_dataloader():
+        b = {k: v.to(device) for k, v in batch.items()}
+        out = model.loss(b["input_ids"], b["audio_codes"], b["audio_mask"], b["audio_labels"],
+                         b["text_labels"], cfg.task.text_loss_weight)
+        n = b["input_ids"].shape[0]
+        total, rows = total + out["loss"].item() * n, rows + n
+    return total / max(rows, 1)

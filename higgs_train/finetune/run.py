@@ -1,0 +1,234 @@
+"""The fine-tuning run: one voice folder -> a merged export with a voice preset.
+
+    python -m higgs_train.finetune voice_dir=DIR base=LLM_EXPORT tokenizer=AUDIO_TOKENIZER_EXPORT name=NAME
+
+Steps, each resumable (rerun the command after an interruption; a finished run is skipped):
+    1 curate    python -m data_pipeline on DIR -> OUT/corpus (a subprocess: higgs_train does not
+                import the pipeline). Transcripts from sidecar files when every audio file has
+                one, else ASR; diarization kept to one speaker.
+    2 tokenize  python -m data_pipeline.tokenize with the audio tokenizer -> codes in the shards
+    3 train     held-out split (OUT/split/{train,val}), then train.py's fit() from the base
+                export (LoRA or full), validating every N steps, early stopping, best checkpoint
+    4 export    the best checkpoint merged, in the base's format; held-out loss of base and result
+    5 preset    the cleanest 3-15 s clip + transcript -> OUT/export/voices/NAME/
+OUT/export appears (renamed from OUT/train/export) only when whole: model + preset.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from higgs_train.config import CONFIG_DIR
+from higgs_train.finetune import FinetuneError
+from higgs_train.finetune.corpus import (audio_files, pick_reference, read_manifest, rejection_reasons, split,
+                                         without_sidecar, write_preset)
+
+log = logging.getLogger(__name__)
+
+STEPS = 5
+VOICE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")   # inference/voices.py accepts these
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def step(i: int, what: str) -> None:
+    print(f"\n==> [{time.strftime('%H:%M:%S')}] {i}/{STEPS} {what}", flush=True)
+
+
+def _q(value) -> str:
+    """A Hydra override value: quoted unless plainly safe (paths may hold spaces, commas, '=')."""
+    s = str(value)
+    if re.fullmatch(r"[\w./+-]+", s):
+        return s
+    return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _run(args: list[str], what: str) -> None:
+    print("$ " + shlex.join(args), flush=True)
+    rc = subprocess.run(args).returncode
+    if rc != 0:
+        raise FinetuneError(f"{what} failed (exit code {rc}): see its messages above")
+
+
+def _export_config(d: Path, what: str) -> dict:
+    for f in ("config.json", "model.safetensors"):
+        if not (d / f).is_file():
+            raise FinetuneError(f"{what}={d}: {d / f} is missing (give an export directory)")
+    return json.loads((d / "config.json").read_text())
+
+
+# ---------------------------------------------------------------- checks before any work
+
+def check_inputs(cfg: DictConfig) -> dict:
+    """Paths exist, the base is a DualFFN export with a text tokenizer, base and audio tokenizer
+    agree on codebooks, LoRA targets exist. Returns the base's model config."""
+    if not VOICE_NAME.match(str(cfg.name)):
+        raise FinetuneError(f"name={cfg.name!r}: use letters, digits, '-', '_' and '.' (it names the voice preset)")
+    voice_dir, base, tok = Path(cfg.voice_dir), Path(cfg.base), Path(cfg.tokenizer)
+    if not voice_dir.is_dir():
+        raise FinetuneError(f"voice_dir={voice_dir} is not a directory")
+    out = Path(cfg.out_dir).resolve()
+    if out.is_relative_to(voice_dir.resolve()):
+        raise FinetuneError(f"out_dir={out} is inside voice_dir={voice_dir}: its files would be curated as input")
+    base_cfg = _export_config(base, "base")
+    if base_cfg.pop("architecture", None) != "DualFFNModel":
+        raise FinetuneError(f"base={base} is not a DualFFN LLM export (config.json lacks architecture DualFFNModel)")
+    if not any((base / f).is_file() for f in TOKENIZER_FILES):
+        raise FinetuneError(f"base={base} holds no text tokenizer files ({', '.join(TOKENIZER_FILES)})")
+    tok_cfg = _export_config(tok, "tokenizer")
+    got = (tok_cfg.get("n_codebooks"), tok_cfg.get("codebook_size"))
+    want = (base_cfg["num_codebooks"], base_cfg["codebook_size"])
+    if got != want:
+        raise FinetuneError(f"base={base} expects {want[0]} codebooks x {want[1]} codes, but tokenizer={tok} "
+                            f"gives {got[0]} x {got[1]}: fine-tune with the audio tokenizer the base was trained on")
+    if cfg.mode == "lora":
+        _check_targets(base_cfg, list(cfg.lora.targets))
+    elif cfg.mode != "full":
+        raise FinetuneError(f"mode={cfg.mode!r}: use lora or full")
+    return base_cfg
+
+
+def _check_targets(base_cfg: dict, targets: list[str]) -> None:
+    from higgs_train.llm.model import DualFFNConfig, DualFFNModel
+
+    with torch.device("meta"):
+        model = DualFFNModel(DualFFNConfig.from_dict(base_cfg))
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    for t in targets:
+        if not any(n == t or n.endswith("." + t) for n in names):
+            known = sorted({n.split(".", 2)[-1] if n.startswith("layers.") else n for n in names})
+            raise FinetuneError(f"lora.targets: {t!r} names no linear layer of the model; these exist: {known}")
+
+
+# ---------------------------------------------------------------- steps
+
+def curate(cfg: DictConfig, corpus: Path) -> list[dict]:
+    ignore = OmegaConf.load(CONFIG_DIR / "pipeline/ingest/default.yaml").ignore
+    files = audio_files(cfg.voice_dir, ignore)
+    if not files:
+        raise FinetuneError(f"voice_dir={cfg.voice_dir} holds no audio files")
+    missing = without_sidecar(files)
+    if missing:
+        print(f"{len(missing)} of {len(files)} audio files have no sidecar transcript "
+              f"(e.g. {missing[0].name}): transcribing with ASR", flush=True)
+    else:
+        print(f"all {len(files)} audio files have sidecar transcripts", flush=True)
+    stage = list(cfg.curate.asr if missing else cfg.curate.sidecar)
+    _run([sys.executable, "-m", "data_pipeline", f"input_dir={_q(Path(cfg.voice_dir).resolve())}",
+          f"output_dir={_q(corpus)}", *cfg.curate.overrides, *stage, *cfg.curate.extra], "curation")
+    if not (corpus / "manifest.jsonl").is_file():
+        raise FinetuneError(f"curation wrote no {corpus / 'manifest.jsonl'}")
+    rows = read_manifest(corpus)
+    kept = sum(float(r["duration"]) for r in rows)
+    if kept < cfg.min_seconds:
+        reasons = ", ".join(f"{k} {v}" for k, v in rejection_reasons(corpus).most_common(4)) or "none"
+        raise FinetuneError(
+            f"too little audio: {kept:.1f} s of speech in {len(rows)} clips kept after curating {cfg.voice_dir} "
+            f"({len(files)} files), below min_seconds={cfg.min_seconds:g}. Rejections: {reasons} "
+            f"(see {corpus / 'rejected.jsonl'}). Add recordings, or relax the curation, e.g. "
+            f"curate.extra=[filter.min.dnsmos_ovrl=2.5,segment.min_duration=1]")
+    print(f"kept {len(rows)} clips, {kept / 60:.1f} min of speech", flush=True)
+    return rows
+
+
+def tokenize(cfg: DictConfig, corpus: Path) -> None:
+    _run([sys.executable, "-m", "data_pipeline.tokenize", f"shards={_q(corpus / 'shards')}",
+          f"tokenizer={_q(Path(cfg.tokenizer).resolve())}", f"batch_size={cfg.tokenize.batch_size}",
+          f"device={cfg.tokenize.device}"], "tokenization")
+
+
+def train(cfg: DictConfig, base_cfg: dict, out: Path) -> tuple[Path, dict]:
+    """Split, then fit(); returns (the merged export fit wrote, the split record)."""
+    from higgs_train.train import fit
+
+    rec = split(out / "corpus", out / "split", cfg.name, float(cfg.val_fraction))
+    print(f"train on {rec['clips']['train']} clips ({rec['seconds']['train']:.1f} s), validate on "
+          f"{rec['clips']['val']} held-out clips ({rec['seconds']['val']:.1f} s)", flush=True)
+    with open_dict(cfg):
+        cfg.model = base_cfg   # the base's sizes (the model group's default would not match)
+    return fit(cfg), rec
+
+
+def _best_step(run_dir: Path) -> tuple[int | None, int | None]:
+    """(step of the exported best checkpoint, steps trained), from the checkpoints' metadata."""
+    def step_of(p: Path):
+        if not p.is_file():
+            return None
+        return int(torch.load(p, map_location="cpu", mmap=True, weights_only=False)["global_step"])
+
+    return step_of(run_dir / "checkpoints/best.ckpt"), step_of(run_dir / "checkpoints/last.ckpt")
+
+
+def next_command(cfg: DictConfig, export: Path) -> str:
+    return (f"python -m inference model={shlex.quote(str(export))} tokenizer={shlex.quote(str(cfg.tokenizer))} "
+            f"voice={cfg.name} text='\"Hello! This is my voice, fine-tuned.\"' output={cfg.name}.wav")
+
+
+def finetune(cfg: DictConfig) -> Path:
+    """The whole run; returns OUT/export."""
+    t0 = time.perf_counter()
+    base_cfg = check_inputs(cfg)
+    out = Path(cfg.out_dir).resolve()
+    export = out / "export"
+    if (export / "model.safetensors").is_file() and (export / "voices" / cfg.name).is_dir():
+        print(f"{export} exists: this fine-tuning run is finished (delete it to run again).\nNext:\n  "
+              + next_command(cfg, export), flush=True)
+        return export
+    times = {}
+
+    step(1, f"curate {cfg.voice_dir} -> {out / 'corpus'}")
+    t = time.perf_counter()
+    rows = curate(cfg, out / "corpus")
+    times["curate"] = time.perf_counter() - t
+
+    step(2, f"tokenize with {cfg.tokenizer}")
+    t = time.perf_counter()
+    tokenize(cfg, out / "corpus")
+    times["tokenize"] = time.perf_counter() - t
+
+    step(3, f"train ({cfg.mode}) from {cfg.base} -> {cfg.run_dir}")
+    t = time.perf_counter()
+    merged, rec = train(cfg, base_cfg, out)
+    times["train"] = time.perf_counter() - t
+
+    step(4, "export: the best checkpoint, merged into the base's weights")
+    from higgs_train.finetune.lora import held_out_loss
+
+    t = time.perf_counter()
+    best, last = _best_step(Path(cfg.run_dir))
+    base_loss, loss = held_out_loss(cfg.base, cfg), held_out_loss(merged, cfg)
+    print(f"best checkpoint: step {best} of {last}; held-out loss: base {base_loss:.4f} -> fine-tuned {loss:.4f}",
+          flush=True)
+    if not loss < base_loss:
+        log.warning("fine-tuning did not lower the held-out loss (base %.4f, fine-tuned %.4f): try another "
+                    "task.optim.lr, more data, or mode=full", base_loss, loss)
+    times["export"] = time.perf_counter() - t
+
+    step(5, f"voice preset {cfg.name}")
+    ref = pick_reference(rows, cfg.preset.min_seconds, cfg.preset.max_seconds)
+    preset = write_preset(out / "corpus", ref, merged / "voices" / cfg.name)
+    print(f"reference clip: {preset['recording']} at {preset['start']:.2f} s, {preset['duration']:.1f} s, "
+          f"DNSMOS OVRL {preset['dnsmos_ovrl']}: {preset['text']!r}", flush=True)
+    if export.exists():   # a half-finished earlier export (no preset): replaced
+        import shutil
+
+        shutil.rmtree(export)
+    os.replace(merged, export)
+
+    summary = {"name": cfg.name, "voice_dir": str(cfg.voice_dir), "base": str(cfg.base),
+               "tokenizer": str(cfg.tokenizer), "mode": cfg.mode, "clips": rec["clips"], "seconds": rec["seconds"],
+               "best_step": best, "steps": last, "base_val_loss": base_loss, "val_loss": loss, "preset": preset,
+               "wall_seconds": {k: round(v, 1) for k, v in times.items()}, "export": str(export)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"\nfine-tuned in {time.perf_counter() - t0:.0f} s: {export} (summary: {out / 'summary.json'})\n"
+          f"Next:\n  {next_command(cfg, export)}", flush=True)
+    return export

@@ -1,0 +1,256 @@
+"""Fine-tuning on one voice: `python -m higgs_train.finetune` end to end on a tiny random base
+(real curation, tokenization, training, merge, preset), LoRA merge parity, best-checkpoint
+export, resume and skip, input errors, and the preset found by `python -m inference`."""
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from data_pipeline.synth import VOICES, make_voice_folder
+from higgs_train.finetune.corpus import held_out_ids, pick_reference, split
+from higgs_train.finetune.lora import FinetuneModule, merged
+from higgs_train.llm.model import DualFFNModel
+from higgs_train.shards import iter_shard, list_shards, rewrite_shard
+from inference.tiny import make_tiny_exports
+
+MICRO = dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=16)
+NAME = "nyc"
+# small and quick: few steps, espeak-ng speech passes (its DNSMOS OVRL is ~2.1-2.7), one curation worker
+FAST = ["min_seconds=10", 'curate.extra=["filter.min.dnsmos_ovrl=1.5","workers=1"]', "val_every_n_steps=4",
+        "trainer.enable_progress_bar=false", "data.num_workers=0", "task.optim.warmup_steps=3",
+        "tokenize.batch_size=8"]
+LORA_TARGETS = ["attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj", "audio_mlp.gate_proj",
+                "audio_mlp.up_proj", "audio_mlp.down_proj"]   # configs/finetune.yaml's
+# + the audio head: a random base's head has tiny weights (logits within ~0.1 of uniform), which
+# adapters on the layers below cannot make confident
+RUN_TARGETS = LORA_TARGETS + ["audio_head"]
+
+
+def finetune(*args, cwd=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    p = subprocess.run([sys.executable, "-m", "higgs_train.finetune", *args], capture_output=True, text=True,
+                       env=env, cwd=cwd, timeout=600)
+    return p
+
+
+def val_losses(run_dir) -> list[dict[int, float]]:
+    """{logged step: val/loss} of each invocation (logs/version_N), in order."""
+    out = []
+    for f in sorted(Path(run_dir).glob("logs/version_*/metrics.csv"), key=lambda f: int(f.parent.name[8:])):
+        out.append({int(r["step"]): float(r["val/loss"]) for r in csv.DictReader(open(f)) if r.get("val/loss")})
+    return out
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("finetune")
+    llm, tok = make_tiny_exports(root / "models", llm=MICRO)
+    make_voice_folder(root / "voice", voice=VOICES[6], n_clips=6)
+    return {"root": root, "llm": llm, "tok": tok, "voice": root / "voice",
+            "args": [f"voice_dir={root / 'voice'}", f"base={llm}", f"tokenizer={tok}", f"name={NAME}"]}
+
+
+@pytest.fixture(scope="module")
+def run(inputs):
+    """One LoRA fine-tune, shared by the tests below."""
+    out = inputs["root"] / "out"
+    p = finetune(*inputs["args"], f"out_dir={out}", *FAST, "trainer.max_steps=24", "task.optim.lr=1e-2",
+                 f"lora.targets=[{','.join(RUN_TARGETS)}]")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return {"out": out, "stdout": p.stdout, "summary": json.loads((out / "summary.json").read_text())}
+
+
+@pytest.mark.slow
+def test_end_to_end_lora(inputs, run):
+    out, summary = run["out"], run["summary"]
+    for i, what in enumerate(["curate", "tokenize", "train", "export", "voice preset"], 1):
+        assert f"{i}/5 {what}" in run["stdout"]
+    assert f"python -m inference model={out / 'export'}" in run["stdout"] and f"voice={NAME}" in run["stdout"]
+    # the export is the base's format: same config, same tensors, loadable, text tokenizer files
+    export = out / "export"
+    base_cfg = json.loads((inputs["llm"] / "config.json").read_text())
+    assert json.loads((export / "config.json").read_text()) == base_cfg
+    assert (export / "tokenizer.json").is_file()
+    model = DualFFNModel.from_pretrained(export)
+    assert model.cfg.hidden_size == MICRO["hidden_size"]
+    # held-out clips: 10 % of the kept ones, at least one; the fine-tuned loss on them is lower
+    assert summary["clips"]["val"] == max(1, round(0.1 * (summary["clips"]["train"] + summary["clips"]["val"])))
+    assert summary["clips"]["train"] >= 4
+    assert summary["val_loss"] < summary["base_val_loss"] - 1.0, summary
+    # LoRA: the merged export differs from the base only in targeted layers, and in every one of them
+    base, tuned = load_file(str(inputs["llm"] / "model.safetensors")), load_file(str(export / "model.safetensors"))
+    assert base.keys() == tuned.keys()
+    for k in base:
+        targeted = any(k.endswith(t + ".weight") for t in RUN_TARGETS)
+        delta = (base[k] - tuned[k]).abs().max().item()
+        assert (delta > 1e-6) if targeted else (delta == 0.0), (k, delta)
+    # checkpoints hold only the adapters (the base is reloaded from init_from)
+    ckpt = torch.load(out / "train/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["state_dict"] and all(".lora_" in k for k in ckpt["state_dict"])
+    # the exported weights are the best validation checkpoint's
+    [losses] = val_losses(out / "train")
+    best_step = min(losses, key=losses.get)
+    assert summary["best_step"] == best_step + 1   # metrics log step = global_step - 1
+    assert abs(summary["val_loss"] - losses[best_step]) < 1e-4, (summary["val_loss"], losses)
+
+
+@pytest.mark.slow
+def test_preset_and_inference(inputs, run):
+    out = run["out"]
+    preset = out / "export/voices" / NAME
+    rows = [json.loads(line) for line in (out / "corpus/manifest.jsonl").read_text().splitlines()]
+    chosen = next(r for r in rows if r["id"] == run["summary"]["preset"]["id"])
+    # the cleanest clip of 3-15 s, with its transcript
+    in_range = [r for r in rows if 3.0 <= r["duration"] <= 15.0]
+    assert chosen["quality"]["dnsmos_ovrl"] == max(r["quality"]["dnsmos_ovrl"] for r in in_range)
+    assert (preset / "reference.txt").read_text().strip() == chosen["text"]
+    import soundfile as sf
+
+    info = sf.info(str(preset / "reference.wav"))
+    assert info.samplerate == 24000 and abs(info.duration - chosen["duration"]) < 0.05
+    # inference finds the preset in MODEL/voices/ (no voices_dir entry for it)
+    cmd = [sys.executable, "-m", "inference", f"model={out / 'export'}", f"tokenizer={inputs['tok']}",
+           f"voice={NAME}", 'text="Hello there."', f"output={out / 'speech.wav'}", "sampling.max_frames=8",
+           "progress=false", f"voices_dir={out / 'no_voices'}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert (out / "speech.wav").is_file()
+    # ... and the base export has no such voice
+    cmd[3] = f"model={inputs['llm']}"
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode != 0 and f"unknown voice '{NAME}'" in p.stderr
+
+
+@pytest.mark.slow
+def test_rerun_of_a_finished_run_is_skipped(inputs, run):
+    out = run["out"]
+    before = (out / "export/model.safetensors").stat().st_mtime_ns
+    p = finetune(*inputs["args"], f"out_dir={out}", *FAST, "trainer.max_steps=24")
+    assert p.returncode == 0 and "is finished" in p.stdout, p.stderr[-2000:]
+    assert "1/5 curate" not in p.stdout
+    assert (out / "export/model.safetensors").stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_best_checkpoint_is_exported_and_training_resumes(inputs, run, tmp_path):
+    """Full fine-tune with a held-out set built so that its loss falls, then rises: one held-out clip
+    is the voice's, the other's codes are shifted to ids the voice never uses, so the more confident
+    the model gets, the worse that clip scores. Trained in two invocations (20 steps, then to 40)."""
+    out = tmp_path / "out"
+    shutil.copytree(run["out"] / "corpus", out / "corpus")   # curation and tokenization are done
+    rec = split(out / "corpus", out / "split", NAME, 0.3)
+    assert rec["clips"]["val"] == 2
+    [val_shard] = list_shards(out / "split/val")
+    samples = list(iter_shard(val_shard))
+    samples[1]["codes"] = (samples[1]["codes"].astype(np.int64) + 512) % 1024
+    rewrite_shard(val_shard, samples)
+    args = [*inputs["args"], f"out_dir={out}", *FAST, "val_fraction=0.3", "mode=full", "task.optim.lr=1e-2",
+            "patience=100"]
+
+    p = finetune(*args, "trainer.max_steps=20", "task.optim.decay_steps=40")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    # last.ckpt (what the rerun resumes from) knows the validation at its own step, the best so far
+    ckpt = torch.load(out / "train/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    [stop] = [v for k, v in ckpt["callbacks"].items() if k.startswith("EarlyStopping")]
+    [first] = val_losses(out / "train")
+    best_first = min(first, key=first.get)
+    assert ckpt["global_step"] == 20 and abs(float(stop["best_score"]) - first[best_first]) < 1e-6, (stop, first)
+    assert stop["wait_count"] == sum(s > best_first for s in first) > 0, (stop, first)   # incl. step 20's
+    shutil.rmtree(out / "export")   # as if the run had stopped at step 20
+    corpus_mtime = list_shards(out / "corpus/shards")[0]
+    corpus_mtime = Path(corpus_mtime).stat().st_mtime_ns
+    p = finetune(*args, "trainer.max_steps=40")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "Restoring states from the checkpoint" in p.stdout + p.stderr
+    assert Path(list_shards(out / "corpus/shards")[0]).stat().st_mtime_ns == corpus_mtime   # not re-tokenized
+    first, second = val_losses(out / "train")
+    assert sorted(first) == [3, 7, 11, 15, 19] and sorted(second) == [23, 27, 31, 35, 39]   # resumed at step 20
+    losses = first | second
+
+    best = min(losses, key=losses.get)
+    last = max(losses)
+    assert losses[best] < losses[3] and losses[last] > losses[best] + 0.1, losses   # falls, then rises
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best_step"] == best + 1 and summary["steps"] == 40
+    assert abs(summary["val_loss"] - losses[best]) < 1e-4, (summary, losses)
+    # full mode: attention and audio weights of every layer changed, the (frozen) text head did not
+    base = load_file(str(inputs["llm"] / "model.safetensors"))
+    tuned = load_file(str(out / "export/model.safetensors"))
+    changed = {k for k in base if not torch.equal(base[k], tuned[k])}
+    assert {k for k in base if ".attn." in k or "audio" in k} <= changed and "text_head.weight" not in changed
+
+
+def test_lora_merge_parity_and_trainable_parameters(inputs):
+    lora = dict(rank=4, alpha=8, dropout=0.0, targets=LORA_TARGETS)
+    model_cfg = json.loads((inputs["llm"] / "config.json").read_text())
+    model_cfg.pop("architecture")
+    module = FinetuneModule(model_cfg, tokenizer_dir=str(inputs["llm"]), optim={}, init_from=str(inputs["llm"]),
+                            lora=lora)
+    trainable = [n for n, p in module.named_parameters() if p.requires_grad]
+    assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
+    n_layers = MICRO["num_layers"]
+    assert len(trainable) == 2 * len(LORA_TARGETS) * n_layers
+    peft_model = module.model
+    g = torch.Generator().manual_seed(0)
+    for n, p in peft_model.named_parameters():
+        if ".lora_B." in n:   # B starts at zero: give the adapters something to merge
+            p.data = torch.randn(p.shape, generator=g) * 0.1
+    peft_model.eval()
+    T = 24
+    ids = torch.randint(0, 300, (2, T), generator=g)
+    codes = torch.randint(0, 1024, (2, T, 8), generator=g)
+    mask = torch.zeros(2, T, dtype=torch.bool)
+    mask[:, 10:] = True
+    with torch.no_grad():
+        a = peft_model(ids, codes, mask)
+        plain = merged(peft_model)
+        assert type(plain) is DualFFNModel
+        b = plain(ids, codes, mask)
+        base = DualFFNModel.from_pretrained(inputs["llm"])(ids, codes, mask)
+    assert (a.audio_logits - b.audio_logits).abs().max() < 1e-5
+    assert (a.text_logits - b.text_logits).abs().max() < 1e-5
+    assert (a.audio_logits - base.audio_logits).abs().max() > 1e-3   # the adapters did change the output
+
+
+def test_split_and_reference_choice():
+    ids = [f"clip_{i:03d}_0000" for i in range(25)]
+    val = held_out_ids(ids, 0.1)
+    assert len(val) == 2 and val == held_out_ids(list(reversed(ids)), 0.1)   # order-independent
+    assert len(held_out_ids(ids[:3], 0.1)) == 1
+    rows = [{"id": "a", "duration": 2.0, "quality": {"dnsmos_ovrl": 3.9}},    # too short
+            {"id": "b", "duration": 6.0, "quality": {"dnsmos_ovrl": 2.9}},
+            {"id": "c", "duration": 9.0, "quality": {"dnsmos_ovrl": 3.1}},
+            {"id": "d", "duration": 20.0, "quality": {"dnsmos_ovrl": 3.5}}]  # too long
+    assert pick_reference(rows, 3.0, 15.0)["id"] == "c"
+    assert pick_reference([rows[0], rows[3]], 3.0, 15.0)["id"] == "a"   # none in range: the nearest
+
+
+@pytest.mark.slow
+def test_errors_are_one_line(inputs, run, tmp_path):
+    # a base whose audio vocabulary does not match the tokenizer's
+    llm512, _ = make_tiny_exports(tmp_path / "m512", llm={**MICRO, "codebook_size": 512})
+    p = finetune(f"voice_dir={inputs['voice']}", f"base={llm512}", f"tokenizer={inputs['tok']}", f"name={NAME}",
+                 f"out_dir={tmp_path / 'a'}")
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert "expects 8 codebooks x 512 codes" in p.stderr and "gives 8 x 1024" in p.stderr, p.stderr
+    # a missing path
+    p = finetune(f"voice_dir={tmp_path / 'nope'}", f"base={inputs['llm']}", f"tokenizer={inputs['tok']}",
+                 f"name={NAME}", f"out_dir={tmp_path / 'b'}")
+    assert p.returncode == 1 and f"voice_dir={tmp_path / 'nope'} is not a directory" in p.stderr
+    # too little audio after curation (the curated corpus is reused: curation resumes at once)
+    out = tmp_path / "c"
+    shutil.copytree(run["out"] / "corpus", out / "corpus")
+    kept = sum(json.loads(line)["duration"] for line in (out / "corpus/manifest.jsonl").read_text().splitlines())
+    p = finetune(*inputs["args"], f"out_dir={out}", *FAST, "min_seconds=1000")
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert f"too little audio: {kept:.1f} s of speech" in p.stderr and "min_seconds=1000" in p.stderr, p.stderr
+    assert not (out / "train").exists()
