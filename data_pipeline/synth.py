@@ -388,6 +388,27 @@ def make_voice_folder(out_dir, voice=VOICES[0], n_clips: int = 10, seed: int = 0
     return paths
 
 
+def make_eval_set(out_dir, target=VOICES[7], others=tuple(VOICES[:4]), n_items: int = 4, seed: int = 0) -> Path:
+    """An evaluation set for `python -m higgs_train.evaluate` (format: higgs_train/evaluate/evalset.py):
+    sentences no clip here speaks, each prompted with one recording of `target` (a cloning prompt)
+    and scored for similarity against other recordings of `target` (sim_<target>) and one of each
+    voice in `others` (sim_<other>). Returns the eval.jsonl path."""
+    out = Path(out_dir)
+    rng = np.random.default_rng([seed, 7])
+    texts = [SENTENCES[i] for i in rng.choice(len(SENTENCES), n_items + 4 + len(others), replace=False)]
+    clips = make_voice_folder(out / target.name, target, n_clips=4, seed=seed + 500)
+    speakers = {target.name: [str(c.relative_to(out)) for c in clips[1:]]}
+    for v, text in zip(others, texts[n_items:]):
+        save_audio(out / f"{v.name}.wav", tts(text, v), 24000)
+        speakers[v.name] = [f"{v.name}.wav"]
+    ref = {"reference_audio": str(clips[0].relative_to(out)),
+           "reference_text": clips[0].with_suffix(".txt").read_text().strip()}
+    rows = [{"id": f"item{i}", "text": t, **ref, "speakers": speakers} for i, t in enumerate(texts[:n_items])]
+    path = out / "eval.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 def make_broken_files(out_dir, seed: int = 0) -> list[Path]:
     """Files every loader must reject: empty.wav, truncated.flac, random.mp3, text.wav."""
     out_dir = Path(out_dir)
