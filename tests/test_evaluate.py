@@ -302,3 +302,30 @@ def test_callback_restores_train_mode_without_grads(tmp_path, tiny, clips):
     trainer.loggers[0].save()
     [row] = [r for r in csv.DictReader(open(next((tmp_path / "logs").rglob("metrics.csv")))) if r.get("eval/rtf")]
     assert int(row["step"]) == 7 and float(row["eval/rtf"]) > 0 and 1 <= float(row["eval/dnsmos_ovrl"]) <= 5
+
+
+def test_synthetic_eval_set_and_comparison_table(tmp_path):
+    """data_pipeline.synth.make_eval_set writes a set the harness loads (prompt, target and other
+    voices); `python -m higgs_train.evaluate.compare` puts two runs' means side by side."""
+    from data_pipeline.synth import make_eval_set
+
+    path = make_eval_set(tmp_path / "set", target=VOICES[7], others=VOICES[:2], n_items=3, seed=0)
+    items, bad = load_eval_set(path)
+    assert len(items) == 3 and not bad
+    assert len({i.text for i in items}) == 3
+    assert sorted(items[0].speakers) == ["v0", "v1", "v7"] and len(items[0].speakers["v7"]) == 3
+    assert items[0].reference_audio not in items[0].speakers["v7"]     # the prompt is not a target
+    for run, means in [("a", {"wer": 0.5, "sim_v7": 0.25}), ("b", {"wer": 0.25, "sim_v7": 0.5, "rtf": 1.0})]:
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "summary.json").write_text(json.dumps({"means": means}))
+    p = subprocess.run([sys.executable, "-m", "higgs_train.evaluate.compare", str(tmp_path / "a"), str(tmp_path / "b"),
+                        f"out={tmp_path / 'c.md'}"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    rows = {line.split(" | ")[0].strip("| "): line for line in p.stdout.splitlines()[2:]}
+    assert rows["sim_v7"] == "| sim_v7 | 0.2500 | 0.5000 | +0.2500 |"
+    assert rows["wer"] == "| wer | 0.5000 | 0.2500 | -0.2500 |"
+    assert rows["rtf"] == "| rtf |  | 1.0000 |  |"
+    assert (tmp_path / "c.md").read_text() == p.stdout
+    missing = subprocess.run([sys.executable, "-m", "higgs_train.evaluate.compare", str(tmp_path / "a"),
+                              str(tmp_path / "nope")], capture_output=True, text=True)
+    assert missing.returncode == 1 and "no evaluation summary" in missing.stderr
