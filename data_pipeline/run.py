@@ -63,9 +63,16 @@ def register_resolvers() -> None:
 register_resolvers()
 
 
+# Keys that say how a stage runs, not what it computes (up to float rounding): changing them
+# (a bigger batch on a GPU machine, more threads) keeps finished sources.
+EXECUTION_KEYS = ("batch_size", "threads", "device")
+
+
 def processing_fingerprint(cfg: DictConfig) -> str:
-    groups = {g: OmegaConf.to_container(cfg[g], resolve=True) if cfg.get(g) is not None else None
-              for g in PROCESSING_GROUPS}
+    groups = {}
+    for g in PROCESSING_GROUPS:
+        node = OmegaConf.to_container(cfg[g], resolve=True) if cfg.get(g) is not None else None
+        groups[g] = {k: v for k, v in node.items() if k not in EXECUTION_KEYS} if isinstance(node, dict) else node
     return hashlib.sha1(json.dumps(groups, sort_keys=True).encode()).hexdigest()[:16]
 
 

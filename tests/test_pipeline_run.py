@@ -307,3 +307,13 @@ def test_progress_moves_inside_a_source_and_ends_at_its_duration(inputs, tmp_pat
     bar.update({"source": "b.wav", "seconds": 30.0, "segments": 1})
     assert bar.bar.n == pytest.approx((summary["seconds"] + 30.0) / 3600, abs=1e-5)
     bar.close()
+
+
+def test_fingerprint_ignores_how_stages_run_not_what_they_compute(tmp_path):
+    from data_pipeline.run import processing_fingerprint
+
+    base = processing_fingerprint(make_cfg(tmp_path, tmp_path / "o"))
+    assert processing_fingerprint(make_cfg(tmp_path, tmp_path / "o", "quality.batch_size=16",
+                                           "quality.threads=4", "diarization.device=cuda")) == base
+    assert processing_fingerprint(make_cfg(tmp_path, tmp_path / "o", "quality.hop_seconds=1.0")) != base
+    assert processing_fingerprint(make_cfg(tmp_path, tmp_path / "o", "vad.threshold=0.6")) != base
