@@ -326,6 +326,13 @@ def test_synthetic_eval_set_and_comparison_table(tmp_path):
     assert rows["wer"] == "| wer | 0.5000 | 0.2500 | -0.2500 |"
     assert rows["rtf"] == "| rtf |  | 1.0000 |  |"
     assert (tmp_path / "c.md").read_text() == p.stdout
+    gate = [sys.executable, "-m", "higgs_train.evaluate.compare", str(tmp_path / "a"), str(tmp_path / "b")]
+    ok = subprocess.run([*gate, "higher=sim_v7", "lower=wer"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "sim_v7: 0.2500 -> 0.5000 (+0.2500), expected higher: ok" in ok.stdout
+    bad = subprocess.run([*gate, "higher=sim_v7,wer", "lower=rtf"], capture_output=True, text=True)
+    assert bad.returncode == 1, bad.stdout
+    assert "wer: 0.5000 -> 0.2500 (-0.2500), expected higher: NOT MET" in bad.stdout
+    assert "rtf: missing from a run, expected lower: NOT MET" in bad.stdout
     missing = subprocess.run([sys.executable, "-m", "higgs_train.evaluate.compare", str(tmp_path / "a"),
                               str(tmp_path / "nope")], capture_output=True, text=True)
     assert missing.returncode == 1 and "no evaluation summary" in missing.stderr

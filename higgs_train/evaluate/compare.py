@@ -1,9 +1,13 @@
 """Two or more evaluation runs side by side: did fine-tuning (or a new checkpoint) help?
 
-    python -m higgs_train.evaluate.compare eval/base eval/finetuned [out=compare.md]
+    python -m higgs_train.evaluate.compare eval/base eval/finetuned [out=compare.md] \
+        [higher=sim_me] [lower=sim_alice,sim_bob,wer]
 
 Reads each run's summary.json (python -m higgs_train.evaluate) and prints a markdown table: one
 row per metric mean, one column per run, and the change from the first run in the last column.
+`higher=` / `lower=` (comma-separated metrics) check the direction of each change from the first
+run to the last, print one line per metric, and exit 1 when one moved the wrong way (or is
+missing): a gate for CI or a fine-tuning recipe.
 """
 from __future__ import annotations
 
@@ -32,21 +36,39 @@ def table(runs: list[Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check(runs: list[Path], higher: list[str], lower: list[str]) -> list[tuple[str, bool]]:
+    """(line, ok) per metric: did it move the expected way from the first run to the last?"""
+    first, last = load_means(runs[0]), load_means(runs[-1])
+    out = []
+    for names, sign, word in ((higher, 1, "higher"), (lower, -1, "lower")):
+        for k in names:
+            if k not in first or k not in last:
+                out.append((f"{k}: missing from a run, expected {word}: NOT MET", False))
+                continue
+            d = last[k] - first[k]
+            ok = d * sign > 0
+            out.append((f"{k}: {first[k]:.4f} -> {last[k]:.4f} ({d:+.4f}), expected {word}: "
+                        f"{'ok' if ok else 'NOT MET'}", ok))
+    return out
+
+
 def main(argv: list[str]) -> int:
     runs = [Path(a) for a in argv if "=" not in a]
     opts = dict(a.split("=", 1) for a in argv if "=" in a)
-    if len(runs) < 2 or set(opts) - {"out"}:
+    if len(runs) < 2 or set(opts) - {"out", "higher", "lower"}:
         print(__doc__, file=sys.stderr)
         return 2
     try:
         text = table(runs)
+        checks = check(runs, *([m for m in opts.get(k, "").split(",") if m] for k in ("higher", "lower")))
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    text += "".join(f"\n{line}" for line, _ in checks) + ("\n" if checks else "")
     print(text, end="")
     if "out" in opts:
         Path(opts["out"]).write_text(text)
-    return 0
+    return 0 if all(ok for _, ok in checks) else 1
 
 
 if __name__ == "__main__":
