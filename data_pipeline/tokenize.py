@@ -4,15 +4,20 @@
 
 Each shard is rewritten atomically (temp file + rename) once all its samples are encoded,
 so a killed run loses at most the shard in progress; a rerun skips shards whose samples
-all have codes, and encodes only the missing samples of the others. Samples are sorted
-by length before batching so that padding stays small.
+all have codes, and encodes only the missing samples of the others. Which tokenizer made a
+shard's codes is recorded beside it (shards/.codes/NAME.json, a content hash of the export):
+codes from another tokenizer (one retrained since) are stale and the whole shard is encoded
+again. Samples are sorted by length before batching so that padding stays small.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import os
 import time
+from pathlib import Path
 
 import hydra
 import numpy as np
@@ -39,6 +44,23 @@ def _load(sample: dict) -> np.ndarray | None:
     return wav if len(wav) else None
 
 
+CODES_DIR = ".codes"   # beside the shards; hidden, so webdataset / `datasets` never read it
+
+
+def tokenizer_fingerprint(tokenizer_dir) -> str:
+    """Content hash of an audio tokenizer export (config.json + model.safetensors)."""
+    h = hashlib.sha1()
+    for name in ("config.json", "model.safetensors"):
+        with open(Path(tokenizer_dir) / name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _made_by(shard: str) -> Path:
+    return Path(shard).parent / CODES_DIR / f"{Path(shard).name}.json"
+
+
 @torch.inference_mode()
 def encode_batch(tok: AudioTokenizer, wavs: list[np.ndarray]) -> list[np.ndarray]:
     """Variable-length 24 kHz clips -> int16 codes [8, ceil(len / hop)] each (zero-padded batch)."""
@@ -57,13 +79,20 @@ def tokenize_shards(shards, tokenizer_dir, batch_size: int = 16, device: str = "
     if not paths:
         raise FileNotFoundError(f"no shard-*.tar found for {shards}")
     tok = AudioTokenizer.from_pretrained(tokenizer_dir, device=device)
+    fp = tokenizer_fingerprint(tokenizer_dir)
     stats = {"shards": len(paths), "shards_skipped": 0, "samples": 0, "encoded": 0, "failed": 0,
-             "audio_seconds": 0.0, "wall_seconds": 0.0}
+             "stale_shards": 0, "audio_seconds": 0.0, "wall_seconds": 0.0}
     t0 = time.perf_counter()
     bar = tqdm(paths, unit="shard", desc="tokenize", disable=not progress)
     for path in bar:
         samples = list(iter_shard(path))
         stats["samples"] += len(samples)
+        record = _made_by(path)
+        made_by = json.loads(record.read_text())["tokenizer"] if record.is_file() else None
+        if made_by not in (None, fp):   # codes of another tokenizer: encode the whole shard again
+            stats["stale_shards"] += 1
+            for s in samples:
+                s["codes"] = None
         todo = [s for s in samples if s["codes"] is None]
         if not todo:
             stats["shards_skipped"] += 1
@@ -77,8 +106,12 @@ def tokenize_shards(shards, tokenizer_dir, batch_size: int = 16, device: str = "
                 s["codes"] = c
                 stats["encoded"] += 1
                 stats["audio_seconds"] += len(w) / SAMPLE_RATE
-        if loaded:
+        if loaded or made_by not in (None, fp):
             rewrite_shard(path, samples)
+            record.parent.mkdir(exist_ok=True)
+            tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"tokenizer": fp, "path": str(Path(tokenizer_dir).resolve())}))
+            os.replace(tmp, record)
         bar.set_postfix(encoded=stats["encoded"], failed=stats["failed"])
     stats["wall_seconds"] = time.perf_counter() - t0
     stats["rtf"] = stats["wall_seconds"] / max(stats["audio_seconds"], 1e-9)

@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -86,3 +87,27 @@ def test_cli_resumes_after_a_partial_run(setup):
     stats = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert (stats["shards_skipped"], stats["encoded"], stats["failed"]) == (1, 2, 1)
     assert sorted(p.name for p in root.iterdir()) == ["shards", "tok"]  # no hydra outputs beside
+
+
+def test_codes_of_another_tokenizer_are_replaced(setup, tmp_path):
+    """A retrained tokenizer makes the shards' codes stale: every sample is encoded again, and
+    the result equals a run that only ever saw the new tokenizer."""
+    root, _ = setup
+    fresh = tmp_path / "fresh"
+    shutil.copytree(root / "shards", fresh)
+    tokenize_shards(root / "shards", root / "tok", progress=False)
+    torch.manual_seed(1)
+    other = AudioTokenizer(TokenizerConfig(**MICRO))
+    other.train()
+    other(torch.randn(4, 1, 24000) * 0.1)
+    other.eval().save_pretrained(tmp_path / "other")
+
+    stats = tokenize_shards(root / "shards", tmp_path / "other", progress=False)
+    assert (stats["stale_shards"], stats["encoded"], stats["failed"]) == (2, 5, 1)
+    tokenize_shards(fresh, tmp_path / "other", progress=False)
+    for a, b in zip(list_shards(root / "shards"), list_shards(fresh)):
+        for x, y in zip(iter_shard(a), iter_shard(b)):
+            assert x["key"] == y["key"]
+            assert (x["codes"] is None and y["codes"] is None) or np.array_equal(x["codes"], y["codes"])
+    again = tokenize_shards(root / "shards", tmp_path / "other", progress=False)
+    assert (again["stale_shards"], again["encoded"], again["shards_skipped"]) == (0, 0, 1)
