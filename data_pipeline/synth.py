@@ -52,6 +52,7 @@ import soundfile as sf
 import soxr
 from scipy.signal import lfilter
 
+from data_pipeline.argv import key_value_args
 from higgs_train.audio import save_audio
 
 ESPEAK_SR = 22050
@@ -495,15 +496,8 @@ def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help", "help") for a in argv):
         print(usage)
         return 0
-    args = {"preset": "tests", "seed": "0"}
-    for a in argv:
-        k, sep, v = a.partition("=")
-        if not sep or k not in ("out_dir", "preset", "seed"):
-            print(f"bad argument {a!r}\n{usage}", file=sys.stderr)
-            return 2
-        args[k] = v
-    if "out_dir" not in args:
-        print(usage, file=sys.stderr)
+    args = key_value_args(argv, {"preset": "tests", "seed": "0"}, usage)
+    if args is None:
         return 2
     summary = make_corpus(args["out_dir"], args["preset"], int(args["seed"]))
     print(f"wrote {len(summary['files'])} files ({summary['audio_seconds'] / 60:.1f} min audio, "

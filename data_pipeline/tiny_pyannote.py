@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import yaml
 
+from data_pipeline.argv import key_value_args
+
 CHUNK = 5.0  # segmentation window (s)
 
 
@@ -189,15 +191,8 @@ def build(out_dir, minutes: float = 3.0, steps: int = 200, seed: int = 0) -> Pat
 
 
 def main(argv: list[str]) -> int:
-    args = {"minutes": "3", "steps": "200", "seed": "0"}
-    for a in argv:
-        k, sep, v = a.partition("=")
-        if not sep or k not in ("out_dir", *args):
-            print(f"bad argument {a!r}\n{__doc__}", file=sys.stderr)
-            return 2
-        args[k] = v
-    if "out_dir" not in args:
-        print(__doc__, file=sys.stderr)
+    args = key_value_args(argv, {"minutes": "3", "steps": "200", "seed": "0"}, __doc__)
+    if args is None:
         return 2
     out = build(args["out_dir"], float(args["minutes"]), int(args["steps"]), int(args["seed"]))
     print(f"wrote a pyannote pipeline to {out}: use diarization=pyannote diarization.path={out}")
