@@ -40,6 +40,7 @@ from data_pipeline.stages.base import ANALYSIS_SR, Segment
 from data_pipeline.stages.ingest import source_key
 from data_pipeline.stages.transcribe import TranscriptError
 from higgs_train.audio import AudioError, audio_info
+from higgs_train.files import write_text_atomic
 from higgs_train.shards import SAMPLE_RATE as EXPORT_SR
 
 log = logging.getLogger("data_pipeline")
@@ -77,9 +78,7 @@ def processing_fingerprint(cfg: DictConfig) -> str:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, ensure_ascii=False))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, ensure_ascii=False))
 
 
 def slice_sources(sources: list[str], num_shards: int, shard_index: int) -> list[str]:

@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from higgs_train.config import CONFIG_DIR
+from higgs_train.files import write_text_atomic
 from higgs_train.shards import SAMPLE_RATE, decode_flac, iter_shard, list_shards, rewrite_shard
 from higgs_train.tokenizer import AudioTokenizer
 
@@ -109,9 +109,7 @@ def tokenize_shards(shards, tokenizer_dir, batch_size: int = 16, device: str = "
         if loaded or made_by not in (None, fp):
             rewrite_shard(path, samples)
             record.parent.mkdir(exist_ok=True)
-            tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"tokenizer": fp, "path": str(Path(tokenizer_dir).resolve())}))
-            os.replace(tmp, record)
+            write_text_atomic(record, json.dumps({"tokenizer": fp, "path": str(Path(tokenizer_dir).resolve())}))
         bar.set_postfix(encoded=stats["encoded"], failed=stats["failed"])
     stats["wall_seconds"] = time.perf_counter() - t0
     stats["rtf"] = stats["wall_seconds"] / max(stats["audio_seconds"], 1e-9)

@@ -24,7 +24,6 @@ import io
 import json
 import logging
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from higgs_train.audio import save_audio
+from higgs_train.files import write_text_atomic
 from higgs_train.evaluate.evalset import BadItem, EvalItem
 
 log = logging.getLogger(__name__)
@@ -89,9 +89,9 @@ def evaluate(synthesizer: Synthesizer | Callable, scorers: dict[str, Scorer], it
     summary = {"items": len(rows), "ok": sum(r["status"] == "ok" for r in rows), "means": means,
                "failed": [{"id": r["id"], "error": r["status"]} for r in rows if r["status"] != "ok"],
                "meta": meta or {}}
-    _write(out / "results.csv", _csv(rows, columns))
-    _write(out / "results.md", markdown_table(rows, columns, means))
-    _write(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    write_text_atomic(out / "results.csv", _csv(rows, columns))
+    write_text_atomic(out / "results.md", markdown_table(rows, columns, means))
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     from higgs_train.evaluate.plots import plot_metrics
 
     plot_metrics(rows, list(means), out / "metrics.png")
@@ -132,8 +132,3 @@ def markdown_table(rows: list[dict], columns: list[str], means: dict[str, float]
     lines.append("| " + " | ".join("**mean**" if c == "id" else _cell(means.get(c, "")) for c in columns) + " |")
     return "\n".join(lines) + "\n"
 
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

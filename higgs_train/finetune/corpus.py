@@ -23,6 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 from higgs_train.audio import save_audio
+from higgs_train.files import write_text_atomic
 from higgs_train.finetune import FinetuneError
 from higgs_train.shards import ShardWriter, decode_flac, iter_shard, list_shards
 
@@ -126,8 +127,6 @@ def write_preset(corpus_dir, row: dict, folder) -> dict:
         raise FinetuneError(f"clip {row['id']} is missing from {shard}")
     wav, sr = decode_flac(sample["flac"])
     save_audio(folder / "reference.wav", wav, sr)
-    tmp = folder / ".reference.txt.tmp"
-    tmp.write_text(row["text"].strip() + "\n", encoding="utf-8")
-    os.replace(tmp, folder / "reference.txt")
+    write_text_atomic(folder / "reference.txt", row["text"].strip() + "\n")
     return {"id": row["id"], "recording": row["source"], "start": row["start"], "duration": row["duration"],
             "dnsmos_ovrl": (row.get("quality") or {}).get("dnsmos_ovrl"), "text": row["text"]}
