@@ -54,6 +54,7 @@ CHUNK_SECONDS = 600.0  # audio per quality/transcribe call (bounds memory on mul
 # file (benchmarks/README.md: DNSMOS ~85 % of the time without ASR; with ASR, quality and
 # transcription split what follows diarization).
 DONE_AFTER = {"ingest": 0.02, "vad": 0.04, "diarization": 0.14, "quality": 0.95, "transcribe": 0.95}
+DONE_AFTER_WITH_ASR = {**DONE_AFTER, "quality": 0.5}
 
 
 def register_resolvers() -> None:
@@ -181,6 +182,7 @@ def process_source(rel: str, stages: Stages, ctx: Context) -> dict:
     rec = {"source": rel, "key": key, "fingerprint": ctx.fingerprint, "sha1": None, "duplicate_of": None,
            "audio": None, "transcribed": transcribed, "rejected": [], "segments": [], "timings": {}}
     timings = rec["timings"]
+    done_after = DONE_AFTER_WITH_ASR if transcribed else DONE_AFTER
     stage = "ingest"
     t = time.perf_counter()
 
@@ -188,14 +190,13 @@ def process_source(rel: str, stages: Stages, ctx: Context) -> dict:
         nonlocal t, stage
         now = time.perf_counter()
         timings[stage] = timings.get(stage, 0.0) + now - t
-        if stage in DONE_AFTER:
-            ctx.report(rel, DONE_AFTER[stage] if stage != "quality" or not transcribed else 0.5)
+        if stage in done_after:
+            ctx.report(rel, done_after[stage])
         t, stage = now, name
 
     def chunk_done(i: int, n: int) -> None:  # a chunk of quality or transcription, for the bar
-        lo = DONE_AFTER["diarization"] if stage == "quality" else 0.5
-        hi = 0.5 if stage == "quality" and transcribed else DONE_AFTER[stage]
-        ctx.report(rel, lo + (hi - lo) * (i + 1) / n)
+        lo = done_after["diarization" if stage == "quality" else "quality"]
+        ctx.report(rel, lo + (done_after[stage] - lo) * (i + 1) / n)
 
     dec = None
 
