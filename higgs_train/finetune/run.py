@@ -29,6 +29,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from higgs_train.config import CONFIG_DIR
+from higgs_train.files import write_text_atomic
 from higgs_train.finetune import FinetuneError
 from higgs_train.finetune.corpus import (audio_files, pick_reference, read_manifest, rejection_reasons, split,
                                          without_sidecar, write_preset)
@@ -228,7 +229,7 @@ def finetune(cfg: DictConfig) -> Path:
                "tokenizer": str(cfg.tokenizer), "mode": cfg.mode, "clips": rec["clips"], "seconds": rec["seconds"],
                "best_step": best, "steps": last, "base_val_loss": base_loss, "val_loss": loss, "preset": preset,
                "wall_seconds": {k: round(v, 1) for k, v in times.items()}, "export": str(export)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     print(f"\nfine-tuned in {time.perf_counter() - t0:.0f} s: {export} (summary: {out / 'summary.json'})\n"
           f"Next:\n  {next_command(cfg, export)}", flush=True)
     return export
