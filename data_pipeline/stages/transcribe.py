@@ -22,6 +22,7 @@ import json
 import re
 from pathlib import Path
 
+import jiwer
 import numpy as np
 
 from data_pipeline.stages.base import Segment, Transcript
@@ -44,17 +45,11 @@ def normalize_text(text: str) -> list[str]:
 
 
 def word_error_rate(reference: str, hypothesis: str) -> float:
-    """(substitutions + deletions + insertions) / reference words, on normalize_text words."""
+    """(substitutions + deletions + insertions) / reference words, on normalize_text words (jiwer)."""
     ref, hyp = normalize_text(reference), normalize_text(hypothesis)
-    if not ref:
+    if not ref:  # jiwer refuses an empty reference: any word said is all error, silence none
         return float(len(hyp) > 0)
-    dist = np.arange(len(hyp) + 1)  # edit distance row for ref[:0]
-    for i, r in enumerate(ref, 1):
-        prev, dist = dist, np.empty_like(dist)
-        dist[0] = i
-        for j, h in enumerate(hyp, 1):
-            dist[j] = min(prev[j] + 1, dist[j - 1] + 1, prev[j - 1] + (r != h))
-    return float(dist[-1]) / len(ref)
+    return float(jiwer.wer(" ".join(ref), " ".join(hyp)))
 
 
 # ---------------------------------------------------------------- sidecar
