@@ -132,7 +132,7 @@ def loudness_lufs(wav: np.ndarray, sr: int) -> float:
 class QualityScorer:
     """DNSMOS P.835 + signal measurements. Built from configs/pipeline/quality/dnsmos.yaml."""
 
-    def __init__(self, model_path: str | None = None, batch_size: int = 2, hop_seconds: float = 1.0,
+    def __init__(self, model_path: str | None = None, batch_size: int = 2, hop_seconds: float = 9.01,
                  threads: int = 0, clip_level: float = 0.98, bandwidth_drop_db: float = 50.0):
         self.model_path = Path(model_path) if model_path else default_model_path()
         if not self.model_path.is_file():
