@@ -5,7 +5,8 @@
     for chunk in engine.stream(Request("Hello there.")): play(chunk)
 
 One decode step of a batch:
-    prompt (chat format, higgs_train.llm.prompt, ends with the all-BOS frame at slot P-1)
+    prompt (the release's chat format, higgs_train.llm.prompt, ending <|audio_out_bos|>) + the
+    all-BOS frame at slot P-1 (fed, never predicted)
     -> prefill (in slices of `prefill_chunk` positions) into a static KV cache (length bucket)
     -> per step: audio logits [B, K, A] of the last position -> one delayed frame per row
        (sampling.sample_frame, constrained by the delay pattern) -> fed back at slot P-1+j.
@@ -32,7 +33,7 @@ from torch import Tensor
 from higgs_train.llm.delay import strip_stream
 from higgs_train.llm.model import DualFFNModel, KVCache
 from higgs_train.llm.prompt import Message, encode_chat, system_message
-from higgs_train.llm.text_tokenizer import load_text_tokenizer
+from higgs_train.llm.text_tokenizer import load_text_tokenizer, special_token_ids
 from higgs_train.tokenizer import AudioTokenizer
 from inference.sampling import SamplingConfig, sample_frame
 from inference.streaming import StreamDecoder
@@ -112,6 +113,13 @@ class Engine:
             raise ValueError(f"LLM expects {mc.num_codebooks}x{mc.codebook_size} codes, tokenizer makes "
                              f"{self.codec.n_codebooks}x{self.codec.codebook_size}")
         self.placeholder = self.tok.convert_tokens_to_ids("<|AUDIO_OUT|>")
+        stated = getattr(mc, "special_tokens", None)   # ids a release-layout config states
+        if stated:
+            have = special_token_ids(self.tok)
+            bad = {k: (v, have.get(k)) for k, v in stated.items() if have.get(k) != v}
+            if bad:
+                raise ValueError(f"text tokenizer ids differ from the model config's special_tokens "
+                                 f"(config, tokenizer): {bad}")
         self.device = model.text_embed.weight.device
         self._caches: dict[tuple[int, int], KVCache] = {}
         self._voice_cache: dict[str, Reference] = {}
@@ -185,7 +193,13 @@ class Engine:
             msgs += [Message("user", t), Message("assistant", codes=c.numpy())]
         msgs.append(Message("user", text))
         s = encode_chat(self.tok, msgs, self.K, self.model.cfg.codebook_size, generation=True)
-        return torch.from_numpy(s.input_ids), torch.from_numpy(s.audio_codes), torch.from_numpy(s.audio_mask)
+        # the release's prompt ends with <|audio_out_bos|>; as the original engine does, the all-BOS
+        # frame is fed after it without a model step (it is never predicted), so decoding starts
+        # with the logits of the BOS frame's position
+        ids = torch.cat([torch.from_numpy(s.input_ids), torch.tensor([self.placeholder])])
+        codes = torch.cat([torch.from_numpy(s.audio_codes), torch.full((1, self.K), self.bos)])
+        amask = torch.cat([torch.from_numpy(s.audio_mask), torch.tensor([True])])
+        return ids, codes, amask
 
     def _sampling(self, req: Request, index: int) -> SamplingConfig:
         cfg = req.sampling or self.sampling

@@ -70,16 +70,20 @@ def test_tts_sample_layout_and_labels(corpus):
     assert text.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n<|audio_out_bos|><|audio_eos|><|eot_id|>")
     pos = np.flatnonzero(s.audio_mask)
     assert len(pos) == 5 + 2 + 7 and np.all(np.diff(pos) == 1)     # BOS frame + 5 + EOS frame, delayed
-    assert (s.input_ids[pos] == tok.convert_tokens_to_ids("<|AUDIO_OUT|>")).all()
+    # the release's ids: <|AUDIO_OUT|>, and the delay token at the last K-1 positions
+    assert (s.input_ids[pos[:-7]] == tok.convert_tokens_to_ids("<|AUDIO_OUT|>")).all()
+    assert (s.input_ids[pos[-7:]] == tok.convert_tokens_to_ids("<|reserved_special_token_6|>")).all()
     assert np.array_equal(strip_stream(torch.from_numpy(s.audio_codes[pos].T), 1024, 1025).numpy(), codes)
-    # shifted labels: position t carries frame t+1; only audio positions carry audio labels
+    # shifted labels: position t carries frame t+1; only positions before audio frames carry audio labels
     lab = s.audio_labels
-    assert (lab[~s.audio_mask] == -100).all()
+    assert (lab[pos[-1]:] == -100).all() and (lab[:pos[0]] == -100).all()
     sup = lab[pos[:-1]]
     nxt = s.audio_codes[pos[1:]]
     assert np.array_equal(sup[sup != -100], nxt[sup != -100])
-    assert (nxt[sup == -100] == 1024).all()               # only the delay's BOS padding is unsupervised
     assert ((sup >= 0) & (sup < 1024)).sum() == codes.size               # every real code is a target exactly once
+    assert (sup == 1025).sum(0).tolist() == [1] * 8                      # each codebook's EOS once
+    assert (sup == 1024).sum() == 0                                      # BOS frame and BOS padding: never
+    assert (sup == -100).sum() == 8 * 7                                  # the delay's BOS and EOS padding
     # text targets: <|audio_out_bos|>, <|audio_eos|>, <|eot_id|> of the assistant turn
     t_targets = s.text_labels[s.text_labels != -100]
     assert tok.convert_ids_to_tokens(t_targets.tolist()) == ["<|audio_out_bos|>", "<|audio_eos|>", "<|eot_id|>"]
@@ -95,12 +99,15 @@ def test_clone_and_dialogue_samples(corpus):
     assert ((s.audio_labels >= 0) & (s.audio_labels < 1024)).sum() == tgt.size        # the reference audio is context, not target
     first_turn_end = np.flatnonzero(s.audio_mask)[4 + 2 + 7 - 1]
     assert (s.audio_labels[: first_turn_end + 1] == -100).all()
+    assert (s.audio_labels == 1025).sum() == 8
     d = dialogue_sample(tok, [("A", "hello there", ref), ("B", "hi", tgt), ("A", "bye", ref)])
     dtext = tok.decode(d.input_ids[~d.audio_mask])
     assert "[SPEAKER0] hello there [SPEAKER1] hi [SPEAKER0] bye" in dtext
     assert d.audio_mask.sum() == 4 + 6 + 4 + 2 + 7
     g = encode_chat(tok, [system_message(), Message("user", "hi")], generation=True)
-    assert g.audio_mask[-1] and (g.audio_codes[-1] == 1024).all() and g.audio_mask.sum() == 1
+    # the release's generation prompt ends with the opened audio turn; the engine feeds the BOS frame
+    assert tok.decode(g.input_ids).endswith("<|start_header_id|>assistant<|end_header_id|>\n\n<|audio_out_bos|>")
+    assert g.audio_mask.sum() == 0
 
 
 def test_stream_kinds_padding_and_determinism(corpus):

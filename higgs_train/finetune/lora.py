@@ -143,7 +143,7 @@ def held_out_loss(export_dir, cfg: DictConfig) -> float:
     for batch in dm.val_dataloader():
         b = {k: v.to(device) for k, v in batch.items()}
         out = model.loss(b["input_ids"], b["audio_codes"], b["audio_mask"], b["audio_labels"],
-                         b["text_labels"], cfg.task.text_loss_weight)
+                         b["text_labels"], cfg.task.text_loss_weight, cfg.task.codebook_reduction)
         n = b["input_ids"].shape[0]
         total, rows = total + out["loss"].item() * n, rows + n
     return total / max(rows, 1)

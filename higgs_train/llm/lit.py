@@ -46,16 +46,18 @@ def gather_zero3_state_dict(model: torch.nn.Module, keep: bool) -> dict | None:
 
 class LLMModule(L.LightningModule):
     def __init__(self, model_cfg: dict, tokenizer_dir: str, optim: dict, text_loss_weight: float = 0.0,
-                 freeze_text: bool = False, gradient_checkpointing: bool = False, init_from: str | None = None):
+                 freeze_text: bool = False, gradient_checkpointing: bool = False, init_from: str | None = None,
+                 codebook_reduction: str = "mean"):
         super().__init__()
         self.model = self._make_model(model_cfg, init_from)
         # the model config travels in every checkpoint (weights too, so init_from is not needed again)
         self.save_hyperparameters({"model_cfg": asdict(self.model.cfg), "tokenizer_dir": tokenizer_dir,
                                    "optim": optim, "text_loss_weight": text_loss_weight,
                                    "freeze_text": freeze_text, "gradient_checkpointing": gradient_checkpointing,
-                                   "init_from": None})
+                                   "init_from": None, "codebook_reduction": codebook_reduction})
         self.optim = optim
         self.text_loss_weight = text_loss_weight
+        self.codebook_reduction = codebook_reduction
         self.tokenizer_dir = tokenizer_dir
         self.model.gradient_checkpointing = gradient_checkpointing
         if freeze_text:   # train only what audio positions own (their norms, FFNs, embedding, head)
@@ -86,7 +88,8 @@ class LLMModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         out = self.model.loss(batch["input_ids"], batch["audio_codes"], batch["audio_mask"],
-                              batch["audio_labels"], batch["text_labels"], self.text_loss_weight)
+                              batch["audio_labels"], batch["text_labels"], self.text_loss_weight,
+                              self.codebook_reduction)
         now = time.perf_counter()
         B = batch["input_ids"].shape[0]
         kw = dict(on_step=True, on_epoch=False, batch_size=B)
@@ -106,7 +109,8 @@ class LLMModule(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         # runs only when the data module has val_shards and the trainer validates (limit_val_batches > 0)
         out = self.model.loss(batch["input_ids"], batch["audio_codes"], batch["audio_mask"],
-                              batch["audio_labels"], batch["text_labels"], self.text_loss_weight)
+                              batch["audio_labels"], batch["text_labels"], self.text_loss_weight,
+                              self.codebook_reduction)
         kw = dict(on_step=False, on_epoch=True, batch_size=batch["input_ids"].shape[0], sync_dist=True)
         self.log("val/loss", out["loss"], prog_bar=True, **kw)
         self.log("val/code_acc", out["code_acc"], **kw)
@@ -199,7 +203,7 @@ def build(cfg: DictConfig, module_cls=LLMModule, **module_kw):
     module = module_cls(model_cfg, tokenizer_dir=str(Path(cfg.text_tokenizer).resolve()),
                         optim=OmegaConf.to_container(t.optim, resolve=True), text_loss_weight=t.text_loss_weight,
                         freeze_text=t.freeze_text, gradient_checkpointing=t.gradient_checkpointing,
-                        init_from=t.init_from, **module_kw)
+                        init_from=t.init_from, codebook_reduction=t.codebook_reduction, **module_kw)
     data = OmegaConf.to_container(cfg.data, resolve=True)
     dm = LLMDataModule(data.pop("shards"), tok, data, seed=cfg.seed, num_codebooks=model_cfg["num_codebooks"],
                        codebook_size=model_cfg["codebook_size"], val_shards=data.pop("val_shards", None))

@@ -1,17 +1,29 @@
-"""Chat-format samples (SPEC §2): token ids, audio frames and shifted labels for one sequence.
+"""Chat-format samples (SPEC §2), laid out as the release lays them out: token ids, audio frames and
+shifted labels for one sequence.
 
     <|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nGenerate audio following instruction.
         [\n\n<|scene_desc_start|>\nSCENE\n<|scene_desc_end|>]<|eot_id|>
     [voice cloning: user turn = reference transcript, assistant turn = reference audio (not supervised)]
-    <|start_header_id|>user<|end_header_id|>\n\nTEXT<|eot_id|>
+    <|start_header_id|>user<|end_header_id|>\n\nTEXT[<|audio_bos|>AUDIO_IN<|audio_eos|>]<|eot_id|>
     <|start_header_id|>assistant<|end_header_id|>\n\n<|audio_out_bos|>AUDIO<|audio_eos|><|eot_id|>
 
-AUDIO is one position per delayed frame (delay.audio_stream: BOS frame, codes, EOS frame), each
-holding the <|AUDIO_OUT|> placeholder id in input_ids and its 8 codes in audio_codes. Labels are
-shifted (label at t = target of position t): audio_labels at the positions before each supervised
-frame (never the first, all-BOS frame, and never the stream-BOS padding the delay forces);
-text_labels on the supervised assistant turn's text tokens. Dialogue: TEXT carries [SPEAKERn]
-tags and AUDIO is the turns' codes back to back.
+AUDIO is one position per delayed frame (delay.audio_stream: BOS frame, codes, EOS frame), its 8
+codes in audio_codes; input_ids hold <|AUDIO_OUT|> there, and the delay token
+(<|reserved_special_token_6|>) at the last K-1 positions, as the transformers port's processor
+writes them (the model reads only the codes there). AUDIO_IN (a user/system turn's codes, the
+release's `encode_audio_in_tokens`) is laid out the same way with <|AUDIO|> ids, as the original
+code expands it. This is, position for position, the original collator's sequence after the
+original model expands its one <|AUDIO|>/<|AUDIO_OUT|> token per stream.
+
+Labels are the original collator's, shifted (label at t = target of position t's prediction):
+audio: [ignore, codes, EOS] delayed with ignore padding, so the BOS frame and the delay's BOS
+padding are never targets, each codebook's EOS is a target once and the trailing delay padding
+(forced at generation) is not; text: the supervised assistant turn's <|audio_out_bos|>,
+<|audio_eos|>, <|eot_id|> (and any text it holds). Dialogue: TEXT carries [SPEAKERn] tags and
+AUDIO is the turns' codes back to back.
+
+generation=True ends with the opened assistant turn `...<|audio_out_bos|>`, the release's
+generation prompt; the engine then feeds the all-BOS frame (inference/engine.py).
 """
 from __future__ import annotations
 
@@ -20,18 +32,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from higgs_train.llm.delay import audio_stream
+from higgs_train.llm.delay import apply_delay, audio_stream
 from higgs_train.llm.model import IGNORE
+from higgs_train.llm.text_tokenizer import DELAY_TOKEN
 
 SYSTEM_PROMPT = "Generate audio following instruction."
-BOS_FRAME_ONLY = "bos_frame"  # generation prompt: assistant turn opened, BOS frame in place
 
 
 @dataclass
 class Message:
     role: str                       # system | user | assistant
-    text: str | None = None         # system / user text
-    codes: np.ndarray | None = None  # assistant audio [K, F] (undelayed codes)
+    text: str | None = None         # the turn's text (assistant: text instead of audio)
+    codes: np.ndarray | None = None  # [K, F] undelayed codes: assistant = audio out; user/system = audio in, after the text
     supervised: bool = False        # assistant turn whose audio (and text tokens) are targets
 
 
@@ -56,56 +68,68 @@ def system_message(scene: str | None = None) -> Message:
 
 def encode_chat(tok, messages: list[Message], num_codebooks: int = 8, codebook_size: int = 1024,
                 generation: bool = False) -> Sample:
-    """Messages -> Sample. generation=True ends with an opened assistant turn and its BOS frame,
-    which is where inference starts decoding frames (it uses input_ids/audio_* only)."""
+    """Messages -> Sample (the layout and labels in the module docstring)."""
     bos, eos = codebook_size, codebook_size + 1
-    placeholder = tok.convert_tokens_to_ids("<|AUDIO_OUT|>")
+    K = num_codebooks
+    audio_out, audio_in, delay = (tok.convert_tokens_to_ids(t) for t in ("<|AUDIO_OUT|>", "<|AUDIO|>", DELAY_TOKEN))
     ids: list[int] = []
-    codes: list[np.ndarray] = []          # per position [K]
-    text_sup: list[bool] = []             # position is a supervised text target
-    audio_sup: list[bool] = []            # position is a supervised audio target
+    codes: list[np.ndarray] = []     # per position [K]
+    text_lab: list[int] = []         # unshifted: the target at this position, or IGNORE
+    audio_lab: list[np.ndarray] = []  # unshifted [K]
     is_audio: list[bool] = []
-    zero = np.zeros(num_codebooks, np.int64)
+    zero, none = np.zeros(K, np.int64), np.full(K, IGNORE, np.int64)
 
     def text(s: str, supervised: bool = False) -> None:
         new = tok.encode(s, add_special_tokens=False)
         ids.extend(new)
         codes.extend([zero] * len(new))
-        text_sup.extend([supervised] * len(new))
-        audio_sup.extend([False] * len(new))
+        text_lab.extend(new if supervised else [IGNORE] * len(new))
+        audio_lab.extend([none] * len(new))
         is_audio.extend([False] * len(new))
 
-    def audio(frames: np.ndarray, supervised: bool) -> None:   # frames [K, L] delayed
+    def audio(c: np.ndarray, out: bool, supervised: bool) -> None:
+        c = torch.as_tensor(np.asarray(c, np.int64))
+        if c.ndim != 2 or c.shape[0] != K:
+            raise ValueError(f"audio codes must be [{K}, frames], got {tuple(c.shape)}")
+        frames = audio_stream(c, bos, eos).numpy()                       # [K, L]
         L = frames.shape[1]
-        ids.extend([placeholder] * L)
-        codes.extend(frames.T.astype(np.int64))
-        text_sup.extend([False] * L)
-        audio_sup.extend([False] + [supervised] * (L - 1))    # the BOS frame is given, not predicted
+        ids.extend([audio_out] * (L - K + 1) + [delay] * (K - 1) if out else [audio_in] * L)
+        codes.extend(frames.T)
+        text_lab.extend([IGNORE] * L)
+        if supervised:
+            framed = torch.cat([c.new_full((K, 1), IGNORE), c, c.new_full((K, 1), eos)], 1)
+            audio_lab.extend(apply_delay(framed, IGNORE, IGNORE).numpy().T)
+        else:
+            audio_lab.extend([none] * L)
         is_audio.extend([True] * L)
 
-    text("<|begin_of_text|>")
-    for m in messages:
-        text(f"<|start_header_id|>{m.role}<|end_header_id|>\n\n")
-        if m.role != "assistant":
-            text(f"{m.text}<|eot_id|>")
-            continue
-        text("<|audio_out_bos|>", m.supervised)
-        audio(audio_stream(torch.as_tensor(np.asarray(m.codes, np.int64)), bos, eos).numpy(), m.supervised)
-        text("<|audio_eos|><|eot_id|>", m.supervised)
+    for i, m in enumerate(messages):
+        if m.role == "assistant" and i + 1 < len(messages) and messages[i + 1].role == "assistant":
+            raise ValueError("two assistant turns in a row (the release's <|eom_id|> layout) are not supported")
+        text(("<|begin_of_text|>" if i == 0 else "") + f"<|start_header_id|>{m.role}<|end_header_id|>\n\n")
+        sup = m.role == "assistant" and m.supervised
+        if m.text:
+            text(m.text, sup)
+        if m.codes is not None:
+            if m.role == "assistant":
+                text("<|audio_out_bos|>", sup)
+                audio(m.codes, True, sup)
+            else:
+                text("<|audio_bos|>")
+                audio(m.codes, False, False)
+            text("<|audio_eos|>", sup)
+        text("<|eot_id|>", sup)
     if generation:
         text("<|start_header_id|>assistant<|end_header_id|>\n\n<|audio_out_bos|>")
-        audio(np.full((num_codebooks, 1), bos, np.int64), False)
 
     T = len(ids)
     input_ids = np.asarray(ids, np.int64)
-    audio_codes = np.stack(codes) if codes else np.zeros((0, num_codebooks), np.int64)
-    audio_labels = np.full((T, num_codebooks), IGNORE, np.int64)
+    audio_codes = np.stack(codes) if codes else np.zeros((0, K), np.int64)
+    audio_labels = np.full((T, K), IGNORE, np.int64)
     text_labels = np.full(T, IGNORE, np.int64)
-    a_sup = np.asarray(audio_sup, bool)
-    t_sup = np.asarray(text_sup, bool)
-    audio_labels[:-1][a_sup[1:]] = audio_codes[1:][a_sup[1:]]
-    audio_labels[audio_labels == bos] = IGNORE   # delay padding at the start is forced, not learned
-    text_labels[:-1][t_sup[1:]] = input_ids[1:][t_sup[1:]]
+    if T:
+        audio_labels[:-1] = np.stack(audio_lab)[1:]
+        text_labels[:-1] = np.asarray(text_lab, np.int64)[1:]
     return Sample(input_ids, audio_codes, np.asarray(is_audio, bool), audio_labels, text_labels)
 
 
