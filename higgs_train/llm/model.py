@@ -290,10 +290,13 @@ class DualFFNModel(nn.Module):
 
     # ---- training loss --------------------------------------------------------------------
     def loss(self, input_ids, audio_codes, audio_mask, audio_labels, text_labels=None,
-             text_loss_weight: float = 0.0) -> dict:
-        """Per-codebook CE at positions with audio labels [B, T, K] (-100 = unsupervised), mean over
-        codebooks, + text_loss_weight * CE at text_labels [B, T]. Labels are already shifted: the label
-        at t is the target of position t's prediction. Heads run only where there is a label."""
+             text_loss_weight: float = 0.0, codebook_reduction: str = "mean") -> dict:
+        """Per-codebook CE at positions with audio labels [B, T, K] (-100 = unsupervised), averaged
+        or summed (the transformers port's loss) over codebooks, + text_loss_weight * CE at
+        text_labels [B, T]. Labels are already shifted: the label at t is the target of position t's
+        prediction. Heads run only where there is a label."""
+        if codebook_reduction not in ("sum", "mean"):
+            raise ValueError(f"codebook_reduction={codebook_reduction!r}: use sum or mean")
         h = self.hidden_states(input_ids, audio_codes, audio_mask)
         K, A = self.cfg.num_codebooks, self.cfg.audio_vocab
         sel = (audio_labels != IGNORE).any(-1)                                 # [B, T]
@@ -305,7 +308,8 @@ class DualFFNModel(nn.Module):
         per_cb = (ce * valid).sum(0) / valid.sum(0).clamp(min=1)              # [K]
         real = valid & (labels < self.cfg.codebook_size)   # real codes (not stream BOS/EOS)
         correct = (logits.argmax(-1) == labels) & real
-        out = {"audio_loss": per_cb.mean(), "codebook_loss": per_cb.detach(),
+        out = {"audio_loss": per_cb.sum() if codebook_reduction == "sum" else per_cb.mean(),
+               "codebook_loss": per_cb.detach(),
                "code_acc": correct.sum() / real.sum().clamp(min=1),
                "codebook_acc": correct.sum(0) / real.sum(0).clamp(min=1)}
         loss = out["audio_loss"]
