@@ -20,7 +20,8 @@ KV cache (what inference uses; no second model implementation):
   padding does not change the result of a row. Every shape is static (CUDA-graph friendly) except
   the DualFFN split, which gathers audio / text rows when audio_mask is mixed.
 
-Sizes are a DualFFNConfig (stored as config.json next to model.safetensors).
+Sizes are a DualFFNConfig (stored as config.json next to model.safetensors); from_pretrained also
+reads the released layouts (higgs_train.llm.layouts).
 """
 from __future__ import annotations
 
@@ -57,6 +58,11 @@ class DualFFNConfig:
     dual_layers: list[int] | None = None  # indices of DualFFN layers; None = every layer
     num_codebooks: int = 8
     codebook_size: int = 1024             # + stream BOS and EOS rows per codebook
+    # Text-token ids by role (keys of layouts.RELEASE_TOKENS: audio_bos, audio_eos, audio_out_bos,
+    # audio_delay, audio_in, audio_out, pad) as a release config states them; None: the text
+    # tokenizer's. The forward pass reads neither this nor the next field: prompts do.
+    special_tokens: dict[str, int] | None = None
+    encode_audio_in_tokens: bool = False  # the release's flag: <|AUDIO|> (audio-in) positions carry codes
 
     @property
     def audio_vocab(self) -> int:
@@ -345,19 +351,12 @@ class DualFFNModel(nn.Module):
         os.replace(tmp, out / "config.json")
 
     @classmethod
-    def from_pretrained(cls, export_dir, dtype=None, device=None) -> "DualFFNModel":
-        from safetensors.torch import load_file
+    def from_pretrained(cls, model_dir, dtype=None, device=None) -> "DualFFNModel":
+        """Load a directory in any layout: ours, the transformers port or the original release
+        (higgs_train.llm.layouts; detected from config.json)."""
+        from higgs_train.llm.layouts import load_llm
 
-        d = Path(export_dir)
-        for name in ("config.json", "model.safetensors"):
-            if not (d / name).exists():
-                raise FileNotFoundError(f"{d / name} is missing: not a DualFFNModel export directory")
-        raw = json.loads((d / "config.json").read_text())
-        raw.pop("architecture", None)
-        model = cls.build(DualFFNConfig.from_dict(raw), device=device)
-        model.load_state_dict(load_file(str(d / "model.safetensors"), device=str(device or "cpu")),
-                              assign=True, strict=True)
-        return model.to(dtype=dtype) if dtype is not None else model
+        return load_llm(model_dir, dtype=dtype, device=device)[0]
 
     @classmethod
     def build(cls, cfg: DualFFNConfig, device=None) -> "DualFFNModel":

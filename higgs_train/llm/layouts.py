@@ -1,0 +1,526 @@
+"""The DualFFN LLM in three directory layouts (SPEC "Released layouts"): configs, names, load, save.
+
+    cfg, layout = read_config(DIR)                     # any layout; refuses what we cannot reproduce
+    model, layout = load_llm(DIR, dtype=None, device=None)
+    save_llm(model, DIR, layout="native", tokenizer_dir=None)
+
+| layout   | config.json                                   | weights                                  |
+| -------- | --------------------------------------------- | ---------------------------------------- |
+| native   | architecture DualFFNModel + DualFFNConfig      | model.safetensors or shards + index      |
+| hf       | transformers' HiggsAudioV2Config (higgs_audio_v2) | *.safetensors, names under `model.`  |
+| original | the release's HiggsAudioConfig (higgs_audio), nested Llama text_config | sharded *.safetensors + index |
+
+Parameter names (native -> original; hf differs where shown):
+
+    text_embed.weight        embed_tokens.weight                       hf: model.embed_tokens.weight
+    audio_embed.weight       audio_codebook_embeddings.weight          hf: model.embed_audio_tokens.embed_audio_tokens.weight
+    norm.weight              norm.weight                               hf: model.norm.weight
+    text_head.weight         audio_decoder_proj.text_lm_head.weight    hf: text_lm_head.weight
+    audio_head.weight        audio_decoder_proj.audio_lm_head.weight   hf: audio_lm_head.weight
+    layers.N.attn.*          layers.N.self_attn.*                      hf: model.layers.N.self_attn.*
+    layers.N.attn_norm       layers.N.input_layernorm
+    layers.N.ffn_norm        layers.N.post_attention_layernorm
+    layers.N.mlp.*           layers.N.mlp.*
+    layers.N.audio_attn_norm layers.N.audio_input_layernorm
+    layers.N.audio_ffn_norm  layers.N.audio_post_attention_layernorm
+    layers.N.audio_mlp.*     layers.N.audio_mlp.*
+
+The audio table is [K * (codebook_size + 2), D] in all three (the port's `codebook_size` counts
+the two stream tokens). An original checkpoint trained with a partially frozen embedding or text
+head stores it as two tensors (`*_frozen` rows first, then `*_trainable`): they are concatenated.
+
+hf and original need every layer dual. A native model with fewer dual layers is exported with the
+audio norms and FFN of its other layers filled by copies of the text ones: a non-dual layer sends
+audio positions through the text norms and FFN, a dual layer whose audio weights equal its text
+weights does exactly the same, so outputs are unchanged (test_convert_llm checks the logits).
+Loaded back, such a model has every layer dual (more parameters, same outputs).
+
+Release configs that change outputs in ways DualFFNModel does not reproduce are refused with
+the field named: fast-forward layers (dual_ffn_fast_forward with a layer not in
+audio_dual_ffn_layers: audio positions skip that layer and are hidden from text attention), the
+stack adapter, an audio tower (skip_audio_tower false), averaged audio embeddings, audio self
+attention, audio-out embedding projector, RQ transformer, decoder-projector layers, no delay
+pattern, stream BOS/EOS ids other than codebook_size / +1, Llama biases or a non-SiLU activation.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from higgs_train.llm.model import DualFFNConfig, DualFFNModel
+
+log = logging.getLogger(__name__)
+
+LAYOUTS = ("native", "hf", "original")
+
+TOP = {
+    "original": {"text_embed.weight": "embed_tokens.weight",
+                 "audio_embed.weight": "audio_codebook_embeddings.weight",
+                 "norm.weight": "norm.weight",
+                 "text_head.weight": "audio_decoder_proj.text_lm_head.weight",
+                 "audio_head.weight": "audio_decoder_proj.audio_lm_head.weight"},
+    "hf": {"text_embed.weight": "model.embed_tokens.weight",
+           "audio_embed.weight": "model.embed_audio_tokens.embed_audio_tokens.weight",
+           "norm.weight": "model.norm.weight",
+           "text_head.weight": "text_lm_head.weight",
+           "audio_head.weight": "audio_lm_head.weight"},
+}
+LAYER_PREFIX = {"original": "layers.", "hf": "model.layers."}
+IN_LAYER = {"attn.": "self_attn.", "attn_norm.": "input_layernorm.", "ffn_norm.": "post_attention_layernorm.",
+            "mlp.": "mlp.", "audio_attn_norm.": "audio_input_layernorm.",
+            "audio_ffn_norm.": "audio_post_attention_layernorm.", "audio_mlp.": "audio_mlp."}
+# what fills the audio part of a layer that is not dual (same outputs: see the module docstring)
+FILL = {"audio_attn_norm.": "attn_norm.", "audio_ffn_norm.": "ffn_norm.", "audio_mlp.": "mlp."}
+# original checkpoints with a partially frozen table: (frozen rows, trainable rows), concatenated
+SPLIT = {"embed_tokens.weight": ("embed_tokens.embedding_frozen.weight", "embed_tokens.embedding_trainable.weight"),
+         "audio_decoder_proj.text_lm_head.weight": ("audio_decoder_proj.text_lm_head.linear_frozen.weight",
+                                                    "audio_decoder_proj.text_lm_head.linear_trainable.weight")}
+
+# special tokens of the release (Llama-3 reserved block), by role: DualFFNConfig.special_tokens
+RELEASE_TOKENS = {"audio_bos": 128011, "audio_eos": 128012, "audio_out_bos": 128013, "audio_delay": 128014,
+                  "audio_in": 128015, "audio_out": 128016, "pad": 128001}
+TOKEN_STRINGS = {"audio_bos": "<|audio_bos|>", "audio_eos": "<|audio_eos|>", "audio_out_bos": "<|audio_out_bos|>",
+                 "audio_delay": "<|reserved_special_token_6|>", "audio_in": "<|AUDIO|>",
+                 "audio_out": "<|AUDIO_OUT|>"}
+# files next to the weights that travel with a conversion (text tokenizer, chat template)
+AUX_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+             "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
+             "processor_config.json", "generation_config.json")
+MAX_SHARD_BYTES = 2 * 1024 ** 3
+
+
+class LayoutError(ValueError):
+    """A directory or config this framework cannot load exactly (one line, naming the field)."""
+
+
+# ------------------------------------------------------------------------------------- names
+
+def layout_name(native: str, layout: str) -> str:
+    """The name of native parameter `native` in `layout`."""
+    if layout == "native":
+        return native
+    if native in TOP[layout]:
+        return TOP[layout][native]
+    _, i, rest = native.split(".", 2)                      # layers.N.rest
+    for a, b in IN_LAYER.items():
+        if rest.startswith(a):
+            return f"{LAYER_PREFIX[layout]}{i}.{b}{rest[len(a):]}"
+    raise KeyError(native)
+
+
+def native_shapes(cfg: DualFFNConfig) -> dict[str, tuple[int, ...]]:
+    """Parameter names and shapes of a config, from a meta-device build (no memory)."""
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in DualFFNModel(cfg).state_dict().items()}
+
+
+def export_plan(cfg: DualFFNConfig, layout: str) -> list[tuple[str, str]]:
+    """[(name in `layout`, native name whose tensor it holds)] for a model of config `cfg`."""
+    full = cfg if layout == "native" else replace(cfg, dual_layers=None)
+    plan = []
+    for name in native_shapes(full):
+        src = name
+        if name.startswith("layers."):
+            _, i, rest = name.split(".", 2)
+            if not cfg.is_dual(int(i)):
+                for a, b in FILL.items():
+                    if rest.startswith(a):
+                        src = f"layers.{i}.{b}{rest[len(a):]}"
+        plan.append((layout_name(name, layout), src))
+    return plan
+
+
+# ------------------------------------------------------------------------------------ configs
+
+def _llama_rope(theta: float, rs: dict | None, where: str) -> tuple[float, dict | None]:
+    kind = (rs or {}).get("rope_type", (rs or {}).get("type"))
+    if kind in (None, "default"):
+        return float(theta), None
+    if kind != "llama3":
+        raise LayoutError(f"{where}: rope type {kind!r} is not supported (llama3 or default)")
+    return float(theta), {"factor": float(rs["factor"]), "low_freq_factor": float(rs["low_freq_factor"]),
+                          "high_freq_factor": float(rs["high_freq_factor"]),
+                          "original_max_position_embeddings": int(rs["original_max_position_embeddings"])}
+
+
+def _check_llama(c: dict, where: str) -> None:
+    for key in ("attention_bias", "mlp_bias"):
+        if c.get(key):
+            raise LayoutError(f"{where}: {key}=true is not supported (DualFFNModel has no biases)")
+    if c.get("hidden_act", "silu") != "silu":
+        raise LayoutError(f"{where}: hidden_act={c['hidden_act']!r} is not supported (silu only)")
+
+
+def config_from_original(raw: dict, where: str = "config.json") -> DualFFNConfig:
+    """DualFFNConfig of a release config (HiggsAudioConfig), or LayoutError naming the field."""
+    tc = raw.get("text_config")
+    if not isinstance(tc, dict):
+        raise LayoutError(f"{where}: model_type higgs_audio without a text_config object")
+    if tc.get("model_type", "llama") != "llama":
+        raise LayoutError(f"{where}: text_config.model_type={tc['model_type']!r} is not supported (llama only)")
+    _check_llama(tc, f"{where} text_config")
+    L = tc.get("num_hidden_layers", 32)
+    adapter = raw.get("audio_adapter_type", "stack")    # the original code's defaults where a key is absent
+    if adapter not in ("dual_ffn", "dual_ffn_fast_forward"):
+        raise LayoutError(f"{where}: audio_adapter_type={adapter!r} is not supported "
+                          "(dual_ffn or dual_ffn_fast_forward)")
+    dual = sorted(set(raw.get("audio_dual_ffn_layers") or []))
+    if any(not 0 <= i < L for i in dual):
+        raise LayoutError(f"{where}: audio_dual_ffn_layers={dual} names layers outside 0..{L - 1}")
+    if adapter == "dual_ffn_fast_forward" and len(dual) != L:
+        ff = [i for i in range(L) if i not in dual]
+        raise LayoutError(f"{where}: audio_dual_ffn_layers leaves layers {ff} fast-forward "
+                          "(audio_adapter_type dual_ffn_fast_forward: audio skips them), which DualFFNModel "
+                          "does not reproduce")
+    refuse = {"skip_audio_tower": (False, "an audio tower (Whisper features) is not supported"),
+              "audio_embed_avg": (False, "averaged audio embeddings are not supported (summed)"),
+              "use_audio_out_self_attention": (False, "audio self-attention is not supported"),
+              "use_audio_out_embed_projector": (False, "the audio-out embedding projector is not supported"),
+              "use_rq_transformer": (False, "the RQ transformer is not supported"),
+              "audio_decoder_proj_num_layers": (0, "decoder projector layers are not supported"),
+              "use_delay_pattern": (False, "codes without the delay pattern are not supported")}
+    for key, (default, why) in refuse.items():
+        value = raw.get(key, default)
+        bad = not value if key in ("skip_audio_tower", "use_delay_pattern") else bool(value)
+        if bad:
+            raise LayoutError(f"{where}: {key}={json.dumps(value)}: {why}")
+    K, C = raw.get("audio_num_codebooks", 12), raw.get("audio_codebook_size", 1024)
+    if (raw.get("audio_stream_bos_id", 1024), raw.get("audio_stream_eos_id", 1025)) != (C, C + 1):
+        raise LayoutError(f"{where}: audio_stream_bos_id/audio_stream_eos_id must be "
+                          f"audio_codebook_size ({C}) and +1")
+    theta, rope = _llama_rope(tc.get("rope_theta", 10000.0), tc.get("rope_scaling"), f"{where} text_config")
+    nh = tc.get("num_attention_heads", 32)
+    tokens = {k: raw[f] for k, f in (("audio_eos", "audio_eos_token_id"),
+                                          ("audio_out_bos", "audio_out_bos_token_id"),
+                                          ("audio_in", "audio_in_token_idx"), ("audio_out", "audio_out_token_idx"),
+                                          ("pad", "pad_token_id")) if raw.get(f) is not None}
+    return DualFFNConfig(
+        vocab_size=tc.get("vocab_size", 32000), hidden_size=tc.get("hidden_size", 4096),
+        intermediate_size=tc.get("intermediate_size", 11008), num_layers=L, num_heads=nh,
+        num_kv_heads=tc.get("num_key_value_heads") or nh,
+        head_dim=tc.get("head_dim") or tc.get("hidden_size", 4096) // nh, rms_norm_eps=tc.get("rms_norm_eps", 1e-6),
+        rope_theta=theta, rope_scaling=rope, dual_layers=None if len(dual) == L else dual,
+        num_codebooks=K, codebook_size=C, special_tokens=tokens,
+        encode_audio_in_tokens=bool(raw.get("encode_audio_in_tokens", False)))
+
+
+def config_from_hf(raw: dict, where: str = "config.json") -> DualFFNConfig:
+    """DualFFNConfig of a transformers HiggsAudioV2Config dict (its defaults where a key is absent)."""
+    from transformers import HiggsAudioV2Config
+
+    c = HiggsAudioV2Config(**{k: v for k, v in raw.items() if k not in ("model_type", "transformers_version",
+                                                                       "architectures")}).to_dict()
+    _check_llama(c, where)
+    A = c["codebook_size"]                    # the port counts the stream BOS/EOS in codebook_size
+    if (c["audio_stream_bos_id"], c["audio_stream_eos_id"]) != (A - 2, A - 1):
+        raise LayoutError(f"{where}: audio_stream_bos_id/audio_stream_eos_id must be codebook_size-2 "
+                          f"and -1 ({A - 2}, {A - 1})")
+    rp = c.get("rope_parameters") or {}
+    theta, rope = _llama_rope(rp.get("rope_theta", 10000.0), rp, where)
+    tokens = {"audio_out": c["audio_token_id"], "audio_out_bos": c["audio_bos_token_id"],
+              "audio_delay": c["audio_delay_token_id"]}
+    if c.get("pad_token_id") is not None:
+        tokens["pad"] = c["pad_token_id"]
+    nh = c["num_attention_heads"]
+    return DualFFNConfig(
+        vocab_size=c["vocab_size"], hidden_size=c["hidden_size"], intermediate_size=c["intermediate_size"],
+        num_layers=c["num_hidden_layers"], num_heads=nh, num_kv_heads=c["num_key_value_heads"] or nh,
+        head_dim=c["head_dim"] or c["hidden_size"] // nh, rms_norm_eps=c["rms_norm_eps"], rope_theta=theta,
+        rope_scaling=rope, dual_layers=None, num_codebooks=c["num_codebooks"], codebook_size=A - 2,
+        special_tokens=tokens, encode_audio_in_tokens=False)
+
+
+def read_config(model_dir) -> tuple[DualFFNConfig, str]:
+    """(config, layout) of an LLM directory in any layout; one-line errors otherwise."""
+    from higgs_train.convert import detect
+
+    d = Path(model_dir)
+    kind, layout = detect(d)
+    if kind != "llm":
+        raise LayoutError(f"{d} holds an audio tokenizer ({layout} layout), not an LLM")
+    raw = json.loads((d / "config.json").read_text())
+    where = str(d / "config.json")
+    if layout == "original":
+        return config_from_original(raw, where), layout
+    if layout == "hf":
+        return config_from_hf(raw, where), layout
+    raw.pop("architecture", None)
+    return DualFFNConfig.from_dict(raw), layout
+
+
+def _rope_dict(cfg: DualFFNConfig) -> dict:
+    if cfg.rope_scaling is None:
+        return {"rope_type": "default", "rope_theta": cfg.rope_theta}
+    return {"rope_type": "llama3", "rope_theta": cfg.rope_theta, **cfg.rope_scaling}
+
+
+def layout_config(cfg: DualFFNConfig, layout: str, tokens: dict[str, int], dtype: str) -> dict:
+    """config.json of `layout` for a model of config `cfg` (every layer dual in hf/original)."""
+    if layout == "native":
+        return {"architecture": "DualFFNModel", **asdict(cfg)}
+    llama = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+                 num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+                 num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, rms_norm_eps=cfg.rms_norm_eps,
+                 hidden_act="silu", attention_bias=False, mlp_bias=False, tie_word_embeddings=False)
+    if layout == "hf":
+        from transformers import HiggsAudioV2Config
+
+        c = HiggsAudioV2Config(**llama, rope_parameters=_rope_dict(cfg), num_codebooks=cfg.num_codebooks,
+                               codebook_size=cfg.audio_vocab, audio_token_id=tokens["audio_out"],
+                               audio_bos_token_id=tokens["audio_out_bos"],
+                               audio_delay_token_id=tokens["audio_delay"], audio_stream_bos_id=cfg.audio_bos,
+                               audio_stream_eos_id=cfg.audio_eos, pad_token_id=tokens["pad"],
+                               max_position_embeddings=131072)
+        out = c.to_dict()
+        out["architectures"] = ["HiggsAudioV2ForConditionalGeneration"]
+        out["dtype"] = dtype
+        return out
+    rope = None if cfg.rope_scaling is None else {"rope_type": "llama3", **cfg.rope_scaling}
+    text = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], **llama, "rope_theta": cfg.rope_theta,
+            "rope_scaling": rope, "max_position_embeddings": 131072, "torch_dtype": dtype}
+    return {"model_type": "higgs_audio", "architectures": ["HiggsAudioModel"], "text_config": text,
+            "audio_adapter_type": "dual_ffn_fast_forward", "audio_dual_ffn_layers": list(range(cfg.num_layers)),
+            "audio_ffn_hidden_size": cfg.hidden_size, "audio_ffn_intermediate_size": cfg.intermediate_size,
+            "audio_decoder_proj_num_layers": 0, "audio_embed_avg": False, "encode_whisper_embed": False,
+            "skip_audio_tower": True, "encode_audio_in_tokens": cfg.encode_audio_in_tokens,
+            "use_delay_pattern": True, "use_audio_out_embed_projector": False,
+            "use_audio_out_self_attention": False, "use_rq_transformer": False,
+            "audio_num_codebooks": cfg.num_codebooks, "audio_codebook_size": cfg.codebook_size,
+            "audio_stream_bos_id": cfg.audio_bos, "audio_stream_eos_id": cfg.audio_eos,
+            "audio_in_token_idx": tokens["audio_in"], "audio_out_token_idx": tokens["audio_out"],
+            "audio_out_bos_token_id": tokens["audio_out_bos"], "audio_eos_token_id": tokens["audio_eos"],
+            "pad_token_id": tokens["pad"], "hidden_size": cfg.hidden_size, "torch_dtype": dtype}
+
+
+NEEDS = {"original": ("audio_eos", "audio_out_bos", "audio_in", "audio_out", "pad"),
+         "hf": ("audio_out", "audio_out_bos", "audio_delay", "pad")}
+
+
+def token_ids(cfg: DualFFNConfig, model_dir, layout: str) -> dict[str, int]:
+    """The special-token ids a `layout` config states: the config's own (special_tokens),
+    else the text tokenizer's in `model_dir` (by TOKEN_STRINGS), else, for the Llama-3 vocabulary,
+    the release's reserved ids. LayoutError naming the roles still unknown."""
+    ids: dict[str, int] = {}
+    d = Path(model_dir) if model_dir is not None else None
+    if d is not None and any((d / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        from higgs_train.llm.text_tokenizer import load_text_tokenizer
+
+        tok = load_text_tokenizer(d)
+        vocab = tok.get_vocab()
+        ids = {role: vocab[s] for role, s in TOKEN_STRINGS.items() if s in vocab}
+        if "audio_delay" not in ids and "<|audio_delay|>" in vocab:   # a tokenizer trained here
+            ids["audio_delay"] = vocab["<|audio_delay|>"]
+        if tok.pad_token_id is not None:
+            ids["pad"] = tok.pad_token_id
+    ids.update(cfg.special_tokens or {})
+    if cfg.vocab_size == 128256:
+        ids = {**RELEASE_TOKENS, **ids}
+    missing = [r for r in NEEDS[layout] if r not in ids]
+    if missing:
+        raise LayoutError(f"{d}: special-token ids for {', '.join(missing)} are unknown (not in config.json "
+                          "special_tokens, no text tokenizer files naming them)")
+    return ids
+
+
+# -------------------------------------------------------------------------------- tensors on disk
+
+class Checkpoint:
+    """The safetensors files of a directory (one file, or shards + model.safetensors.index.json),
+    read one tensor at a time: each read opens the file anew so no shard stays mapped (RSS)."""
+
+    def __init__(self, model_dir):
+        from safetensors import safe_open
+
+        d = Path(model_dir)
+        index = d / "model.safetensors.index.json"
+        if index.is_file():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            files = sorted(set(weight_map.values()))
+        else:
+            files = sorted(p.name for p in d.glob("*.safetensors"))
+            if not files:
+                raise FileNotFoundError(f"{d} holds no *.safetensors weights")
+        self.dir = d
+        self.where: dict[str, str] = {}
+        self.meta: dict[str, tuple[tuple[int, ...], str]] = {}
+        for f in files:
+            if not (d / f).is_file():
+                raise FileNotFoundError(f"{d / f} is missing (named by {index.name})")
+            with safe_open(str(d / f), "pt") as sf:
+                for k in sf.keys():
+                    s = sf.get_slice(k)
+                    self.where[k] = f
+                    self.meta[k] = (tuple(s.get_shape()), s.get_dtype())
+
+    def get(self, name: str) -> Tensor:
+        from safetensors import safe_open
+
+        with safe_open(str(self.dir / self.where[name]), "pt") as sf:
+            return sf.get_tensor(name)
+
+    def nbytes(self, name: str) -> int:
+        shape, dt = self.meta[name]
+        n = 1
+        for s in shape:
+            n *= s
+        return n * {"F64": 8, "F32": 4, "I64": 8, "I32": 4, "F16": 2, "BF16": 2, "I16": 2, "U8": 1,
+                    "I8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}[dt]
+
+
+def native_sources(ck: Checkpoint, cfg: DualFFNConfig, layout: str) -> dict[str, list[str]]:
+    """{native name: [names in the checkpoint, concatenated on dim 0]} for every parameter of `cfg`.
+
+    Raises LayoutError naming missing or unexpected tensors."""
+    shapes = native_shapes(cfg)
+    src: dict[str, list[str]] = {}
+    missing = []
+    for name in shapes:
+        theirs = layout_name(name, layout)
+        if theirs in ck.where:
+            src[name] = [theirs]
+        elif layout == "original" and theirs in SPLIT and all(p in ck.where for p in SPLIT[theirs]):
+            src[name] = list(SPLIT[theirs])
+        elif layout == "hf" and name == "text_head.weight":
+            # a port checkpoint saved without use_text_head: text logits are then the tied
+            # embedding's (what the port itself would need to compute a text loss)
+            log.warning("%s has no text_lm_head.weight: the text head starts as a copy of the embedding", ck.dir)
+            src[name] = [layout_name("text_embed.weight", layout)]
+        else:
+            missing.append(theirs)
+    if missing:
+        raise LayoutError(f"{ck.dir}: {len(missing)} tensors of a {layout}-layout model are missing, "
+                          f"e.g. {', '.join(missing[:3])}")
+    used = {n for parts in src.values() for n in parts}
+    extra = [n for n in ck.where if n not in used and not n.endswith("rotary_emb.inv_freq")]
+    if extra:
+        raise LayoutError(f"{ck.dir}: {len(extra)} tensors that a {layout}-layout model of this config does "
+                          f"not have, e.g. {', '.join(sorted(extra)[:3])}")
+    for name, parts in src.items():
+        rows = sum(ck.meta[p][0][0] for p in parts)
+        got = (rows, *ck.meta[parts[0]][0][1:])
+        if got != shapes[name]:
+            raise LayoutError(f"{ck.dir}: {parts[0]} has shape {list(got)}, the config implies {list(shapes[name])}")
+    return src
+
+
+def read_native(ck: Checkpoint, parts: list[str]) -> Tensor:
+    ts = [ck.get(p) for p in parts]
+    return ts[0] if len(ts) == 1 else torch.cat(ts)
+
+
+# ----------------------------------------------------------------------------------- load / save
+
+def load_llm(model_dir, dtype=None, device=None) -> tuple[DualFFNModel, str]:
+    """A DualFFNModel from a directory in any layout, and that layout."""
+    d = Path(model_dir)
+    if not d.is_dir():
+        raise FileNotFoundError(f"{d} is missing: not a DualFFNModel export directory (no such directory)")
+    cfg, layout = read_config(d)
+    ck = Checkpoint(d)
+    src = native_sources(ck, cfg, layout)
+    model = DualFFNModel.build(cfg, device=device)
+    sd = {}
+    for name, parts in src.items():
+        t = read_native(ck, parts)
+        sd[name] = t.to(device=device or "cpu", dtype=dtype or t.dtype)
+    model.load_state_dict(sd, strict=True, assign=True)
+    return model, layout
+
+
+class ShardWriter:
+    """Writes tensors into safetensors shards of at most max_bytes (one file if they fit), each
+    shard written whole and renamed, then model.safetensors.index.json when there are several."""
+
+    def __init__(self, out_dir, total_bytes: int, max_bytes: int = MAX_SHARD_BYTES):
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.max = max_bytes
+        self.single = total_bytes <= max_bytes
+        self.buf: dict[str, Tensor] = {}
+        self.size = 0
+        self.files: list[list[str]] = []
+        self.total = 0
+
+    def add(self, name: str, t: Tensor) -> None:
+        n = t.numel() * t.element_size()
+        if self.buf and self.size + n > self.max:
+            self.flush()
+        self.buf[name] = t.contiguous()
+        self.size += n
+        self.total += n
+
+    def flush(self) -> None:
+        from safetensors.torch import save_file
+
+        if not self.buf:
+            return
+        tmp = self.out / f".shard{len(self.files):05d}.{os.getpid()}.tmp"
+        save_file(self.buf, str(tmp), metadata={"format": "pt"})
+        self.files.append(list(self.buf))
+        os.replace(tmp, self.out / f".shard{len(self.files) - 1:05d}.done")
+        self.buf, self.size = {}, 0
+
+    def close(self) -> None:
+        self.flush()
+        n = len(self.files)
+        if n == 1 and self.single:
+            os.replace(self.out / ".shard00000.done", self.out / "model.safetensors")
+            return
+        weight_map = {}
+        for i, names in enumerate(self.files):
+            fname = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+            os.replace(self.out / f".shard{i:05d}.done", self.out / fname)
+            weight_map.update({k: fname for k in names})
+        index = {"metadata": {"total_size": self.total}, "weight_map": dict(sorted(weight_map.items()))}
+        write_json(self.out / "model.safetensors.index.json", index)
+
+
+def write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def copy_aux(src_dir, dst_dir) -> list[str]:
+    """Copy the text tokenizer files / chat template found in src_dir; returns their names."""
+    copied = []
+    for f in AUX_FILES:
+        p = Path(src_dir) / f
+        if p.is_file():
+            shutil.copyfile(p, Path(dst_dir) / f)
+            copied.append(f)
+    return copied
+
+
+def _dtype_name(t: Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+def save_llm(model: DualFFNModel, out_dir, layout: str = "native", tokenizer_dir=None,
+             state_dict: dict | None = None, max_shard_bytes: int = MAX_SHARD_BYTES) -> None:
+    """Write `model` in `layout` (+ the text tokenizer files of tokenizer_dir, if given)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout={layout!r}: choose one of {', '.join(LAYOUTS)}")
+    sd = state_dict if state_dict is not None else model.state_dict()
+    sd = {k: v.detach().cpu() for k, v in sd.items() if k in native_shapes(model.cfg)}
+    plan = export_plan(model.cfg, layout)
+    out = Path(out_dir)
+    total = sum(sd[s].numel() * sd[s].element_size() for _, s in plan)
+    w = ShardWriter(out, total, max_shard_bytes)
+    used = set()
+    for name, src in plan:   # a fill copy is a tensor of its own (safetensors refuses shared memory)
+        w.add(name, sd[src].clone() if src in used else sd[src])
+        used.add(src)
+    w.close()
+    tokens = token_ids(model.cfg, tokenizer_dir, layout) if layout != "native" else {}
+    write_json(out / "config.json", layout_config(model.cfg, layout, tokens, _dtype_name(sd["text_embed.weight"])))
+    if tokenizer_dir is not None:
+        copy_aux(tokenizer_dir, out)
+
