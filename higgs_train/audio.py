@@ -80,6 +80,21 @@ def audio_info(path) -> AudioInfo:
         return _ffprobe(path)
 
 
+# Real codecs spend far more than this on speech (Opus's floor is ~750 B/s): a header declaring a
+# long duration in a few bytes (a 1 Hz WAV, a tiny "hours long" FLAC) is a decompression bomb.
+MIN_BYTES_PER_SECOND = 100
+
+
+def check_declared_length(path, info: AudioInfo, nbytes: int, max_seconds: float | None = None) -> None:
+    """Refuse, before decoding, a header whose duration the bytes cannot plausibly hold (under
+    MIN_BYTES_PER_SECOND) or that exceeds max_seconds; raises AudioError naming the figures."""
+    if info.duration > 0 and nbytes / info.duration < MIN_BYTES_PER_SECOND:
+        raise AudioError(path, f"header declares {info.duration:.1f} s at {info.sample_rate} Hz in {nbytes} bytes "
+                               f"(under {MIN_BYTES_PER_SECOND} bytes per second): not plausible audio")
+    if max_seconds is not None and info.duration > max_seconds:
+        raise AudioError(path, f"header declares {info.duration:.1f} s, more than the {max_seconds:g} s allowed")
+
+
 def _check_file(path: Path) -> None:
     if not path.is_file():
         raise AudioError(path, "file not found")
