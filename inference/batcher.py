@@ -1,19 +1,21 @@
 """One worker thread owns the engine; concurrent requests queue up and are decoded in batches.
 
     b = Batcher(engine, max_batch=8, wait_s=0.02); b.start()
-    fut = b.submit(request)            # concurrent.futures.Future[Result]
+    fut = b.submit(request)            # concurrent.futures.Future[Result]; fut.cancel() abandons it
     for chunk in b.stream(request): ...  # float32 chunks; stops generating if the consumer leaves
 
 Non-streaming requests waiting together (up to max_batch, arriving within wait_s of the first)
 are generated as one batch; if the batch fails, each is retried alone so one bad request cannot
 fail its neighbours. A streaming request runs alone (its chunks go out as they are decoded).
+A cancelled future (its client went away) is dropped before its batch starts, and a batch whose
+every future is cancelled stops at the next decode step, so the engine moves on to live requests.
 """
 from __future__ import annotations
 
 import logging
 import queue
 import threading
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -21,6 +23,17 @@ from inference.engine import Engine, Request
 
 log = logging.getLogger(__name__)
 _END = object()
+
+
+class _Abandoned(Exception):
+    """Every request of the running batch was cancelled."""
+
+
+def _settle(future: Future, result=None, error: BaseException | None = None) -> None:
+    try:   # a future cancelled meanwhile takes no result
+        future.set_exception(error) if error is not None else future.set_result(result)
+    except InvalidStateError:
+        pass
 
 
 @dataclass
@@ -95,17 +108,28 @@ class Batcher:
             self._generate(batch)
 
     def _generate(self, batch: list[_Job]) -> None:
+        batch = [j for j in batch if not j.future.cancelled()]
+        if not batch:
+            return
+
+        def abandoned(_steps: int) -> None:   # called by the engine after every decode step
+            if all(j.future.cancelled() for j in batch):
+                raise _Abandoned
+
         try:
-            results = self.engine.generate([j.request for j in batch])
+            results = self.engine.generate([j.request for j in batch], progress=abandoned)
+        except _Abandoned:
+            log.info("generation of %d request(s) stopped: every client went away", len(batch))
+            return
         except Exception as e:  # noqa: BLE001 - reported to the caller(s), the worker lives on
             if len(batch) == 1:
-                batch[0].future.set_exception(e)
+                _settle(batch[0].future, error=e)
                 return
             for j in batch:
                 self._generate([j])
             return
         for j, r in zip(batch, results):
-            j.future.set_result(r)
+            _settle(j.future, r)
 
     def _stream(self, job: _Job) -> None:
         try:
