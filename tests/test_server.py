@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-import uvicorn
 
 from higgs_train.audio import load_audio
 from inference.engine import Engine, EngineConfig
 from inference.sampling import SamplingConfig
 from inference.server import ServerSettings, create_app
+from inference.server_http import HttpLimits, make_server
 from inference.tiny import make_tiny_exports
 from inference.voices import VoiceLibrary
 
@@ -52,7 +52,7 @@ def server(tmp_path_factory):
                                     sampling=SamplingConfig(max_frames=MAX_FRAMES), voices=voices)
     app = create_app(engine, ServerSettings(max_input_chars=200, max_batch=8, batch_wait_ms=30))
     port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    srv = make_server(app, "127.0.0.1", port, HttpLimits(), log_level="warning")   # as the CLI serves
     th = threading.Thread(target=srv.run, daemon=True)
     th.start()
     url = f"http://127.0.0.1:{port}"
@@ -86,7 +86,8 @@ def test_happy_path_every_format(server, tmp_path):
     url, _ = server
     assert httpx.get(url + "/health").json()["status"] == "ok"
     assert httpx.get(url + "/v1/models").json()["data"][0]["id"] == "higgs-audio"
-    assert httpx.get(url + "/v1/voices").json() == {"voices": ["alice"]}
+    listed = httpx.get(url + "/v1/voices").json()
+    assert listed["voices"] == ["alice"] and listed["aliases"]["alloy"] == "default"
     for fmt, media in (("wav", "audio/wav"), ("flac", "audio/flac"), ("mp3", "audio/mpeg"), ("pcm", "audio/pcm")):
         r = speech(url, input="Hello there.", voice="alice", response_format=fmt, seed=1)
         assert r.status_code == 200, r.text
@@ -149,7 +150,7 @@ def test_reference_upload_clones(server):
     ({"input": "hi", "reference_audio": "not base64!", "reference_text": "x"}, "reference_audio"),
     ({"input": "hi", "reference_audio": base64.b64encode(b"not audio at all").decode(), "reference_text": "x"},
      "reference_audio"),
-    ({"input": "hi", "reference_audio": base64.b64encode(b"x").decode()}, "reference_audio"),
+    ({"input": "hi", "reference_audio": base64.b64encode(b"x").decode()}, "reference_text"),   # before decoding
     ({"voice": "alice"}, "input"),
     ({"input": 5}, "input"),
 ])
