@@ -1,7 +1,13 @@
 """The tokenizer's config: one dataclass, stored in checkpoints and in export/config.json.
 
-Every size shares the interface the LLM depends on (24 kHz, hop 960 = 25 frames/s,
-8 codebooks x 1024 codes); sizes differ only in channels and depth.
+Every size has the released topology (SPEC section 1) and the interface the LLM depends on
+(24 kHz, hop 960 = 25 frames/s, 8 codebooks x 1024 codes); sizes differ only in widths:
+
+    channels          DAC encoder width after its first conv, doubling at each stride (-> 32x)
+    decoder_channels  DAC decoder width after its first conv, halving at each stride (-> 1/32)
+    latent_dim        acoustic latent D (the release: 256)
+    codebook_dim      each codebook's space (the release: 64; project_in/out from D + semantic)
+    the semantic width is the teacher's hidden size (the release: HuBERT-base, 768)
 """
 from __future__ import annotations
 
@@ -16,16 +22,15 @@ CODEBOOK_SIZE = 1024
 
 @dataclass
 class TokenizerConfig:
-    channels: int = 64             # encoder width after the first conv; doubles at each stride
-    max_channels: int = 1024       # cap on the doubling (encoder top = decoder bottom width)
-    res_units: int = 3             # dilated residual units per stride block (dilations 1, 3, 9, ...)
-    latent_dim: int = 256          # acoustic latent channels at 25 Hz
+    channels: int = 64             # release: 64 -> 2048 at the top of the encoder
+    decoder_channels: int = 1024   # release: 1024 -> 32 at the output of the decoder
+    latent_dim: int = 256
     codebook_dim: int = 64
-    semantic_dim: int = 256        # semantic encoder/decoder width (unused when teacher is None)
-    semantic_layers: int = 2       # residual conv blocks in the semantic encoder and decoder
-    # Teacher: a local HF directory at training time. The export embeds the teacher's
-    # HF config here (teacher_config) and its weights in model.safetensors, because
-    # encoding needs the teacher: the codes are computed from the fused latent.
+    # Semantic teacher (frozen HuBERT), one of:
+    #   teacher: a local HF directory (config.json + weights), read when the model is built;
+    #   teacher_config: an HF config dict: a random teacher, seeded, saved in the export.
+    # An export always carries teacher_config and the teacher's weights (teacher = None),
+    # because encoding needs the teacher: the codes are computed from the fused latent.
     teacher: str | None = None
     teacher_config: dict | None = None
     ema_decay: float = 0.99
@@ -39,12 +44,20 @@ class TokenizerConfig:
 
     def __post_init__(self):
         if isinstance(self.teacher, str) and self.teacher.lower() in ("", "none", "null"):
-            self.teacher = None  # `model.teacher=none` on the command line turns the semantic path off
+            self.teacher = None
+        if self.teacher is None and self.teacher_config is None:
+            raise ValueError("tokenizer config: the semantic teacher is part of the topology: set "
+                             "teacher=DIR (a local HuBERT) or teacher_config (an HF HuBERT config dict)")
+        if self.teacher_config is not None:
+            self.teacher_config = dict(self.teacher_config)
         self.strides = tuple(self.strides)
         if math.prod(self.strides) != 960 or self.sample_rate != SAMPLE_RATE:
             raise ValueError("every tokenizer size keeps 24 kHz and hop 960 (25 frames/s)")
         if self.n_codebooks != N_CODEBOOKS or self.codebook_size != CODEBOOK_SIZE:
             raise ValueError("every tokenizer size keeps 8 codebooks x 1024 codes")
+        if self.decoder_channels % 2 ** len(self.strides):
+            raise ValueError(f"decoder_channels={self.decoder_channels}: must halve {len(self.strides)} times "
+                             f"(a multiple of {2 ** len(self.strides)})")
 
     @property
     def hop(self) -> int:
@@ -57,10 +70,6 @@ class TokenizerConfig:
     @property
     def bitrate(self) -> float:
         return self.n_codebooks * math.log2(self.codebook_size) * self.frame_rate
-
-    @property
-    def semantic(self) -> bool:
-        return self.teacher is not None or self.teacher_config is not None
 
     def to_dict(self) -> dict:
         d = asdict(self)

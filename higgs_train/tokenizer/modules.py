@@ -1,21 +1,24 @@
-"""DAC-style convolutional encoder/decoder and the semantic conv stacks.
+"""The release's convolutional stacks, module for module (SPEC section 1).
 
-Encoder: conv -> 5 stride blocks (8, 5, 4, 2, 3) -> conv to the latent: [B, 1, T] -> [B, D, T/960].
-Decoder mirrors it with transposed convs. Snake activations and weight norm as in DAC.
+Acoustic (DAC, Snake + weight norm, residual units with dilations 1/3/9, kernel 2s):
+    AcousticEncoder  [B, 1, T] -> [B, latent, T/960]   widths c, 2c, ..., 32c (release c = 64)
+    AcousticDecoder  [B, latent, F] -> [B, 1, F*960]   widths d, d/2, ..., d/32 (release d = 1024),
+                     upsampling in the same stride order as the encoder (8, 5, 4, 2, 3), as the
+                     original does, output_padding s % 2, no final Tanh.
+Semantic (xcodec's conv stack: ELU residual units without bias, block convs with bias):
+    SemanticEncoder / SemanticDecoder  [B, H, F] -> [B, H, F]
+
+Parameter names follow the transformers port (HiggsAudioV2TokenizerModel), so our state dict
+is the port's except for weight norm (kept here: training needs it) and the converter in
+higgs_train/convert/tokenizer.py is a short rename table.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn as nn
 from torch.nn.utils.parametrizations import weight_norm
-
-
-def wn_conv(*args, **kw) -> nn.Conv1d:
-    return weight_norm(nn.Conv1d(*args, **kw))
-
-
-def wn_tconv(*args, **kw) -> nn.ConvTranspose1d:
-    return weight_norm(nn.ConvTranspose1d(*args, **kw))
 
 
 class Snake(nn.Module):
@@ -30,65 +33,143 @@ class Snake(nn.Module):
 
 
 class ResidualUnit(nn.Module):
+    """x + conv1x1(snake(conv7_dilated(snake(x)))), same length."""
+
     def __init__(self, ch: int, dilation: int):
         super().__init__()
-        self.block = nn.Sequential(
-            Snake(ch), wn_conv(ch, ch, 7, dilation=dilation, padding=3 * dilation),
-            Snake(ch), wn_conv(ch, ch, 1))
+        self.snake1 = Snake(ch)
+        self.conv1 = weight_norm(nn.Conv1d(ch, ch, 7, dilation=dilation, padding=3 * dilation))
+        self.snake2 = Snake(ch)
+        self.conv2 = weight_norm(nn.Conv1d(ch, ch, 1))
 
     def forward(self, x):
-        return x + self.block(x)
+        return x + self.conv2(self.snake2(self.conv1(self.snake1(x))))
 
 
-def residual_stack(ch: int, n: int) -> list[nn.Module]:
-    return [ResidualUnit(ch, 3 ** i) for i in range(n)]
+class EncoderBlock(nn.Module):
+    """[B, c, L] -> [B, 2c, L / s]: three residual units, then a strided conv (kernel 2s)."""
 
-
-class Encoder(nn.Module):
-    def __init__(self, widths: list[int], strides, res_units: int, latent_dim: int):
+    def __init__(self, c_in: int, c_out: int, stride: int):
         super().__init__()
-        layers = [wn_conv(1, widths[0], 7, padding=3)]
-        for c_in, c_out, s in zip(widths[:-1], widths[1:], strides):
-            # kernel 2s, padding ceil(s/2): output length is exactly T / s
-            layers += residual_stack(c_in, res_units)
-            layers += [Snake(c_in), wn_conv(c_in, c_out, 2 * s, stride=s, padding=(s + 1) // 2)]
-        layers += [Snake(widths[-1]), wn_conv(widths[-1], latent_dim, 3, padding=1)]
-        self.net = nn.Sequential(*layers)
+        self.res_unit1, self.res_unit2, self.res_unit3 = (ResidualUnit(c_in, d) for d in (1, 3, 9))
+        self.snake1 = Snake(c_in)
+        self.conv1 = weight_norm(nn.Conv1d(c_in, c_out, 2 * stride, stride=stride, padding=math.ceil(stride / 2)))
 
-    def forward(self, wav):  # [B, 1, T] -> [B, latent, T / hop]
-        return self.net(wav)
+    def forward(self, x):
+        return self.conv1(self.snake1(self.res_unit3(self.res_unit2(self.res_unit1(x)))))
 
 
-class Decoder(nn.Module):
-    def __init__(self, widths: list[int], strides, res_units: int, latent_dim: int):
+class AcousticEncoder(nn.Module):
+    def __init__(self, channels: int, strides, latent_dim: int):
         super().__init__()
-        widths = widths[::-1]
-        layers = [wn_conv(latent_dim, widths[0], 7, padding=3)]
-        for c_in, c_out, s in zip(widths[:-1], widths[1:], strides[::-1]):
-            # output_padding s % 2 makes odd strides exact too: length L -> L * s
-            layers += [Snake(c_in), wn_tconv(c_in, c_out, 2 * s, stride=s, padding=(s + 1) // 2,
-                                             output_padding=s % 2)]
-            layers += residual_stack(c_out, res_units)
-        layers += [Snake(widths[-1]), wn_conv(widths[-1], 1, 7, padding=3), nn.Tanh()]
-        self.net = nn.Sequential(*layers)
+        widths = [channels * 2 ** i for i in range(len(strides) + 1)]
+        self.conv1 = weight_norm(nn.Conv1d(1, channels, 7, padding=3))
+        self.block = nn.ModuleList(EncoderBlock(a, b, s) for a, b, s in zip(widths[:-1], widths[1:], strides))
+        self.snake1 = Snake(widths[-1])
+        self.conv2 = weight_norm(nn.Conv1d(widths[-1], latent_dim, 3, padding=1))
+
+    def forward(self, wav):  # [B, 1, T] -> [B, latent, F]
+        x = self.conv1(wav)
+        for b in self.block:
+            x = b(x)
+        return self.conv2(self.snake1(x))
+
+
+class DecoderBlock(nn.Module):
+    """[B, c, L] -> [B, c/2, L * s]: a transposed conv (kernel 2s), then three residual units."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.snake1 = Snake(c_in)
+        # output_padding s % 2 makes odd strides exact too: length L -> L * s
+        self.conv_t1 = weight_norm(nn.ConvTranspose1d(c_in, c_out, 2 * stride, stride=stride,
+                                                      padding=math.ceil(stride / 2), output_padding=stride % 2))
+        self.res_unit1, self.res_unit2, self.res_unit3 = (ResidualUnit(c_out, d) for d in (1, 3, 9))
+
+    def forward(self, x):
+        return self.res_unit3(self.res_unit2(self.res_unit1(self.conv_t1(self.snake1(x)))))
+
+
+class AcousticDecoder(nn.Module):
+    def __init__(self, latent_dim: int, channels: int, strides):
+        super().__init__()
+        widths = [channels // 2 ** i for i in range(len(strides) + 1)]
+        self.conv1 = weight_norm(nn.Conv1d(latent_dim, channels, 7, padding=3))
+        self.block = nn.ModuleList(DecoderBlock(a, b, s) for a, b, s in zip(widths[:-1], widths[1:], strides))
+        self.snake1 = Snake(widths[-1])
+        self.conv2 = weight_norm(nn.Conv1d(widths[-1], 1, 7, padding=3))
 
     def forward(self, z):  # [B, latent, F] -> [B, 1, F * hop]
-        return self.net(z)
+        x = self.conv1(z)
+        for b in self.block:
+            x = b(x)
+        return self.conv2(self.snake1(x))
 
 
-class ConvStack(nn.Module):
-    """Semantic encoder/decoder: in-projection, residual conv blocks, out-projection (same frame rate)."""
+class SemanticResidualUnit(nn.Module):
+    """x + conv1x1(elu(conv3(elu(x)))), convs without bias (as xcodec)."""
 
-    def __init__(self, d_in: int, d_hidden: int, d_out: int, n_blocks: int):
+    def __init__(self, ch: int):
         super().__init__()
-        self.inp = nn.Conv1d(d_in, d_hidden, 3, padding=1)
-        self.blocks = nn.ModuleList(
-            nn.Sequential(nn.ELU(), nn.Conv1d(d_hidden, d_hidden, 3, padding=1), nn.ELU(),
-                          nn.Conv1d(d_hidden, d_hidden, 1)) for _ in range(n_blocks))
-        self.out = nn.Conv1d(d_hidden, d_out, 3, padding=1)
+        self.activation = nn.ELU()
+        self.conv1 = nn.Conv1d(ch, ch, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv1d(ch, ch, 1, bias=False)
 
-    def forward(self, x):  # [B, d_in, F] -> [B, d_out, F]
-        x = self.inp(x)
-        for b in self.blocks:
-            x = x + b(x)
-        return self.out(x)
+    def forward(self, x):
+        return x + self.conv2(self.activation(self.conv1(self.activation(x))))
+
+
+class SemanticEncoderBlock(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.res_units = nn.ModuleList(SemanticResidualUnit(ch) for _ in range(2))
+        self.conv = nn.Conv1d(ch, ch, 3, padding=1)
+
+    def forward(self, x):
+        for u in self.res_units:
+            x = u(x)
+        return self.conv(x)
+
+
+class SemanticDecoderBlock(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv1d(ch, ch, 3, padding=1)
+        self.res_units = nn.ModuleList(SemanticResidualUnit(ch) for _ in range(2))
+
+    def forward(self, x):
+        x = self.conv(x)
+        for u in self.res_units:
+            x = u(x)
+        return x
+
+
+class SemanticEncoder(nn.Module):
+    """Teacher features [B, H, F] -> [B, H, F]: conv3 (no bias), two blocks."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv1d(ch, ch, 3, padding=1, bias=False)
+        self.conv_blocks = nn.ModuleList(SemanticEncoderBlock(ch) for _ in range(2))
+
+    def forward(self, x):
+        x = self.conv(x)
+        for b in self.conv_blocks:
+            x = b(x)
+        return x
+
+
+class SemanticDecoder(nn.Module):
+    """Quantized semantic latent [B, H, F] -> teacher features [B, H, F] (training only)."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv1 = nn.Conv1d(ch, ch, 3, padding=1, bias=False)
+        self.conv_blocks = nn.ModuleList(SemanticDecoderBlock(ch) for _ in range(2))
+        self.conv2 = nn.Conv1d(ch, ch, 3, padding=1, bias=False)
+
+    def forward(self, x):
+        x = self.conv1(x)
+        for b in self.conv_blocks:
+            x = b(x)
+        return self.conv2(x)

@@ -1,9 +1,18 @@
-"""Residual VQ with EMA codebooks, k-means init, dead-code restart and quantizer dropout.
+"""Residual VQ as the release has it (xcodec's): each stage projects the residual from the
+fused space (D + semantic) into its codebook's space (project_in), picks the nearest code,
+and projects it back (project_out); EMA codebooks, k-means init, dead-code restart,
+commitment loss, and (ours, for training) quantizer dropout and usage statistics.
 
-Codebooks are buffers, not parameters: they move by exponential moving averages of
-the vectors assigned to them, so they are saved in checkpoints and restored exactly,
-and no optimizer touches them. Under DDP the EMA statistics are summed over ranks and
-random (re)initialisations are broadcast from rank 0, so every rank holds the same codebooks.
+Codebooks are buffers, not parameters: they move by exponential moving averages of the
+vectors assigned to them, so they are saved in checkpoints and restored exactly, and no
+optimizer touches them. Under DDP the EMA statistics are summed over ranks and random
+(re)initialisations are broadcast from rank 0, so every rank holds the same codebooks. All
+random draws come from the generator passed in, so a resumed run draws what the uninterrupted
+one drew.
+
+Encoding and decoding repeat the original's arithmetic operation for operation (the order of
+transposes, the distance formula, argmax of the negated distance), so the codes are equal
+bit for bit, not merely close.
 """
 from __future__ import annotations
 
@@ -50,17 +59,21 @@ def kmeans(x: torch.Tensor, k: int, iters: int, gen: torch.Generator | None) -> 
 
 
 class EMACodebook(nn.Module):
+    """size x dim codes. Buffers named as the release's (`inited` a float [1] flag as there)."""
+
     def __init__(self, size: int, dim: int, decay: float, dead_threshold: float):
         super().__init__()
         self.size, self.decay, self.dead_threshold = size, decay, dead_threshold
+        self.register_buffer("inited", torch.zeros(1))
+        self.register_buffer("cluster_size", torch.ones(size))
         self.register_buffer("embed", torch.randn(size, dim) * 0.1)
         self.register_buffer("embed_avg", self.embed.clone())
-        self.register_buffer("cluster_size", torch.ones(size))
-        self.register_buffer("initted", torch.tensor(False))
 
-    def nearest(self, x: torch.Tensor) -> torch.Tensor:  # x [N, D] -> codes [N]
-        d = x.pow(2).sum(1, keepdim=True) - 2 * x @ self.embed.t() + self.embed.pow(2).sum(1)[None]
-        return d.argmin(1)
+    def nearest(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, dim] -> codes [N], the original's formula: argmax of -(|x|^2 - 2 x.e + |e|^2)."""
+        embed = self.embed.t()
+        dist_ = -(x.pow(2).sum(1, keepdim=True) - 2 * x @ embed + embed.pow(2).sum(0, keepdim=True))
+        return dist_.max(dim=-1).indices
 
     @torch.no_grad()
     def init_kmeans(self, x: torch.Tensor, gen) -> None:
@@ -68,7 +81,7 @@ class EMACodebook(nn.Module):
         self.embed.copy_(_broadcast(c))
         self.cluster_size.copy_(_broadcast(counts))
         self.embed_avg.copy_(self.embed * self.cluster_size[:, None])
-        self.initted.fill_(True)
+        self.inited.fill_(1.0)
 
     @torch.no_grad()
     def update(self, x: torch.Tensor, codes: torch.Tensor, gen) -> None:
@@ -94,54 +107,86 @@ class EMACodebook(nn.Module):
             self.cluster_size[dead] = floor
             self.embed_avg[dead] = new[dead] * floor
 
+    def alive(self) -> torch.Tensor:
+        return (self.cluster_size >= self.dead_threshold * self.cluster_size.mean()).float().mean()
+
+
+class VQStage(nn.Module):
+    """One residual stage: fused space (dim) <-> codebook space (codebook_dim)."""
+
+    def __init__(self, dim: int, codebook_dim: int, size: int, decay: float, dead_threshold: float):
+        super().__init__()
+        self.codebook = EMACodebook(size, codebook_dim, decay, dead_threshold)
+        self.project_in = nn.Linear(dim, codebook_dim)
+        self.project_out = nn.Linear(codebook_dim, dim)
+
+    def decode(self, idx: torch.Tensor) -> torch.Tensor:  # [B, F] -> [B, dim, F]
+        return self.project_out(F.embedding(idx, self.codebook.embed)).transpose(1, 2).contiguous()
+
 
 class ResidualVQ(nn.Module):
-    def __init__(self, n_codebooks: int, size: int, dim: int, decay: float, dead_threshold: float,
-                 dropout: float):
+    def __init__(self, n_codebooks: int, size: int, dim: int, codebook_dim: int, decay: float,
+                 dead_threshold: float, dropout: float):
         super().__init__()
         self.dropout = dropout
-        self.codebooks = nn.ModuleList(EMACodebook(size, dim, decay, dead_threshold) for _ in range(n_codebooks))
+        self.quantizers = nn.ModuleList(VQStage(dim, codebook_dim, size, decay, dead_threshold)
+                                        for _ in range(n_codebooks))
 
     def forward(self, z: torch.Tensor, gen: torch.Generator | None = None) -> dict:
-        """z [B, D, F] -> dict(z_q [B, D, F] (straight-through), codes [B, n, F], commit, stats).
+        """Training: z [B, dim, F] -> dict(z_q [B, dim, F], codes [B, n, F], commit, stats).
 
-        In training, a `dropout` fraction of the batch keeps only its first n ~ U{1..N}
-        codebooks, so decoding with fewer codebooks still gives usable audio.
+        Each stage passes its straight-through estimate to the next (as the release's
+        training code). A `dropout` fraction of the batch keeps only its first n ~ U{1..N}
+        codebooks in z_q, so decoding with fewer codebooks still gives usable audio.
         """
-        B, D, Fr = z.shape
-        n = len(self.codebooks)
+        B, _, Fr = z.shape
+        n = len(self.quantizers)
         n_q = torch.full((B,), n)
         if self.training and self.dropout > 0:
             drop = torch.rand(B, generator=gen) < self.dropout
             n_q = torch.where(drop, torch.randint(1, n + 1, (B,), generator=gen), n_q)
         keep = (torch.arange(n)[None] < n_q[:, None]).to(z)  # [B, n]
 
-        residual = z
-        out = torch.zeros_like(z)
+        residual, out = z, torch.zeros_like(z)
         codes, commit, perplexity = [], z.new_zeros(()), []
-        for i, cb in enumerate(self.codebooks):
-            flat = residual.detach().transpose(1, 2).reshape(-1, D)  # [B*F, D]
-            if self.training and not bool(cb.initted):
+        for i, stage in enumerate(self.quantizers):
+            cb = stage.codebook
+            x = stage.project_in(residual.transpose(1, 2).contiguous())  # [B, F, cd]
+            flat = x.detach().reshape(-1, x.shape[-1])
+            if self.training and not bool(cb.inited):
                 cb.init_kmeans(flat, gen)
             idx = cb.nearest(flat)
             if self.training:
                 cb.update(flat, idx, gen)
                 p = torch.bincount(idx, minlength=cb.size).float() / idx.numel()
                 perplexity.append(torch.exp(-(p * (p + 1e-10).log()).sum()))
-            q = cb.embed[idx].view(B, Fr, D).transpose(1, 2)
-            commit = commit + F.mse_loss(residual, q.detach())
+            q = F.embedding(idx, cb.embed).view_as(x)
+            commit = commit + F.mse_loss(q.detach(), x)
+            q = x + (q - x).detach()  # straight-through: project_in and the encoder get the gradient
+            q = stage.project_out(q).transpose(1, 2)  # [B, dim, F]
             out = out + q * keep[:, i, None, None]
             residual = residual - q
             codes.append(idx.view(B, Fr))
-        z_q = z + (out - z).detach()  # straight-through: the encoder gets the decoder's gradient
         stats = {}
         if perplexity:
             stats = {"perplexity": torch.stack(perplexity),
-                     "alive": torch.stack([(cb.cluster_size >= cb.dead_threshold * cb.cluster_size.mean()).float().mean()
-                                           for cb in self.codebooks])}
-        return {"z_q": z_q, "codes": torch.stack(codes, 1), "commit": commit / n, "stats": stats}
+                     "alive": torch.stack([s.codebook.alive() for s in self.quantizers])}
+        return {"z_q": out, "codes": torch.stack(codes, 1), "commit": commit / n, "stats": stats}
+
+    @torch.no_grad()
+    def encode(self, z: torch.Tensor) -> torch.Tensor:
+        """z [B, dim, F] -> codes [B, n, F] (no update), as the original's eval forward."""
+        residual, codes = z, []
+        for stage in self.quantizers:
+            x = stage.project_in(residual.transpose(1, 2).contiguous())  # [B, F, cd]
+            idx = stage.codebook.nearest(x.reshape(-1, x.shape[-1])).view(x.shape[:-1])
+            residual = residual - stage.decode(idx)
+            codes.append(idx)
+        return torch.stack(codes, 1)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes [B, k, F] (the first k <= N codebooks) -> z_q [B, D, F]."""
-        z = sum(self.codebooks[i].embed[codes[:, i]] for i in range(codes.shape[1]))  # [B, F, D]
-        return z.transpose(1, 2)
+        """codes [B, k, F] (the first k <= N codebooks) -> z_q [B, dim, F]."""
+        out = torch.tensor(0.0, device=codes.device)
+        for i in range(codes.shape[1]):
+            out = out + self.quantizers[i].decode(codes[:, i])
+        return out

@@ -1,8 +1,9 @@
-"""The frozen semantic teacher (HuBERT / WavLM from `transformers`) and its 25 Hz target.
+"""The frozen semantic teacher (a `transformers` HuBERT) and its 25 Hz features, as the release
+computes them: 24 -> 16 kHz (torchaudio), 160 samples of zeros each side, mean of all hidden
+states, every 2nd frame.
 
-Training loads the teacher from a local directory (never a hub). The export stores the
-teacher's HF config in the tokenizer config and its weights with the rest of the model,
-so an exported tokenizer is self-contained.
+The teacher comes from a local directory (never a hub) or from an HF config dict (a random,
+seeded teacher for tests and CPU demos). An export stores the config dict and the weights.
 """
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ import torch.nn.functional as F
 import torchaudio.functional as AF
 
 TEACHER_SR = 16_000
+TEACHER_PAD = 160      # samples at 16 kHz, each side: HuBERT's frames then centre on the codec's
+DOWNSAMPLE = 2         # HuBERT runs at 50 Hz; the codec at 25 Hz: every 2nd frame
+RANDOM_TEACHER_SEED = 0
+# Eager attention, as the original's transformers (4.46) computes HuBERT: bit-equal features.
+ATTENTION = "eager"
 
 
 def teacher_from_dir(path: str) -> nn.Module:
@@ -21,48 +27,44 @@ def teacher_from_dir(path: str) -> nn.Module:
 
     p = Path(path)
     if not (p / "config.json").exists():
-        raise FileNotFoundError(
-            f"semantic teacher not found: {p} has no config.json (give a local HuBERT/WavLM directory, "
-            "or teacher=null to train without the semantic path)")
-    return AutoModel.from_pretrained(str(p), local_files_only=True)
+        raise FileNotFoundError(f"semantic teacher not found: {p / 'config.json'} is missing "
+                                "(model.teacher must be a local HuBERT directory, e.g. pretrained/hubert-base-ls960)")
+    return AutoModel.from_pretrained(str(p), local_files_only=True, attn_implementation=ATTENTION)
 
 
 def teacher_from_config(cfg: dict) -> nn.Module:
-    """An uninitialised teacher of the given HF config (weights come from model.safetensors)."""
+    """A teacher of the given HF config, randomly initialised from a fixed seed (whatever the
+    global RNG state): the tiny config's teacher is the same model every time."""
     from transformers import AutoConfig, AutoModel
 
     cfg = dict(cfg)
     hf_cfg = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
-    return AutoModel.from_config(hf_cfg)
+    hf_cfg._attn_implementation = ATTENTION
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_TEACHER_SEED)
+        return AutoModel.from_config(hf_cfg, attn_implementation=ATTENTION)
 
 
 def teacher_config_dict(model: nn.Module) -> dict:
     d = model.config.to_diff_dict()
     d["model_type"] = model.config.model_type
-    for k in ("transformers_version", "_name_or_path", "architectures", "torch_dtype", "dtype"):
+    for k in ("transformers_version", "_name_or_path", "architectures", "torch_dtype", "dtype",
+              "_attn_implementation_autoset", "attn_implementation"):
         d.pop(k, None)
     return d
 
 
-class Teacher(nn.Module):
-    """Frozen teacher: wav 24 kHz [B, 1, T] -> mean of all hidden layers at `n_frames` frames."""
+@torch.no_grad()
+def teacher_features(model: nn.Module, wav: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """wav [B, 1, T] at `sample_rate` -> [B, S, H] at 25 Hz (the original's get_regress_target)."""
+    x = AF.resample(wav, sample_rate, TEACHER_SR)
+    x = F.pad(x[:, 0, :], (TEACHER_PAD, TEACHER_PAD))
+    hidden = model(x, output_hidden_states=True).hidden_states  # L+1 x [B, 2S, H] at 50 Hz
+    return torch.stack(hidden, dim=1).mean(1)[:, ::DOWNSAMPLE, :]
 
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model.eval()
-        self.model.requires_grad_(False)
-        self.dim = model.config.hidden_size
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.model.eval()  # frozen: no dropout, no feature masking, ever
-        return self
-
-    @torch.no_grad()
-    def forward(self, wav: torch.Tensor, sample_rate: int, n_frames: int) -> torch.Tensor:
-        x = AF.resample(wav[:, 0].float(), sample_rate, TEACHER_SR)
-        hidden = self.model(x, output_hidden_states=True).hidden_states  # L x [B, S, H] at 50 Hz
-        h = torch.stack(hidden).mean(0).transpose(1, 2)  # [B, H, S]
-        # 50 Hz -> 25 Hz (every 2nd frame for HuBERT), written as interpolation so any
-        # teacher rate works and the length matches the codec's ceil(T / hop) exactly.
-        return F.interpolate(h, size=n_frames, mode="linear", align_corners=False)
+def teacher_frames(model: nn.Module, n_samples: int, sample_rate: int) -> int:
+    """How many 25 Hz frames teacher_features gives for n_samples (no model run)."""
+    n16 = -(-n_samples * TEACHER_SR // sample_rate)  # torchaudio's resample: ceil(T * new / old)
+    n50 = int(model._get_feat_extract_output_lengths(torch.tensor(n16 + 2 * TEACHER_PAD)))
+    return -(-n50 // DOWNSAMPLE) if n50 > 0 else 0
