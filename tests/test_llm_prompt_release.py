@@ -258,3 +258,28 @@ def test_greedy_frames_equal_the_port_generate(tmp_path):
     assert frames.shape == (K, 20) and frames.max() < 1024      # no stream BOS/EOS drawn: all 20 comparable
     assert ours.shape == (K, 27)
     assert torch.equal(frames, ours[:, :20])
+
+
+def test_summed_codebook_loss_equals_the_port_loss(tmp_path):
+    """codebook_reduction=sum on our labels is the port's loss on the same (unshifted) labels."""
+    from transformers import HiggsAudioV2ForConditionalGeneration
+
+    from higgs_train.llm.layouts import save_llm
+    from higgs_train.llm.prompt import clone_sample
+
+    engine = _tiny_engine(tmp_path / "tok")
+    engine.tok.save_pretrained(str(tmp_path / "tok"))
+    save_llm(engine.model, tmp_path / "hf", "hf", tokenizer_dir=tmp_path / "tok")
+    port = HiggsAudioV2ForConditionalGeneration.from_pretrained(str(tmp_path / "hf"), use_text_head=True).eval()
+    g = torch.Generator().manual_seed(2)
+    s = clone_sample(engine.tok, "a voice speaks here.", torch.randint(0, 1024, (8, 5), generator=g).numpy(),
+                     "hello there", torch.randint(0, 1024, (8, 7), generator=g).numpy())
+    ids, codes, mask = (torch.from_numpy(x)[None] for x in (s.input_ids, s.audio_codes, s.audio_mask))
+    labels = torch.from_numpy(s.audio_labels)[None]
+    pos = mask[0].nonzero()[:, 0]
+    with torch.no_grad():
+        ours = {r: engine.model.loss(ids, codes, mask, labels, codebook_reduction=r)["loss"] for r in ("sum", "mean")}
+        theirs = port(input_ids=ids, audio_input_ids=codes[:, pos], audio_labels=labels[:, pos - 1],
+                      audio_input_ids_mask=torch.ones(1, len(pos), dtype=torch.bool)).loss
+    assert abs(ours["sum"].item() - theirs.item()) < 1e-4
+    assert abs(ours["mean"].item() - theirs.item()) > 1.0                       # mean is not the port's loss
