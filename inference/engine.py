@@ -127,8 +127,9 @@ class Engine:
     @classmethod
     def from_pretrained(cls, llm_dir, tokenizer_dir, device: str | torch.device = "cpu", dtype=None,
                         **kw) -> "Engine":
-        """llm_dir: an LLM export (config.json, model.safetensors, text tokenizer files);
-        tokenizer_dir: an audio tokenizer export. dtype None: bf16 on CUDA, fp32 elsewhere."""
+        """llm_dir: an LLM directory with its text tokenizer files, in any layout (ours, the
+        transformers port's, the original release's: DualFFNModel.from_pretrained); tokenizer_dir:
+        an audio tokenizer directory (any layout). dtype None: bf16 on CUDA, fp32 elsewhere."""
         for name, d in (("model", llm_dir), ("tokenizer", tokenizer_dir)):
             if not Path(d).is_dir():
                 raise FileNotFoundError(f"{name} export directory {d} does not exist")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -177,10 +178,76 @@ def read_config_from_dict(raw: dict) -> DualFFNConfig:
     assert cfg.special_tokens == {"audio_eos": 128012, "audio_out_bos": 128013, "audio_in": 128015,
                                   "audio_out": 128016, "pad": 128001}
     assert cfg.encode_audio_in_tokens
-    from dataclasses import replace
     return replace(cfg, special_tokens=None, encode_audio_in_tokens=False)
 
 
 def test_read_config_needs_no_weights():
     cfg, layout = read_config(FIX / "partial")
     assert layout == "original" and cfg.dual_layers == [0, 2] and (cfg.num_codebooks, cfg.codebook_size) == (4, 30)
+
+
+# ---------------------------------------------------------------- entry points on release layouts
+
+TOK_ORIGINAL = Path(__file__).parent / "fixtures" / "release" / "tokenizer_original"
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory):
+    """One tiny 8 x 1024-code LLM with its text tokenizer in all three layouts (the codebooks of the
+    original-layout audio tokenizer fixture); hf and original written by our converter."""
+    from inference.tiny import tiny_text_tokenizer
+
+    root = tmp_path_factory.mktemp("layouts")
+    tok = tiny_text_tokenizer(root / "native", vocab_size=300)
+    torch.manual_seed(5)
+    model = DualFFNModel(DualFFNConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_layers=2,
+                                       num_heads=4, num_kv_heads=2, head_dim=8, rope_scaling=None))
+    model.save_pretrained(root / "native")
+    for layout in ("hf", "original"):
+        convert(root / "native", root / layout, layout)
+    return root
+
+
+def test_engine_gives_the_same_frames_from_every_layout(layouts):
+    from inference.engine import Engine, Request
+    from inference.sampling import SamplingConfig
+    from higgs_train.llm.text_tokenizer import load_text_tokenizer
+    from higgs_train.tokenizer import AudioTokenizer
+
+    greedy = SamplingConfig(temperature=0, max_frames=6, seed=0)
+    engine = Engine.from_pretrained(layouts / "original", TOK_ORIGINAL)   # release LLM + release codec
+    assert engine.model.cfg.special_tokens["audio_out"] == engine.tok.convert_tokens_to_ids("<|AUDIO_OUT|>")
+    want = engine.generate([Request("Hello there.", sampling=greedy)])[0].codes
+    assert want.shape == (8, 6)
+    codec = engine.codec
+    for layout in ("native", "hf"):
+        e = Engine(DualFFNModel.from_pretrained(layouts / layout), codec, load_text_tokenizer(layouts / layout))
+        assert torch.equal(e.generate([Request("Hello there.", sampling=greedy)])[0].codes, want)
+    assert isinstance(codec, AudioTokenizer)
+
+
+def test_cli_train_init_and_evaluation_entry_points_take_the_release_layouts(layouts, tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from higgs_train.config import CONFIG_DIR
+    from higgs_train.llm.lit import LLMModule
+    from inference.__main__ import synthesize
+    from inference.evaluation import from_exports
+
+    native = DualFFNModel.from_pretrained(layouts / "native").state_dict()
+    model_cfg = asdict(read_config(layouts / "native")[0])
+    for layout in ("hf", "original"):
+        # python -m higgs_train.train task=llm task.init_from=DIR (and finetune base=, which builds it)
+        m = LLMModule._make_model(model_cfg, str(layouts / layout))
+        assert all(torch.equal(m.state_dict()[k], v) for k, v in native.items())
+    # python -m inference model=DIR (the server and python -m higgs_train.evaluate build the same engine)
+    with initialize_config_dir(str(CONFIG_DIR / "inference"), version_base="1.3"):
+        cfg = compose("infer", overrides=[f"model={layouts / 'original'}", f"tokenizer={TOK_ORIGINAL}",
+                                          "text=Hello there.", f"output={tmp_path / 'o.wav'}",
+                                          "sampling.max_frames=4", "sampling.seed=0", "engine.buckets=[256]",
+                                          "progress=false"])
+    assert synthesize(cfg) > 0 and (tmp_path / "o.wav").stat().st_size > 100
+    synth = from_exports(layouts / "hf", TOK_ORIGINAL, device="cpu", sampling={"max_frames": 4, "seed": 0},
+                         engine={"buckets": [256]})
+    audio, sr = synth("Hello there.")          # what the evaluation harness calls per item
+    assert sr == 24000 and 0 < len(audio) <= 4 * 960

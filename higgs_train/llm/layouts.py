@@ -86,9 +86,6 @@ SPLIT = {"embed_tokens.weight": ("embed_tokens.embedding_frozen.weight", "embed_
 # special tokens of the release (Llama-3 reserved block), by role: DualFFNConfig.special_tokens
 RELEASE_TOKENS = {"audio_bos": 128011, "audio_eos": 128012, "audio_out_bos": 128013, "audio_delay": 128014,
                   "audio_in": 128015, "audio_out": 128016, "pad": 128001}
-TOKEN_STRINGS = {"audio_bos": "<|audio_bos|>", "audio_eos": "<|audio_eos|>", "audio_out_bos": "<|audio_out_bos|>",
-                 "audio_delay": "<|reserved_special_token_6|>", "audio_in": "<|AUDIO|>",
-                 "audio_out": "<|AUDIO_OUT|>"}
 # files next to the weights that travel with a conversion (text tokenizer, chat template)
 AUX_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
              "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
@@ -305,20 +302,14 @@ NEEDS = {"original": ("audio_eos", "audio_out_bos", "audio_in", "audio_out", "pa
 
 def token_ids(cfg: DualFFNConfig, model_dir, layout: str) -> dict[str, int]:
     """The special-token ids a `layout` config states: the config's own (special_tokens),
-    else the text tokenizer's in `model_dir` (by TOKEN_STRINGS), else, for the Llama-3 vocabulary,
+    else the text tokenizer's in `model_dir` (text_tokenizer.ROLES), else, for the Llama-3 vocabulary,
     the release's reserved ids. LayoutError naming the roles still unknown."""
     ids: dict[str, int] = {}
     d = Path(model_dir) if model_dir is not None else None
     if d is not None and any((d / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
-        from higgs_train.llm.text_tokenizer import load_text_tokenizer
+        from higgs_train.llm.text_tokenizer import load_text_tokenizer, special_token_ids
 
-        tok = load_text_tokenizer(d)
-        vocab = tok.get_vocab()
-        ids = {role: vocab[s] for role, s in TOKEN_STRINGS.items() if s in vocab}
-        if "audio_delay" not in ids and "<|audio_delay|>" in vocab:   # a tokenizer trained here
-            ids["audio_delay"] = vocab["<|audio_delay|>"]
-        if tok.pad_token_id is not None:
-            ids["pad"] = tok.pad_token_id
+        ids = special_token_ids(load_text_tokenizer(d))
     ids.update(cfg.special_tokens or {})
     if cfg.vocab_size == 128256:
         ids = {**RELEASE_TOKENS, **ids}

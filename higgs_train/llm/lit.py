@@ -6,6 +6,7 @@ export (config.json + model.safetensors + text tokenizer files).
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -77,11 +78,12 @@ class LLMModule(L.LightningModule):
             return DualFFNModel(cfg)
         src = Path(init_from)
         cfg_file = src / "config.json"
-        if cfg_file.exists() and '"DualFFNModel"' in cfg_file.read_text():
-            model = DualFFNModel.from_pretrained(src)
-        else:
+        if cfg_file.is_file() and json.loads(cfg_file.read_text()).get("model_type") == "llama":
+            # a plain Llama: text weights, audio FFNs as copies, fresh audio embedding and head
             model = DualFFNModel.from_hf_llama(src, dual_layers=cfg.dual_layers, num_codebooks=cfg.num_codebooks,
                                                codebook_size=cfg.codebook_size, vocab_size=cfg.vocab_size)
+        else:   # a Higgs model in any layout: ours, the transformers port, the original release
+            model = DualFFNModel.from_pretrained(src)
         if model.cfg != cfg:
             log.warning("init_from=%s: its config %s replaces model config %s", src, model.cfg, cfg)
         return model.float()
