@@ -15,3 +15,14 @@ def register_resolvers() -> None:
 
 
 register_resolvers()
+
+
+def model_size(kind: str, name: str) -> dict:
+    """configs/model/<kind>/<name>.yaml as a plain dict: the one table of model sizes that
+    training, tests, benchmarks and the demo all read (kind 'llm' | 'tokenizer')."""
+    path = CONFIG_DIR / "model" / kind / f"{name}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"no model size {kind}/{name}: {path} is missing")
+    cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    cfg.pop("_target_", None)
+    return cfg

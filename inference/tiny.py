@@ -8,15 +8,15 @@ from pathlib import Path
 
 import torch
 
+from higgs_train.config import model_size
 from higgs_train.llm.model import DualFFNConfig, DualFFNModel
 from higgs_train.llm.synthetic import WORDS
 from higgs_train.llm.text_tokenizer import train_bpe
 from higgs_train.tokenizer import AudioTokenizer, TokenizerConfig
 
-TINY_LLM = dict(hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32,
-                rope_theta=10000.0, rope_scaling=None)
-TINY_CODEC = dict(channels=16, max_channels=128, res_units=1, latent_dim=64, codebook_dim=32, semantic_dim=64,
-                  semantic_layers=1, teacher=None)
+# The one size table: configs/model/*/tiny.yaml (vocab_size comes from the text tokenizer).
+TINY_LLM = {k: v for k, v in model_size("llm", "tiny").items() if k != "vocab_size"}
+TINY_CODEC = model_size("tokenizer", "tiny")
 
 
 def tiny_text_tokenizer(out_dir, texts=None, vocab_size: int = 400):

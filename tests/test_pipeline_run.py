@@ -235,8 +235,9 @@ def test_tokenizer_hook_adds_codes_after_export(inputs, clean_run, tmp_path):
     from higgs_train.tokenizer import AudioTokenizer, TokenizerConfig
 
     torch.manual_seed(0)
-    tok = AudioTokenizer(TokenizerConfig(channels=4, max_channels=16, res_units=1, latent_dim=16, codebook_dim=8,
-                                         teacher=None))
+    from higgs_train.config import model_size
+
+    tok = AudioTokenizer(TokenizerConfig(**model_size("tokenizer", "tiny")))
     tok.eval().save_pretrained(tmp_path / "tok")
     out = tmp_path / "out"
     shutil.copytree(clean_run, out)
