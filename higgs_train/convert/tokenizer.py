@@ -125,9 +125,10 @@ def native_to_hf_state(state: dict) -> dict:
     for k, v in state.items():
         if k == "semantic_model.masked_spec_embed":
             continue  # training-time masking vector; the port builds HuBERT without it
-        if k.endswith(WN[1]):
+        acoustic = k.startswith(("acoustic_encoder.", "acoustic_decoder."))
+        if acoustic and k.endswith(WN[1]):
             continue
-        if k.endswith(WN[0]):
+        if acoustic and k.endswith(WN[0]):
             p = k[: -len(WN[0])]
             out[p + "weight"] = torch._weight_norm(state[p + WN[1]], v, 0)
         else:
@@ -140,7 +141,10 @@ def hf_to_native_state(state: dict) -> dict:
     for k, v in state.items():
         if _weight_normed(k):
             p = k[: -len("weight")]
-            out[p + WN[0]] = torch.norm_except_dim(v, 2, 0)
+            # the norm exactly as torch._weight_norm computes it, so g / |v| is 1.0 and the
+            # folded weight is v again bit for bit (norm_except_dim rounds differently)
+            ones = torch.ones(v.shape[0], *(1,) * (v.dim() - 1), dtype=v.dtype)
+            out[p + WN[0]] = torch._weight_norm_interface(v, ones, 0)[1].view_as(ones)
             out[p + WN[1]] = v
         else:
             out[k] = v
