@@ -1,20 +1,23 @@
 """Tokenize stage: add KEY.codes.npy (int16 [8, frames]) to every sample of the shards.
 
-    python -m data_pipeline.tokenize shards=OUT/shards tokenizer=runs/tokenizer/export [batch_size=16 device=cpu]
+    python -m data_pipeline.tokenize shards=OUT/shards tokenizer=DIR [batch_size=16 device=cpu]
+
+DIR is an audio tokenizer in any of the three layouts (ours, the transformers port's, or the
+original release's config.json + model.pth, e.g. a download of bosonai/higgs-audio-v2-tokenizer).
 
 Each shard is rewritten atomically (temp file + rename) once all its samples are encoded,
 so a killed run loses at most the shard in progress; a rerun skips shards whose samples
 all have codes, and encodes only the missing samples of the others. Which tokenizer made a
-shard's codes is recorded beside it (shards/.codes/NAME.json, a content hash of the export):
-codes from another tokenizer (one retrained since) are stale and the whole shard is encoded
-again. Samples are sorted by length before batching so that padding stays small.
+shard's codes is recorded beside it (shards/.codes/NAME.json, a content hash of the tokenizer's
+config and weights): codes from another tokenizer (one retrained since) are stale and the whole
+shard is encoded again. A clip's codes never depend on its batch (AudioTokenizer.encode_batch:
+clips of equal length share a batch, none is zero-padded).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -47,11 +50,20 @@ def _load(sample: dict) -> np.ndarray | None:
 CODES_DIR = ".codes"   # beside the shards; hidden, so webdataset / `datasets` never read it
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".bin")
+
+
 def tokenizer_fingerprint(tokenizer_dir) -> str:
-    """Content hash of an audio tokenizer export (config.json + model.safetensors)."""
+    """Content hash of an audio tokenizer directory: config.json and its weights files
+    (model.safetensors in ours and the port's layout, model.pth in the original's)."""
+    d = Path(tokenizer_dir)
+    weights = sorted(p.name for p in d.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
+    if not weights:
+        raise FileNotFoundError(f"no tokenizer weights (*.safetensors, *.pth) in {d}")
     h = hashlib.sha1()
-    for name in ("config.json", "model.safetensors"):
-        with open(Path(tokenizer_dir) / name, "rb") as f:
+    for name in ["config.json", *weights]:
+        h.update(name.encode())
+        with open(d / name, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()[:16]
@@ -63,13 +75,9 @@ def _made_by(shard: str) -> Path:
 
 @torch.inference_mode()
 def encode_batch(tok: AudioTokenizer, wavs: list[np.ndarray]) -> list[np.ndarray]:
-    """Variable-length 24 kHz clips -> int16 codes [8, ceil(len / hop)] each (zero-padded batch)."""
-    T = max(len(w) for w in wavs)
-    x = torch.zeros(len(wavs), T)
-    for i, w in enumerate(wavs):
-        x[i, :len(w)] = torch.from_numpy(w)
-    codes = tok.encode(x, SAMPLE_RATE).cpu().numpy().astype(np.int16)  # [B, 8, ceil(T / hop)]
-    return [c[:, :math.ceil(len(w) / tok.hop)] for c, w in zip(codes, wavs)]
+    """24 kHz clips of any lengths -> int16 codes [8, tok.n_frames(len)] each, equal to encoding
+    each clip alone."""
+    return [c.cpu().numpy().astype(np.int16) for c in tok.encode_batch(wavs, SAMPLE_RATE)]
 
 
 def tokenize_shards(shards, tokenizer_dir, batch_size: int = 16, device: str = "cpu",
