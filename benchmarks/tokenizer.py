@@ -3,9 +3,12 @@ counts, and training steps/s of the tiny config.
 
     python benchmarks/tokenizer.py [--seconds 4] [--threads N] [--train-steps 20]
 
-RTF = compute seconds / audio seconds (below 1 is faster than real time). The full size is
-measured without its HuBERT teacher (acoustic path; the teacher adds ~95 M parameters and
-its own encode cost). Training steps/s: batch 4 x 0.3 s crops, with and without the GAN.
+RTF = compute seconds / audio seconds (below 1 is faster than real time). Both sizes have the
+released topology and run their HuBERT teacher when encoding (full: hubert-base's config, random
+weights: the same cost as the real one, nothing to download). Parameter counts include HuBERT;
+"state" counts every tensor of the state dict (codebooks and EMA statistics too), the figure to
+compare with the release's model.pth (201,426,474 elements). Training steps/s: the tiny config,
+batch 4 x 0.3 s crops, with and without the GAN.
 """
 from __future__ import annotations
 
@@ -37,13 +40,16 @@ def timed(fn, repeats: int) -> float:
 
 def codec_row(size: str, seconds: float, repeats: int) -> dict:
     mc = OmegaConf.to_container(load_cfg(size).model, resolve=True)
-    mc["teacher"] = None
+    if mc["teacher_config"] is None:  # full: a local HuBERT-base dir; its config = HubertConfig()'s
+        mc["teacher"], mc["teacher_config"] = None, {"model_type": "hubert"}
     m = AudioTokenizer(TokenizerConfig.from_dict(mc)).eval()
     wav = torch.randn(1, int(seconds * 24000)) * 0.1
     codes = m.encode(wav, 24000)
     enc = timed(lambda: m.encode(wav, 24000), repeats)
     dec = timed(lambda: m.decode(codes), repeats)
-    return {"size": size, "params_M": sum(p.numel() for p in m.parameters()) / 1e6, "audio_s": seconds,
+    return {"size": size, "params_M": sum(p.numel() for p in m.parameters()) / 1e6,
+            "trainable_M": sum(p.numel() for p in m.parameters() if p.requires_grad) / 1e6,
+            "state": sum(v.numel() for v in m.state_dict().values()), "audio_s": seconds,
             "encode_rtf": enc / seconds, "decode_rtf": dec / seconds}
 
 
@@ -81,10 +87,12 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     print(f"torch {torch.__version__}, {a.threads} thread(s), {a.seconds:.0f} s of audio, batch 1")
-    print(f"{'size':6} {'params (M)':>10} {'encode RTF':>11} {'decode RTF':>11}")
+    print(f"{'size':6} {'params (M)':>10} {'trainable (M)':>13} {'state (elements)':>17} {'encode RTF':>11} "
+          f"{'decode RTF':>11}")
     for size in ("tiny", "full"):
         r = codec_row(size, a.seconds, a.repeats)
-        print(f"{r['size']:6} {r['params_M']:10.2f} {r['encode_rtf']:11.3f} {r['decode_rtf']:11.3f}")
+        print(f"{r['size']:6} {r['params_M']:10.2f} {r['trainable_M']:13.2f} {r['state']:17,} {r['encode_rtf']:11.3f} "
+              f"{r['decode_rtf']:11.3f}")
     print(f"\ntraining, tiny, batch 4 x 0.3 s: {train_steps_per_s(a.train_steps, False):.2f} steps/s (reconstruction "
           f"losses), {train_steps_per_s(max(3, a.train_steps // 4), True):.2f} steps/s (with GAN)")
 
