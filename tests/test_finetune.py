@@ -254,3 +254,91 @@ def test_errors_are_one_line(inputs, run, tmp_path):
     assert p.returncode == 1 and "Traceback" not in p.stderr
     assert f"too little audio: {kept:.1f} s of speech" in p.stderr and "min_seconds=1000" in p.stderr, p.stderr
     assert not (out / "train").exists()
+
+
+RELEASE_TARGETS = ["self_attn.q_proj", "self_attn.v_proj", "audio_mlp.up_proj", "audio_decoder_proj.audio_lm_head"]
+
+
+@pytest.fixture(scope="module")
+def release_base(inputs, tmp_path_factory):
+    """The tiny base in the original release's layout (what the hub folder holds), tokenizer beside it."""
+    from higgs_train.llm.layouts import save_llm
+
+    d = tmp_path_factory.mktemp("release_base")
+    save_llm(DualFFNModel.from_pretrained(inputs["llm"]), d, "original", tokenizer_dir=inputs["llm"])
+    return d
+
+
+def test_release_base_lora_targets_and_export_layouts(release_base, tmp_path):
+    """LoRA on the release's module names; the merged export in the base's layout or the one asked for."""
+    from dataclasses import asdict
+
+    from higgs_train.finetune import FinetuneError
+    from higgs_train.finetune.run import _check_targets
+    from higgs_train.llm.layouts import load_llm, read_config
+    from higgs_train.llm.text_tokenizer import load_text_tokenizer, special_token_ids
+
+    cfg, layout = read_config(release_base)
+    assert layout == "original"
+    with pytest.raises(FinetuneError, match=r"'self_attn\.qq' names no linear layer.*'self_attn\.q_proj'"):
+        _check_targets(cfg, layout, ["self_attn.qq"])
+    g = torch.Generator().manual_seed(0)
+    T = 24
+    ids, codes = torch.randint(0, 300, (1, T), generator=g), torch.randint(0, 1024, (1, T, 8), generator=g)
+    mask = torch.arange(T)[None] >= 10
+    base_logits = DualFFNModel.from_pretrained(release_base)(ids, codes, mask).audio_logits
+    for export_layout, want in ((None, "original"), ("hf", "hf"), ("native", "native")):
+        module = FinetuneModule(asdict(cfg), tokenizer_dir=str(release_base), optim={}, init_from=str(release_base),
+                                lora=dict(rank=4, alpha=8, dropout=0.0, targets=RELEASE_TARGETS),
+                                export_layout=export_layout)
+        trainable = [n for n, p in module.named_parameters() if p.requires_grad]
+        assert len(trainable) == 2 * (3 * MICRO["num_layers"] + 1)                 # q, v, up per layer + the head
+        assert any("audio_head.lora_A" in n for n in trainable)
+        for n, p in module.model.named_parameters():
+            if ".lora_B." in n:
+                p.data = torch.randn(p.shape, generator=g) * 0.1
+        module.eval()
+        with torch.no_grad():
+            tuned = module.model(ids, codes, mask).audio_logits
+        module.export(tmp_path / str(want))
+        model, got = load_llm(tmp_path / str(want))
+        assert got == want
+        with torch.no_grad():
+            again = model(ids, codes, mask).audio_logits
+        assert (again - tuned).abs().max() < 1e-5 and (again - base_logits).abs().max() > 1e-3
+        tok = load_text_tokenizer(tmp_path / str(want))
+        assert special_token_ids(tok) == special_token_ids(load_text_tokenizer(release_base))
+
+
+@pytest.mark.slow
+def test_finetune_a_release_layout_base(inputs, run, release_base, tmp_path):
+    """python -m higgs_train.finetune base=<original-layout dir>: the export is in the release's layout."""
+    from higgs_train.llm.layouts import read_config
+
+    out = tmp_path / "out"
+    shutil.copytree(run["out"] / "corpus", out / "corpus")   # curation and tokenization are done
+    p = finetune(f"voice_dir={inputs['voice']}", f"base={release_base}", f"tokenizer={inputs['tok']}", f"name={NAME}",
+                 f"out_dir={out}", *FAST, "trainer.max_steps=8", "task.optim.lr=1e-2",
+                 f"lora.targets=[{','.join(RELEASE_TARGETS)}]")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    export = out / "export"
+    assert json.loads((export / "config.json").read_text())["model_type"] == "higgs_audio"
+    assert read_config(export)[1] == "original" and (export / "voices" / NAME).is_dir()
+    summary = json.loads((out / "summary.json").read_text())
+    assert np.isfinite(summary["val_loss"]) and summary["steps"] == 8
+    base = DualFFNModel.from_pretrained(release_base).state_dict()
+    tuned = DualFFNModel.from_pretrained(export).state_dict()
+    changed = {k for k in base if not torch.equal(base[k], tuned[k])}
+    assert "audio_head.weight" in changed and "layers.0.attn.q_proj.weight" in changed
+    assert "layers.0.attn.k_proj.weight" not in changed                      # not a target
+
+
+def test_audio_tokenizer_of_any_layout_is_checked(inputs, release_base):
+    from higgs_train.finetune import FinetuneError
+    from higgs_train.finetune.run import _codec_shape
+
+    assert _codec_shape(inputs["tok"]) == (8, 1024)
+    original = Path(__file__).parent / "fixtures/release/tokenizer_original"   # saved by the release's code
+    assert _codec_shape(original) == (8, 1024)
+    with pytest.raises(FinetuneError, match="holds an LLM"):
+        _codec_shape(release_base)

@@ -3,7 +3,8 @@
     task.build = higgs_train.finetune.lora.build   (configs/finetune.yaml sets it)
 
 LoRA (peft) wraps the linear layers named by `lora.targets` (suffixes of module names, e.g.
-`attn.q_proj`, `audio_mlp.up_proj`): their weights stay frozen and a low-rank update B·A
+`attn.q_proj`, `audio_mlp.up_proj`, or the base layout's names: `self_attn.q_proj`,
+`audio_decoder_proj.audio_lm_head` of the release): their weights stay frozen and a low-rank update B·A
 (scaled alpha / rank) is trained; B starts at zero, so step 0 is exactly the base. Nothing else
 is trained. `mode=full` trains every weight (the text head stays frozen without a text loss,
 as in the LLM task).
@@ -11,8 +12,10 @@ as in the LLM task).
 Checkpoints hold only the trainable tensors (LoRA: a few MB instead of the whole model): the
 frozen ones are the base export's, which the module loads again (init_from) when it is rebuilt.
 
-export() writes what inference loads, in the base export's format and dtype: the weights of
-the *best* validation checkpoint (ModelCheckpoint monitoring val/loss), LoRA merged in.
+export() writes what inference loads, in the base's layout (native, the transformers port or the
+original release: higgs_train.llm.layouts) or the one `export_layout` asks for, and in the base's
+dtype: the weights of the *best* validation checkpoint (ModelCheckpoint monitoring val/loss), LoRA
+merged in, with the base's text tokenizer (and chat template) files.
 """
 from __future__ import annotations
 
@@ -33,12 +36,36 @@ MONITOR = "val/loss"
 SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 
 
-def add_lora(model: torch.nn.Module, rank: int, alpha: float, dropout: float, targets) -> torch.nn.Module:
+def _in_layer(name: str) -> str:
+    """`model.layers.3.self_attn.q_proj` -> `self_attn.q_proj` (names outside layers unchanged)."""
+    parts = name.split(".")
+    return ".".join(parts[parts.index("layers") + 2:]) if "layers" in parts else name
+
+
+def lora_modules(model: torch.nn.Module, targets, layout: str = "native") -> list[str]:
+    """The model's linear layers (full names) named by `targets`: suffixes of our module names or
+    of their names in `layout` (the base's). ValueError naming a target that matches none."""
+    from higgs_train.llm.layouts import layout_name
+
+    linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    names = {n: {n, layout_name(n + ".weight", layout)[:-len(".weight")]} for n in linear}
+    found: set[str] = set()
+    for t in targets:
+        hit = [n for n, alias in names.items() if any(a == t or a.endswith("." + t) for a in alias)]
+        if not hit:
+            known = sorted({_in_layer(a) for alias in names.values() for a in alias})
+            raise ValueError(f"lora.targets: {t!r} names no linear layer of the model; these exist: {known}")
+        found.update(hit)
+    return sorted(found)
+
+
+def add_lora(model: torch.nn.Module, rank: int, alpha: float, dropout: float, targets,
+             layout: str = "native") -> torch.nn.Module:
     """The model wrapped by peft with LoRA adapters on `targets`; only adapter weights train."""
     from peft import LoraConfig, get_peft_model
 
     cfg = LoraConfig(r=int(rank), lora_alpha=float(alpha), lora_dropout=float(dropout),
-                     target_modules=list(targets), bias="none")
+                     target_modules=lora_modules(model, targets, layout), bias="none")
     return get_peft_model(model, cfg)
 
 
@@ -49,10 +76,13 @@ def merged(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def export_dtype(export_dir) -> torch.dtype:
-    """The dtype the base export stores its weights in (the merged export keeps it)."""
+    """The dtype the base stores its weights in (the merged export keeps it); any layout, sharded or not."""
     from safetensors import safe_open
 
-    with safe_open(str(Path(export_dir) / "model.safetensors"), "pt") as f:
+    files = sorted(Path(export_dir).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors in {export_dir}")
+    with safe_open(str(files[0]), "pt") as f:
         return SAFETENSORS_DTYPES.get(f.get_slice(next(iter(f.keys()))).get_dtype(), torch.float32)
 
 
@@ -70,13 +100,19 @@ class LastAfterValidation(ModelCheckpoint):
 
 
 class FinetuneModule(LLMModule):
-    def __init__(self, *args, lora: dict | None = None, **kw):
+    def __init__(self, *args, lora: dict | None = None, export_layout: str | None = None, **kw):
+        from higgs_train.llm.layouts import LAYOUTS, read_config
+
         super().__init__(*args, **kw)
         self.base_dir = kw["init_from"]
+        self.base_layout = read_config(self.base_dir)[1]
+        if export_layout not in (None, *LAYOUTS):
+            raise ValueError(f"export_layout={export_layout!r}: use one of {', '.join(LAYOUTS)} (or null: the base's)")
+        self.export_layout = export_layout or self.base_layout
         if lora:
-            self.model = add_lora(self.model, **lora)
+            self.model = add_lora(self.model, **lora, layout=self.base_layout)
         # rebuilding this module needs the base (checkpoints hold only the trainable tensors)
-        self.hparams.update(init_from=self.base_dir, lora=lora)
+        self.hparams.update(init_from=self.base_dir, lora=lora, export_layout=export_layout)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
@@ -89,6 +125,8 @@ class FinetuneModule(LLMModule):
             sd.setdefault(k, v)
 
     def best_checkpoint(self) -> str | None:
+        if self._trainer is None:   # exported outside a fit: no validation checkpoints
+            return None
         for cb in self.trainer.checkpoint_callbacks:
             if getattr(cb, "monitor", None) == MONITOR and cb.best_model_path:
                 return cb.best_model_path
@@ -100,7 +138,9 @@ class FinetuneModule(LLMModule):
         self.load_state_dict(ckpt["state_dict"], strict=True)
 
     def export(self, out_dir) -> None:
-        """The best validation checkpoint, merged, as config.json + model.safetensors + text tokenizer."""
+        """The best validation checkpoint, merged, in self.export_layout + the text tokenizer."""
+        from higgs_train.llm.layouts import save_llm
+
         best = self.best_checkpoint()
         if best:
             log.info("exporting the best checkpoint %s", best)
@@ -109,7 +149,10 @@ class FinetuneModule(LLMModule):
             log.warning("no validation checkpoint (did validation run?): exporting the last weights")
         model = merged(self.model)
         dtype = export_dtype(self.base_dir)
-        model.save_pretrained(out_dir, state_dict={k: v.to(dtype) for k, v in model.state_dict().items()})
+        # the base's auxiliary files (chat template, generation config) travel; the tokenizer files
+        # are then written as loaded (release names at the reserved ids, every special token present)
+        save_llm(model, out_dir, self.export_layout, tokenizer_dir=self.tokenizer_dir,
+                 state_dict={k: v.to(dtype) for k, v in model.state_dict().items()})
         load_text_tokenizer(self.tokenizer_dir).save_pretrained(str(out_dir))
 
 
@@ -120,7 +163,7 @@ def build(cfg: DictConfig):
     lora = None
     if cfg.mode == "lora":
         lora = {k: (list(v) if k == "targets" else v) for k, v in cfg.lora.items()}
-    return build_llm(cfg, module_cls=FinetuneModule, lora=lora)
+    return build_llm(cfg, module_cls=FinetuneModule, lora=lora, export_layout=cfg.export_layout)
 
 
 @torch.no_grad()

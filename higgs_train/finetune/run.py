@@ -1,6 +1,9 @@
 """The fine-tuning run: one voice folder -> a merged export with a voice preset.
 
-    python -m higgs_train.finetune voice_dir=DIR base=LLM_EXPORT tokenizer=AUDIO_TOKENIZER_EXPORT name=NAME
+    python -m higgs_train.finetune voice_dir=DIR base=LLM_DIR tokenizer=AUDIO_TOKENIZER_EXPORT name=NAME
+LLM_DIR: an export of ours, a transformers-port directory or the original release's (e.g. the
+downloaded bosonai/higgs-audio-v2-generation-3B-base folder); the merged export is written in the
+base's layout unless export_layout=native|hf|original asks for another.
 
 Steps, each resumable (rerun the command after an interruption; a finished run is skipped):
     1 curate    python -m data_pipeline on DIR -> OUT/corpus (a subprocess: higgs_train does not
@@ -9,7 +12,7 @@ Steps, each resumable (rerun the command after an interruption; a finished run i
     2 tokenize  python -m data_pipeline.tokenize with the audio tokenizer -> codes in the shards
     3 train     held-out split (OUT/split/{train,val}), then train.py's fit() from the base
                 export (LoRA or full), validating every N steps, early stopping, best checkpoint
-    4 export    the best checkpoint merged, in the base's format; held-out loss of base and result
+    4 export    the best checkpoint merged, in the base's layout (or export_layout); held-out loss of base and result
     5 preset    the cleanest 3-15 s clip + transcript -> OUT/export/voices/NAME/
 OUT/export appears (renamed from OUT/train/export) only when whole: model + preset.
 """
@@ -23,6 +26,7 @@ import shlex
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -60,11 +64,25 @@ def _run(args: list[str], what: str) -> None:
         raise FinetuneError(f"{what} failed (exit code {rc}): see its messages above")
 
 
-def _export_config(d: Path, what: str) -> dict:
-    for f in ("config.json", "model.safetensors"):
-        if not (d / f).is_file():
-            raise FinetuneError(f"{what}={d}: {d / f} is missing (give an export directory)")
-    return json.loads((d / "config.json").read_text())
+def _codec_shape(d: Path) -> tuple[int | None, int | None]:
+    """(codebooks, codes per codebook) of an audio tokenizer directory in any layout (config only)."""
+    from higgs_train.convert import detect
+
+    try:
+        kind, layout = detect(d)
+    except (FileNotFoundError, ValueError) as e:
+        raise FinetuneError(f"tokenizer={d}: {e}") from None
+    if kind != "tokenizer":
+        raise FinetuneError(f"tokenizer={d} holds an LLM ({layout} layout), not an audio tokenizer")
+    raw = json.loads((d / "config.json").read_text())
+    if layout == "original":   # the release's config.json: n_q codebooks of `bins` codes
+        return raw.get("n_q"), raw.get("bins")
+    if layout == "hf":
+        from transformers import HiggsAudioV2TokenizerConfig
+
+        c = HiggsAudioV2TokenizerConfig.from_dict(raw)
+        return c.num_quantizers, c.codebook_size
+    return raw.get("n_codebooks"), raw.get("codebook_size")
 
 
 # ---------------------------------------------------------------- checks before any work
@@ -80,34 +98,40 @@ def check_inputs(cfg: DictConfig) -> dict:
     out = Path(cfg.out_dir).resolve()
     if out.is_relative_to(voice_dir.resolve()):
         raise FinetuneError(f"out_dir={out} is inside voice_dir={voice_dir}: its files would be curated as input")
-    base_cfg = _export_config(base, "base")
-    if base_cfg.pop("architecture", None) != "DualFFNModel":
-        raise FinetuneError(f"base={base} is not a DualFFN LLM export (config.json lacks architecture DualFFNModel)")
+    from higgs_train.llm.layouts import LayoutError, read_config
+
+    try:   # ours, the transformers port or the original release (higgs_train.llm.layouts)
+        model_cfg, layout = read_config(base)
+    except (LayoutError, FileNotFoundError) as e:
+        raise FinetuneError(f"base={base}: {e}") from None
+    base_cfg = asdict(model_cfg)
     if not any((base / f).is_file() for f in TOKENIZER_FILES):
         raise FinetuneError(f"base={base} holds no text tokenizer files ({', '.join(TOKENIZER_FILES)})")
-    tok_cfg = _export_config(tok, "tokenizer")
-    got = (tok_cfg.get("n_codebooks"), tok_cfg.get("codebook_size"))
+    got = _codec_shape(tok)
     want = (base_cfg["num_codebooks"], base_cfg["codebook_size"])
     if got != want:
         raise FinetuneError(f"base={base} expects {want[0]} codebooks x {want[1]} codes, but tokenizer={tok} "
                             f"gives {got[0]} x {got[1]}: fine-tune with the audio tokenizer the base was trained on")
     if cfg.mode == "lora":
-        _check_targets(base_cfg, list(cfg.lora.targets))
+        _check_targets(model_cfg, layout, list(cfg.lora.targets))
     elif cfg.mode != "full":
         raise FinetuneError(f"mode={cfg.mode!r}: use lora or full")
+    if cfg.export_layout not in (None, "native", "hf", "original"):
+        raise FinetuneError(f"export_layout={cfg.export_layout!r}: use native, hf or original (or null: the base's)")
     return base_cfg
 
 
-def _check_targets(base_cfg: dict, targets: list[str]) -> None:
-    from higgs_train.llm.model import DualFFNConfig, DualFFNModel
+def _check_targets(model_cfg, layout: str, targets: list[str]) -> None:
+    """Targets name linear layers of the model the base loads into (our names or the base layout's)."""
+    from higgs_train.finetune.lora import lora_modules
+    from higgs_train.llm.model import DualFFNModel
 
     with torch.device("meta"):
-        model = DualFFNModel(DualFFNConfig.from_dict(base_cfg))
-    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-    for t in targets:
-        if not any(n == t or n.endswith("." + t) for n in names):
-            known = sorted({n.split(".", 2)[-1] if n.startswith("layers.") else n for n in names})
-            raise FinetuneError(f"lora.targets: {t!r} names no linear layer of the model; these exist: {known}")
+        model = DualFFNModel(model_cfg)
+    try:
+        lora_modules(model, targets, layout)
+    except ValueError as e:
+        raise FinetuneError(str(e)) from None
 
 
 # ---------------------------------------------------------------- steps
@@ -180,7 +204,7 @@ def finetune(cfg: DictConfig) -> Path:
     base_cfg = check_inputs(cfg)
     out = Path(cfg.out_dir).resolve()
     export = out / "export"
-    if (export / "model.safetensors").is_file() and (export / "voices" / cfg.name).is_dir():
+    if (export / "config.json").is_file() and (export / "voices" / cfg.name).is_dir():
         print(f"{export} exists: this fine-tuning run is finished (delete it to run again).\nNext:\n  "
               + next_command(cfg, export), flush=True)
         return export
