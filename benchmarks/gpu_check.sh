@@ -2,10 +2,16 @@
 # Run on a lent GPU machine (device tool) from the repository root:
 #   bash benchmarks/gpu_check.sh
 # Full-size training throughput (4-layer full-width subset, extrapolated), inference RTF
-# at batch 1 and 8 with random weights, and peak memory (torch.cuda.max_memory_allocated).
+# at batch 1 and 8 with random weights, and peak memory (torch.cuda.max_memory_allocated); then a
+# release-shaped random checkpoint through the converter and peak GPU memory at 8k context.
 # The GPU image has torch/transformers/tokenizers/safetensors/yaml; nothing is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 benchmarks/gpu_bench.py --size full "$@" 2>&1 | tee "${OUT:-/tmp}/gpu_check.md"
+# The release's shape through the converter path: a random bf16 checkpoint in the original layout
+# (11.5 GB on disk, twice during the conversion), converted in a fresh process (time, peak RSS),
+# loaded onto the GPU, then peak GPU memory with an 8k-slot KV cache after an 8k prefill.
+# CPU smoke test: python benchmarks/gpu_release.py --size tiny --device cpu --context 256
+python3 benchmarks/gpu_release.py --context 8192 2>&1 | tee "${OUT:-/tmp}/gpu_release.md"

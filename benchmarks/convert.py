@@ -1,0 +1,113 @@
+"""LLM conversion memory and time on a release-width random checkpoint on disk.
+
+    python benchmarks/convert.py [layers=14] [dir=/tmp/convert_bench] [keep=false]
+
+Writes a random bf16 checkpoint in the original release's layout (hidden 3072, FFN 8192, 24/8
+heads, vocab 128256, 8 x 1026 audio rows, every layer dual, shards of at most 4.6 GB as the
+release's), then times each conversion original -> native -> hf -> original in a fresh process
+and reads its peak RSS (VmHWM of /proc/self/status at its end: anonymous and file-backed pages;
+not ru_maxrss, which a child inherits from its parent across fork + exec).
+The release has 28 layers in 3 shards of at most 4.6 GB; `layers=28` is the real size.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from higgs_train.llm.layouts import Checkpoint, ShardWriter, export_plan, layout_config, native_shapes  # noqa: E402
+from higgs_train.llm.model import DualFFNConfig  # noqa: E402
+
+GB = 1e9
+RELEASE_SHARD = int(4.6 * GB)     # the release's largest shard is about this size
+
+
+def write_random_release(d: Path, layers: int) -> DualFFNConfig:
+    cfg = replace(DualFFNConfig(), num_layers=layers, encode_audio_in_tokens=True)
+    shapes = native_shapes(cfg)
+    plan = export_plan(cfg, "original")
+    total = sum(2 * torch.Size(shapes[s]).numel() for _, s in plan)
+    w = ShardWriter(d, total, RELEASE_SHARD)
+    g = torch.Generator().manual_seed(0)
+    for name, src in plan:
+        t = torch.empty(shapes[src], dtype=torch.bfloat16)
+        t.normal_(0, 0.02, generator=g) if t.ndim > 1 else t.fill_(1.0)
+        w.add(name, t)
+    w.close()
+    tokens = {"audio_eos": 128012, "audio_out_bos": 128013, "audio_in": 128015, "audio_out": 128016, "pad": 128001}
+    (d / "config.json").write_text(json.dumps(layout_config(cfg, "original", tokens, "bfloat16"), indent=2))
+    return cfg
+
+
+PEAK = "; print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])"
+
+
+def peak_of(code: str) -> float:
+    """Run python code in a fresh process; its peak RSS in GB."""
+    r = subprocess.run([sys.executable, "-c", code + PEAK], cwd=REPO, capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if r.returncode != 0:
+        raise SystemExit(f"failed: {r.stderr.strip().splitlines()[-1:]}")
+    return round(int(r.stdout.split()[-1]) * 1024 / GB, 2)
+
+
+def timed(src: Path, dst: Path, to: str) -> dict:
+    t0 = time.perf_counter()
+    peak = peak_of(f"from higgs_train.convert import convert; convert({str(src)!r}, {str(dst)!r}, {to!r})")
+    wall = time.perf_counter() - t0
+    files = sorted(dst.glob("*.safetensors"))
+    return {"to": to, "seconds": round(wall, 1), "peak_rss_gb": peak,
+            "written_gb": round(sum(f.stat().st_size for f in files) / GB, 2), "shards": len(files),
+            "largest_out_shard_gb": round(max(f.stat().st_size for f in files) / GB, 2)}
+
+
+def baseline_rss() -> float:
+    """Peak RSS of a converter process doing nothing (python + torch + transformers' config)."""
+    return peak_of("import higgs_train.convert.llm; from transformers import HiggsAudioV2Config")
+
+
+def main(argv: list[str]) -> None:
+    args = dict(a.split("=", 1) for a in argv)
+    layers = int(args.get("layers", 14))
+    root = Path(args.get("dir", "/tmp/convert_bench"))
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    t0 = time.perf_counter()
+    write_random_release(root / "original", layers)
+    shards = sorted((root / "original").glob("*.safetensors"))
+    largest = max(f.stat().st_size for f in shards) / GB
+    print(f"random release-width checkpoint: {layers} layers, {len(shards)} shards, "
+          f"{sum(f.stat().st_size for f in shards) / GB:.2f} GB, largest shard {largest:.2f} GB "
+          f"(written in {time.perf_counter() - t0:.0f} s)", flush=True)
+    print(f"idle converter process: peak RSS {baseline_rss():.2f} GB", flush=True)
+    print("| conversion | time (s) | peak RSS (GB) | written (GB) | shards | largest shard (GB) |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    steps = [("original", "native"), ("native", "hf"), ("hf", "original2")]
+    for src, dst in steps:
+        to = dst.rstrip("2")
+        r = timed(root / src, root / dst, to)
+        print(f"| {src.rstrip('2')} -> {to} | {r['seconds']} | {r['peak_rss_gb']} | {r['written_gb']} | "
+              f"{r['shards']} | {r['largest_out_shard_gb']} |", flush=True)
+        if src != "original":
+            shutil.rmtree(root / src)
+    a, b = Checkpoint(root / "original"), Checkpoint(root / "original2")
+    assert a.where.keys() == b.where.keys(), "round trip changed the names"
+    for name in ("embed_tokens.weight", f"layers.{layers - 1}.audio_mlp.down_proj.weight"):
+        assert torch.equal(a.get(name), b.get(name)), f"round trip changed {name}"
+    print(f"largest input shard {largest:.2f} GB: the limit is largest shard + 1 GB = {largest + 1:.2f} GB")
+    if args.get("keep", "false") != "true":
+        shutil.rmtree(root)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
