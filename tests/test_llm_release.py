@@ -251,3 +251,8 @@ def test_cli_train_init_and_evaluation_entry_points_take_the_release_layouts(lay
                          engine={"buckets": [256]})
     audio, sr = synth("Hello there.")          # what the evaluation harness calls per item
     assert sr == 24000 and 0 < len(audio) <= 4 * 960
+
+
+def test_from_hf_llama_points_a_higgs_directory_to_from_pretrained():
+    with pytest.raises(ValueError, match="Higgs Audio LLM.*from_pretrained"):
+        DualFFNModel.from_hf_llama(FIX / "model")

@@ -383,6 +383,9 @@ class DualFFNModel(nn.Module):
         if not (d / "config.json").exists():
             raise FileNotFoundError(f"{d / 'config.json'} is missing: not a Hugging Face Llama directory")
         hc = json.loads((d / "config.json").read_text())
+        if hc.get("model_type") in ("higgs_audio", "higgs_audio_v2") or hc.get("architecture") == "DualFFNModel":
+            raise ValueError(f"{d} holds a Higgs Audio LLM, not a plain Llama: load it with "
+                             "DualFFNModel.from_pretrained (any layout)")
         files = sorted(d.glob("*.safetensors"))
         if not files:
             raise FileNotFoundError(f"no *.safetensors in {d}")
