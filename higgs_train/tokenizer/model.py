@@ -162,9 +162,12 @@ class AudioTokenizer(nn.Module):
         hop are zero-padded to one hop (the original cannot encode them).
 
         Audio longer than `chunk_seconds` is encoded in chunks, each with CONTEXT_SECONDS of
-        real audio either side that is encoded and then dropped, so the codes at a seam see
-        the neighbourhood they see without chunking; the framing rule is decided for the whole
-        clip, so chunking does not move the frames.
+        real audio either side that is encoded and then dropped; the framing rule is decided
+        for the whole clip, so chunking does not move the frames. Up to `chunk_seconds` the codes
+        are the original's exactly; beyond, the original would run HuBERT (global attention and
+        group norm) over the whole clip, at a memory cost quadratic in its length: chunked codes
+        differ from whole-clip codes on 5-9 % of the frames (measured on speech, 2 s chunks),
+        with seams below the codec's own error (tests/test_tokenizer.py).
         """
         wav = self._prepare(wav, sample_rate)
         if wav.shape[-1] < self.hop:
