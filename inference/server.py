@@ -385,7 +385,7 @@ def main() -> None:
         engine = engine_from_config(cfg)
         settings = ServerSettings(cfg.model_name, cfg.max_input_chars, cfg.max_batch, cfg.batch_wait_ms,
                                   cfg.max_upload_mb, cfg.api_key or None,
-                                  dict(OmegaConf.to_container(cfg.voice_aliases or {}, resolve=True)),
+                                  OmegaConf.to_container(cfg.voice_aliases, resolve=True),
                                   None if hosts is None else tuple(hosts), cfg.docs, cfg.decode_workers)
         limits = HttpLimits(cfg.read_timeout_s, cfg.keep_alive_s, cfg.max_connections)
         log.info("serving %s on http://%s:%d (api_key %s)", cfg.model, cfg.host, cfg.port,

@@ -188,9 +188,10 @@ def test_item8_one_hz_wav_is_refused_from_its_header(plain):
 # ---- 9: uploads never reach ffmpeg's demuxers -----------------------------------------------------------
 def test_item9_playlists_cannot_read_server_files(plain):
     url, root = plain
-    secret = root / "secret.wav"
+    secret = root / "secret.flac"   # ffmpeg's hls demuxer reads segments whose extension fits their format
     sf.write(secret, 0.3 * np.sin(np.arange(24000) / 5).astype(np.float32), 24000)
     for evil in (f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1.0,\nfile://{secret}\n#EXT-X-ENDLIST\n",
+                 f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1.0,\n{secret}\n#EXT-X-ENDLIST\n",
                  f"ffconcat version 1.0\nfile '{secret}'\n",
                  f"ID3\x03\x00\x00\x00\x00\x00\x00#EXTM3U\n#EXTINF:1.0,\n{secret}\n"):
         r = post(url, {"input": "hi", "reference_audio": b64(evil.encode()), "reference_text": "x"})
@@ -239,6 +240,37 @@ def test_item10_open_host_needs_a_key(caplog):
                         "host=0.0.0.0"], capture_output=True, text=True, timeout=120, env=env)
     assert p.returncode != 0 and "refusing host=0.0.0.0 without api_key" in p.stderr, p.stderr[-2000:]
     assert "does not exist" not in p.stderr
+
+
+@pytest.mark.slow
+def test_item10_cli_takes_the_key_from_the_environment(exports):
+    root, llm, tok, _ = exports
+    port = free_port()
+    env = {**os.environ, "HIGGS_API_KEY": KEY, "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "inference.server", f"model={llm}", f"tokenizer={tok}",
+                          f"port={port}", f"voices_dir={root / 'voices'}", "threads=1"], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):   # bounded: 60 s for imports and the tiny model
+            if p.poll() is not None:
+                break
+            try:
+                httpx.get(url + "/health", timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert p.poll() is None, p.stderr.read()[-3000:]
+        assert httpx.get(url + "/health").status_code == 200
+        assert_error(httpx.get(url + "/v1/voices"), 401, code="invalid_api_key")
+        ok = httpx.get(url + "/v1/voices", headers={"authorization": f"Bearer {KEY}"})
+        assert ok.json()["voices"] == ["alice"] and ok.json()["aliases"]["nova"] == "default"
+        assert_error(httpx.get(url + "/v1/models", headers={"authorization": f"Bearer {KEY}",
+                                                            "host": "attacker.example"}), 400, code="invalid_host")
+        assert_error(httpx.get(url + "/docs", headers={"authorization": f"Bearer {KEY}"}), 404)
+    finally:
+        p.terminate()
+        p.wait(timeout=20)
 
 
 # ---- 11: an abandoned non-streaming request stops generating ---------------------------------------------
