@@ -283,3 +283,18 @@ def test_summed_codebook_loss_equals_the_port_loss(tmp_path):
                       audio_input_ids_mask=torch.ones(1, len(pos), dtype=torch.bool)).loss
     assert abs(ours["sum"].item() - theirs.item()) < 1e-4
     assert abs(ours["mean"].item() - theirs.item()) > 1.0                       # mean is not the port's loss
+
+
+def test_engine_refuses_a_tokenizer_whose_ids_differ_from_the_config(tmp_path):
+    from dataclasses import replace
+
+    from inference.engine import Engine
+
+    engine = _tiny_engine(tmp_path)
+    ids = special_token_ids(engine.tok)
+    Engine(engine.model, engine.codec, engine.tok)                       # no stated ids: the tokenizer's
+    engine.model.cfg = replace(engine.model.cfg, special_tokens=ids)
+    Engine(engine.model, engine.codec, engine.tok)                       # the same ids: fine
+    engine.model.cfg = replace(engine.model.cfg, special_tokens={**ids, "audio_out": RELEASE["audio_out"]})
+    with pytest.raises(ValueError, match=r"special_tokens .*'audio_out': \(128016, 11\)"):
+        Engine(engine.model, engine.codec, engine.tok)
