@@ -145,6 +145,11 @@ def test_semantic_teacher_is_embedded_in_the_export(tmp_path):
     teacher_dir = tiny_hubert(tmp_path / "hubert")
     m = micro(teacher=str(teacher_dir), teacher_config=None)
     assert m.cfg.teacher_config["hidden_size"] == 16
+    # the directory wins over a teacher_config (model.teacher=DIR on top of tiny.yaml)
+    other = micro(teacher=str(teacher_dir), teacher_config={**MICRO_HUBERT, "hidden_size": 32})
+    assert other.cfg.teacher_config["hidden_size"] == 16
+    assert all(torch.equal(a, b) for a, b in zip(m.semantic_model.state_dict().values(),
+                                                 other.semantic_model.state_dict().values()))
     out = m(torch.randn(2, 1, 9600) * 0.1)
     assert out["semantic"].item() > 0 and out["recon"].shape == (2, 1, 9600)
     assert not any(p.requires_grad for p in m.semantic_model.parameters())

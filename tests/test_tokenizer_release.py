@@ -240,5 +240,12 @@ def test_broken_directories_give_one_line_errors(tmp_path):
         AudioTokenizer.from_pretrained(d)
     with pytest.raises(FileNotFoundError, match="config.json is missing"):
         AudioTokenizer.from_pretrained(tmp_path / "nothing")
+    hf = tmp_path / "hf"
+    convert(ORIGINAL, hf, to="hf")
+    c = json.loads((hf / "config.json").read_text())
+    c["acoustic_model_config"]["upsampling_ratios"] = [3, 2, 4, 5, 8]
+    (hf / "config.json").write_text(json.dumps(c))
+    with pytest.raises(ValueError, match=r"^hf tokenizer config: acoustic_model_config.upsampling_ratios="):
+        AudioTokenizer.from_pretrained(hf)
     with pytest.raises(ValueError, match="unknown tensor encoder.extra.weight"):
         conv.original_to_native("encoder.extra.weight")

@@ -26,9 +26,10 @@ class TokenizerConfig:
     decoder_channels: int = 1024   # release: 1024 -> 32 at the output of the decoder
     latent_dim: int = 256
     codebook_dim: int = 64
-    # Semantic teacher (frozen HuBERT), one of:
-    #   teacher: a local HF directory (config.json + weights), read when the model is built;
-    #   teacher_config: an HF config dict: a random teacher, seeded, saved in the export.
+    # Semantic teacher (frozen HuBERT):
+    #   teacher: a local HF directory (config.json + weights), read when the model is built
+    #            (it wins over teacher_config, which then becomes the directory's config);
+    #   teacher_config alone: an HF config dict: a random teacher, seeded, saved in the export.
     # An export always carries teacher_config and the teacher's weights (teacher = None),
     # because encoding needs the teacher: the codes are computed from the fused latent.
     teacher: str | None = None

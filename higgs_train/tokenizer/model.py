@@ -40,10 +40,9 @@ FRAMING_PAD = TEACHER_PAD * DOWNSAMPLE
 class AudioTokenizer(nn.Module):
     def __init__(self, cfg: TokenizerConfig, teacher: nn.Module | None = None):
         super().__init__()
-        if teacher is None:
-            teacher = teacher_from_dir(cfg.teacher) if cfg.teacher_config is None else \
-                teacher_from_config(cfg.teacher_config)
-        if cfg.teacher_config is None:
+        if teacher is None:  # a teacher directory wins over teacher_config (model.teacher=DIR on tiny)
+            teacher = teacher_from_dir(cfg.teacher) if cfg.teacher else teacher_from_config(cfg.teacher_config)
+        if cfg.teacher:
             cfg.teacher_config = teacher_config_dict(teacher)
         self.cfg = cfg
         H = teacher.config.hidden_size
