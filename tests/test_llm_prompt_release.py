@@ -298,3 +298,28 @@ def test_engine_refuses_a_tokenizer_whose_ids_differ_from_the_config(tmp_path):
     engine.model.cfg = replace(engine.model.cfg, special_tokens={**ids, "audio_out": RELEASE["audio_out"]})
     with pytest.raises(ValueError, match=r"special_tokens .*'audio_out': \(128016, 11\)"):
         Engine(engine.model, engine.codec, engine.tok)
+
+
+def test_chat_template_renders_the_same_prompt(llama3, port_processor):
+    """CHAT_TEMPLATE (what an hf export carries) through processor.apply_chat_template == encode_chat."""
+    from higgs_train.llm.prompt import CHAT_TEMPLATE
+
+    wav = np.random.default_rng(1).standard_normal(24000 * 5 // 25).astype(np.float32)   # 5 frames
+    conversation = [
+        {"role": "system", "content": [{"type": "text", "text": "Generate audio following instruction."}]},
+        {"role": "scene", "content": [{"type": "text", "text": "Audio is recorded from a quiet room."}]},
+        {"role": "user", "content": [{"type": "text", "text": "a voice speaks here."}]},
+        {"role": "assistant", "content": [{"type": "audio", "audio": wav}]},
+        {"role": "user", "content": "[SPEAKER0] hello there [SPEAKER1] how are you?"},
+    ]
+    with torch.no_grad():
+        port = port_processor.apply_chat_template(conversation, chat_template=CHAT_TEMPLATE, tokenize=True,
+                                                  return_dict=True, add_generation_prompt=True, return_tensors="pt",
+                                                  processor_kwargs={"add_special_tokens": False})
+    p_codes = port["audio_input_ids"][0][port["audio_input_ids_mask"][0]]
+    s = encode_chat(llama3, [system_message("Audio is recorded from a quiet room."), Message("user", "a voice speaks here."),
+                             Message("assistant", codes=strip_stream(p_codes.T, 1024, 1025).numpy()),
+                             Message("user", "[SPEAKER0] hello there [SPEAKER1] how are you?")], K, 1024,
+                    generation=True)
+    assert port["input_ids"][0].tolist() == s.input_ids.tolist()
+    assert np.array_equal(s.audio_codes[s.audio_mask], p_codes.numpy())

@@ -38,6 +38,32 @@ from higgs_train.llm.text_tokenizer import DELAY_TOKEN
 
 SYSTEM_PROMPT = "Generate audio following instruction."
 
+# The same layout as a Jinja chat template, for the transformers port's processor
+# (processor.apply_chat_template; an hf export carries it as chat_template.jinja). Messages as the
+# port documents them: role system | scene | user | assistant, content a string or a list of
+# {"type": "text", "text": ...} / {"type": "audio", ...} blocks; a "scene" message after the system
+# turn becomes its scene description; audio in an assistant turn is audio out.
+CHAT_TEMPLATE = (
+    "{%- macro render(m) -%}"
+    "{%- if m.content is string -%}{{- m.content -}}"
+    "{%- else -%}{%- for b in m.content -%}"
+    "{%- if b.type == 'text' -%}{{- b.text -}}"
+    "{%- elif b.type == 'audio' and m.role == 'assistant' -%}{{- '<|audio_out_bos|><|AUDIO_OUT|><|audio_eos|>' -}}"
+    "{%- elif b.type == 'audio' -%}{{- '<|audio_bos|><|AUDIO|><|audio_eos|>' -}}"
+    "{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "{%- endmacro -%}"
+    "{%- set ns = namespace(first=true) -%}"
+    "{%- for m in messages -%}{%- if m.role != 'scene' -%}"
+    "{%- if ns.first -%}{{- '<|begin_of_text|>' -}}{%- set ns.first = false -%}{%- endif -%}"
+    "{{- '<|start_header_id|>' + m.role + '<|end_header_id|>\n\n' -}}{{- render(m) -}}"
+    "{%- if m.role == 'system' and not loop.last and messages[loop.index0 + 1].role == 'scene' -%}"
+    "{{- '\n\n<|scene_desc_start|>\n' -}}{{- render(messages[loop.index0 + 1]) -}}{{- '\n<|scene_desc_end|>' -}}"
+    "{%- endif -%}"
+    "{{- '<|eot_id|>' -}}"
+    "{%- endif -%}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n<|audio_out_bos|>' -}}{%- endif -%}"
+)
+
 
 @dataclass
 class Message:
