@@ -166,6 +166,8 @@ def test_shards_tokenizer_files_and_the_cli(tmp_path):
     cfg = json.loads((tmp_path / "hf/config.json").read_text())
     assert cfg["audio_token_id"] == tok.convert_tokens_to_ids("<|AUDIO_OUT|>")     # ids from the tokenizer
     assert (tmp_path / "hf/tokenizer.json").is_file() and (tmp_path / "hf/tokenizer_config.json").is_file()
+    from higgs_train.llm.prompt import CHAT_TEMPLATE
+    assert (tmp_path / "hf/chat_template.jinja").read_text() == CHAT_TEMPLATE      # the processor's template
     # shards: a tiny limit splits the checkpoint, written with an index both sides read
     from higgs_train.convert.llm import convert as convert_llm
 

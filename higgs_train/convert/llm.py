@@ -7,7 +7,8 @@ whatever the checkpoint's size (benchmarks/convert.py measures it). Dtypes are k
 
 To hf or original, a model with fewer dual layers gets every layer dual, the audio norms and FFN
 of the others filled with copies of the text ones (same outputs: see layouts). The text tokenizer
-files and chat template next to the source weights are copied; config.json is written last, so a
+files and chat template next to the source weights are copied (an hf export without a chat
+template gets prompt.CHAT_TEMPLATE, the release's prompt layout); config.json is written last, so a
 directory with a config.json is a whole model.
 """
 from __future__ import annotations
@@ -40,5 +41,5 @@ def convert(src, dst, src_layout: str, to: str, max_shard_bytes: int = MAX_SHARD
         dtype = dtype or str(t.dtype).removeprefix("torch.")
         writer.add(name, t)
     writer.close()
-    copy_aux(src, dst)
+    copy_aux(src, dst, to)
     write_json(dst / "config.json", layout_config(cfg, to, tokens, dtype))

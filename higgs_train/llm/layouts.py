@@ -479,14 +479,21 @@ def write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def copy_aux(src_dir, dst_dir) -> list[str]:
-    """Copy the text tokenizer files / chat template found in src_dir; returns their names."""
+def copy_aux(src_dir, dst_dir, layout: str) -> list[str]:
+    """Copy the text tokenizer files / chat template found in src_dir; returns their names. An hf
+    export without a chat template gets the release's prompt layout as one (prompt.CHAT_TEMPLATE:
+    the port's processor then builds the prompts our encode_chat builds)."""
     copied = []
-    for f in AUX_FILES:
+    for f in AUX_FILES if src_dir is not None else ():
         p = Path(src_dir) / f
         if p.is_file():
             shutil.copyfile(p, Path(dst_dir) / f)
             copied.append(f)
+    if layout == "hf" and not {"chat_template.jinja", "chat_template.json"} & set(copied):
+        from higgs_train.llm.prompt import CHAT_TEMPLATE
+
+        (Path(dst_dir) / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+        copied.append("chat_template.jinja")
     return copied
 
 
@@ -512,6 +519,6 @@ def save_llm(model: DualFFNModel, out_dir, layout: str = "native", tokenizer_dir
     w.close()
     tokens = token_ids(model.cfg, tokenizer_dir, layout) if layout != "native" else {}
     write_json(out / "config.json", layout_config(model.cfg, layout, tokens, _dtype_name(sd["text_embed.weight"])))
-    if tokenizer_dir is not None:
-        copy_aux(tokenizer_dir, out)
+    if tokenizer_dir is not None or layout == "hf":
+        copy_aux(tokenizer_dir, out, layout)
 
