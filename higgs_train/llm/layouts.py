@@ -33,7 +33,10 @@ hf and original need every layer dual. A native model with fewer dual layers is 
 audio norms and FFN of its other layers filled by copies of the text ones: a non-dual layer sends
 audio positions through the text norms and FFN, a dual layer whose audio weights equal its text
 weights does exactly the same, so outputs are unchanged (test_convert_llm checks the logits).
-Loaded back, such a model has every layer dual (more parameters, same outputs).
+Loaded back, such a model has every layer dual (more parameters, same outputs). The other way,
+an original config with audio_adapter_type dual_ffn and a subset of dual layers loads exactly: its
+other layers are plain Llama layers, which is what our non-dual layers are. A port checkpoint
+saved without text_lm_head gets a copy of the embedding as text head (warned).
 
 Release configs that change outputs in ways DualFFNModel does not reproduce are refused with
 the field named: fast-forward layers (dual_ffn_fast_forward with a layer not in
