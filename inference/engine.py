@@ -57,8 +57,8 @@ class EngineConfig:
     # streaming (frames at 25/s)
     first_chunk_frames: int = 10     # frames emitted in the first audio chunk
     stream_chunk_frames: int = 25    # frames per later chunk
-    decode_context_frames: int = 10  # already-played frames each streamed decode sees on the left
-    lookahead_frames: int = 6        # frames held back until their right neighbours exist
+    decode_context_frames: int = 12  # already-played frames each streamed decode sees on the left
+    lookahead_frames: int = 10       # frames held back until their right neighbours exist (the DAC decoder sees ±10 frames)
     crossfade_frames: int = 3
 
 

@@ -9,7 +9,7 @@ their gains must sum to one), so what remains of the
 difference is spread over a few milliseconds. Away from these crossfades the streamed audio
 equals decoding all frames at once.
 
-    dec = StreamDecoder(decode_fn, hop=960, context=10, lookahead=6, crossfade=3)
+    dec = StreamDecoder(decode_fn, hop=960, context=12, lookahead=10, crossfade=3)
     for frames in ...: audio = dec.push(frames)   # frames [K, n] -> float32 samples (maybe empty)
     audio = dec.flush()                           # the rest
 """
