@@ -35,8 +35,9 @@ echo "[boson_venv] pip install transformers>=4.45.1,<4.47 and the tokenizer/LLM 
 # librosa 0.11.0: the release at the time of boson-multimodal 0.1.1 (its resample default is soxr_hq).
 # omegaconf + packaging: imported at module level by quantization/ddp_utils.py.
 # tqdm: descriptaudiocodec/dac/model/base.py. torchaudio: torchaudio.functional.resample (semantic path).
+# pandas: dataset/chatml_dataset.py (the collator fixture, scripts/release_fixtures/collator.py).
 "$PIP" install -q "transformers>=4.45.1,<4.47" "librosa==0.11.0" soundfile safetensors einops dacite \
-  vector-quantize-pytorch omegaconf packaging tqdm "torchaudio==2.11.0"
+  vector-quantize-pytorch omegaconf packaging tqdm pandas "torchaudio==2.11.0"
 # PyPI's torchaudio is a CUDA build whose C++ library cannot load beside the CPU torch;
 # without it torchaudio.functional.resample (pure torch) still works.
 rm -f "$VENV"/lib/python3*/site-packages/torchaudio/lib/*.so
