@@ -56,6 +56,7 @@ DEFAULT = "default"
 OPEN_PATHS = ("/health", "/")            # served without the api_key
 BODY_SLACK = 2 ** 20                     # JSON around the base64 clip (input, reference_text, ...)
 POLL_S = 0.2                             # how often a waiting request checks that its client is there
+SMALL_BODY = 2 ** 17                     # text-only bodies stay under this; larger ones carry an upload
 
 
 @dataclass
@@ -129,21 +130,28 @@ class Gatekeeper:
         return await self.app(scope, receive, send)
 
 
-async def read_json(request: HTTPRequest, limit: int) -> dict:
+async def read_json(request: HTTPRequest, limit: int, on_large) -> dict:
     """The request body as a JSON object, refused (413) as soon as it is known to exceed `limit`
-    bytes: from Content-Length before reading, else while counting what arrives."""
+    bytes: from Content-Length before reading, else while counting what arrives. `await on_large()`
+    runs once when the body is known to exceed SMALL_BODY, before the rest of it is read."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
             raise ClientError("Content-Length is not a number")
         if int(declared) > limit:
             raise ClientError(f"request body of {int(declared)} bytes is larger than {limit} bytes", None, 413)
+    large = declared is not None and int(declared) > SMALL_BODY
+    if large:
+        await on_large()
     parts, size = [], 0
     try:
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
                 raise ClientError(f"request body is larger than {limit} bytes", None, 413)
+            if size > SMALL_BODY and not large:
+                large = True
+                await on_large()
             parts.append(chunk)
     except ClientDisconnect:   # nobody to answer: a short line, not a traceback
         raise ClientError("client disconnected before sending the whole body") from None
@@ -215,6 +223,9 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
     s = settings or ServerSettings()
     batcher = Batcher(engine, s.max_batch, s.batch_wait_ms / 1000)
     decoders = ThreadPoolExecutor(s.decode_workers, thread_name_prefix="upload-decode")
+    # Large bodies (uploads) held at once from reading to decoded: each costs ~3 copies of itself
+    # (bytes, str, decoded), so this bounds their memory; the others wait before reading theirs.
+    uploads = asyncio.Semaphore(2 * s.decode_workers)
     presets = engine.voices.names()
     aliases = {**{v: DEFAULT for v in OPENAI_VOICES if v not in presets}, **s.voice_aliases}
     for name, target in s.voice_aliases.items():
@@ -328,8 +339,19 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
 
     @app.post("/v1/audio/speech")
     async def speech(http: HTTPRequest):
-        body = parse(SpeechRequest, await read_json(http, s.max_body_bytes))
-        req = await to_request(body)
+        slot = []
+
+        async def take_slot():   # the rest of the body waits in the socket (TCP holds the sender back)
+            await uploads.acquire()
+            slot.append(1)
+
+        try:
+            body = parse(SpeechRequest, await read_json(http, s.max_body_bytes, take_slot))
+            req = await to_request(body)
+            body.reference_audio = None   # the base64 text is not kept while the request waits for the engine
+        finally:
+            if slot:
+                uploads.release()
         fmt = body.response_format
         if body.stream:
             chunks = batcher.stream(req)

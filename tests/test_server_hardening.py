@@ -342,6 +342,41 @@ def test_item12_body_cap_while_reading(plain):
     assert got.startswith(b"HTTP/1.1 413") and b"larger than" in got, got[:200]
 
 
+def test_item12_uploads_held_at_once_are_bounded(plain):
+    """Each large body costs ~3 copies of itself until decoded: 2 x decode_workers (2) are held at
+    once; the next one is not read until one of them is done, while small requests go on."""
+    url, _ = plain
+    port = int(url.rsplit(":", 1)[1])
+    buf = io.BytesIO()
+    sf.write(buf, 0.2 * np.sin(np.arange(5 * 16000) / 9).astype(np.float32), 16000, format="WAV")
+    body = ('{"model": "higgs-audio", "input": "Hello.", "reference_text": "a ref", "response_format": "pcm", '
+            '"reference_audio": "' + b64(buf.getvalue()) + '"}').encode()
+    assert len(body) > 2 ** 17
+    head = (b"POST /v1/audio/speech HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n" % len(body))
+    upload = lambda: httpx.post(url + "/v1/audio/speech", content=body, timeout=30,   # noqa: E731
+                                headers={"content-type": "application/json"})
+    holders = []
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(1) as pool:
+        try:
+            for _ in range(4):   # four uploads in the middle of their bodies
+                s = socket.create_connection(("127.0.0.1", port), timeout=5)
+                s.sendall(head + body[:1000])
+                holders.append(s)
+            time.sleep(0.3)
+            fifth = pool.submit(upload)
+            time.sleep(0.5)
+            assert not fifth.done()    # waiting for a slot, its body not read
+            assert httpx.post(url + "/v1/audio/speech", json={"model": "higgs-audio", "input": "Small.",
+                                                              "response_format": "pcm"}).status_code == 200
+        finally:
+            for s in holders:
+                s.close()
+        r = fifth.result(timeout=20)
+    assert r.status_code == 200 and len(r.content) > 0, r.text
+
+
 def test_item12_stalled_clients_are_cut_off_and_cannot_lock_out_health(plain):
     url, _ = plain
     port = int(url.rsplit(":", 1)[1])
