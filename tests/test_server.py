@@ -37,20 +37,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("server")
+def start_server(root, **settings):
+    """A uvicorn server in a thread on tiny random exports under root -> (url, stop)."""
     llm, tok = make_tiny_exports(root / "models")
     voices = VoiceLibrary(root / "voices")
     t = np.arange(24000) / 24000
     voices.add("alice", 0.3 * np.sin(2 * np.pi * 220 * t).astype(np.float32), 24000, "the quick brown fox")
-    (root / "secret.txt").write_text("do not read")
     engine = Engine.from_pretrained(llm, tok, cfg=EngineConfig(buckets=(256, 512), first_chunk_frames=4,
                                                                stream_chunk_frames=4),
                                     sampling=SamplingConfig(max_frames=MAX_FRAMES), voices=voices)
-    app = create_app(engine, ServerSettings(max_input_chars=200, max_batch=8, batch_wait_ms=30))
+    app = create_app(engine, ServerSettings(max_input_chars=200, max_batch=8, batch_wait_ms=30, **settings))
     port = free_port()
     srv = make_server(app, "127.0.0.1", port, HttpLimits(), log_level="warning")   # as the CLI serves
     th = threading.Thread(target=srv.run, daemon=True)
@@ -62,9 +58,22 @@ def server(tmp_path_factory):
             break
         except httpx.TransportError:
             time.sleep(0.05)
+
+    def stop():
+        srv.should_exit = True
+        th.join(timeout=10)
+    return url, stop
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("server")
+    (root / "secret.txt").write_text("do not read")
+    url, stop = start_server(root)
     yield url, root
-    srv.should_exit = True
-    th.join(timeout=10)
+    stop()
     torch.set_num_threads(n_threads)
 
 
@@ -206,17 +215,26 @@ CHROMIUM = Path("/usr/bin/chromium")
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not CHROMIUM.exists() or not Path(DRIVER).exists(),
-                    reason="Debian chromium + chromium-driver not installed (apt-get install -y chromium chromium-driver)")
-@pytest.mark.skipif(importlib.util.find_spec("selenium") is None, reason="selenium not installed (pip install selenium)")
-def test_page_click_in_headless_chromium(server):
+def browser(test):
+    """Slow, and skipped without Debian's chromium + chromium-driver or selenium."""
+    marks = [pytest.mark.slow,
+             pytest.mark.skipif(not CHROMIUM.exists() or not Path(DRIVER).exists(),
+                                reason="Debian chromium + chromium-driver not installed "
+                                       "(apt-get install -y chromium chromium-driver)"),
+             pytest.mark.skipif(importlib.util.find_spec("selenium") is None,
+                                reason="selenium not installed (pip install selenium)")]
+    for mark in marks:
+        test = mark(test)
+    return test
+
+
+def click_speak(url: str, key: str | None = None) -> None:
+    """Open the page, (type the key,) pick the preset, click Speak: playable audio comes back."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    url, _ = server
     opts = webdriver.ChromeOptions()
     opts.binary_location = str(CHROMIUM)
     for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
@@ -225,6 +243,9 @@ def test_page_click_in_headless_chromium(server):
     driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
     try:
         driver.get(url + "/")
+        if key:
+            driver.find_element(By.ID, "key").send_keys(key)
+            driver.execute_script("document.getElementById('key').dispatchEvent(new Event('change'))")
         WebDriverWait(driver, 20).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#voice option")) == 2)
         box = driver.find_element(By.ID, "text")
         box.clear()
@@ -244,3 +265,18 @@ def test_page_click_in_headless_chromium(server):
         assert 0.03 < duration < 1.0, duration                                 # <= 10 frames at 25/s
     finally:
         driver.quit()
+
+
+@browser
+def test_page_click_in_headless_chromium(server):
+    click_speak(server[0])
+
+
+@browser
+def test_page_sends_the_api_key(tmp_path):
+    url, stop = start_server(tmp_path, api_key="sk-page-test")
+    try:
+        assert httpx.get(url + "/v1/voices").status_code == 401
+        click_speak(url, key="sk-page-test")
+    finally:
+        stop()
