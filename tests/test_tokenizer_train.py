@@ -105,14 +105,18 @@ def test_training_learns_without_collapse(corpus, tmp_path):
     # carries nearly all of the latent: the gaps between k are small, their order is not.)
     d_k = [mel_distance(trained, held, k) for k in range(1, 9)]
     assert all(b <= a + 1e-3 for a, b in zip(d_k, d_k[1:])), d_k
-    z, _ = trained._latent(trained._pad(held[:, :, :48000]))
-    codes = trained.quantizer(z)["codes"]
+    w = held[:, :, :48000]  # a multiple of the hop: both paths give 50 frames
+    with torch.no_grad():
+        z, _ = trained._fused(w, w)
+    codes = trained.quantizer.encode(z)
     err_k = [(trained.quantizer.decode(codes[:, :k]) - z).pow(2).mean().item() for k in range(1, 9)]
     assert all(b < a for a, b in zip(err_k, err_k[1:])), err_k
 
     # the GAN phase ran, and validation wrote examples
     assert len(metric(tmp_path / "run", "train/d_loss")) == 3
     assert metric(tmp_path / "run", "val/mel_distance")
+    for name in ("val/recon_cross_corr", "val/periodic_share", "val/random_codes_corr"):  # the collapse monitors
+        assert all(0 <= v <= 1 for v in metric(tmp_path / "run", name).values()) and metric(tmp_path / "run", name)
     dirs = sorted((tmp_path / "run/samples").glob("step-*"))
     assert [d.name for d in dirs] == ["step-0000040", "step-0000080"]
     assert sorted(p.name for p in dirs[-1].iterdir()) == ["0_orig.wav", "0_recon.wav", "1_orig.wav", "1_recon.wav",
@@ -122,7 +126,9 @@ def test_training_learns_without_collapse(corpus, tmp_path):
 @pytest.mark.slow
 def test_resume_is_exact_with_teacher_and_gan(corpus, tmp_path):
     teacher = tiny_hubert(tmp_path / "hubert")
-    common = [f"model.teacher={teacher}", "task.loss.gan_start_step=2", "checkpoint_every_n_steps=2"]
+    # the teacher loaded from a local HuBERT directory, as for hubert-base at full size
+    common = [f"model.teacher={teacher}", "model.teacher_config=null", "task.loss.gan_start_step=2",
+              "checkpoint_every_n_steps=2"]
     fit(config(corpus, tmp_path / "a", "trainer.max_steps=4", *common))
     fit(config(corpus, tmp_path / "b", "trainer.max_steps=2", *common))
     assert (tmp_path / "b/checkpoints/last.ckpt").exists()
@@ -136,4 +142,25 @@ def test_resume_is_exact_with_teacher_and_gan(corpus, tmp_path):
     wb = AudioTokenizer.from_pretrained(tmp_path / "b/export").state_dict()
     for k in wa:
         assert torch.allclose(wa[k], wb[k], atol=1e-5), k
-    assert "teacher.model.encoder.layers.0.attention.q_proj.weight" in wa  # the export embeds the teacher
+    assert "semantic_model.encoder.layers.0.attention.q_proj.weight" in wa  # the export embeds the teacher
+
+
+@pytest.mark.slow
+def test_init_from_continues_an_export(corpus, tmp_path):
+    """task.init_from=EXPORT trains further from the export's weights and codebooks (no k-means)."""
+    src = fit(config(corpus, tmp_path / "src", "trainer.max_steps=3", "checkpoint_every_n_steps=3",
+                     "task.loss.gan_start_step=100"))
+    out = fit(config(corpus, tmp_path / "cont", "trainer.max_steps=2", "checkpoint_every_n_steps=2",
+                     "task.loss.gan_start_step=100", f"task.init_from={src}", "model.latent_dim=32"))
+    a, b = AudioTokenizer.from_pretrained(src), AudioTokenizer.from_pretrained(out)
+    assert b.cfg.latent_dim == a.cfg.latent_dim  # the export's config wins over model.*
+    fresh = AudioTokenizer(TokenizerConfig.from_dict(a.cfg.to_dict()))
+    wa, wb, wf = a.state_dict(), b.state_dict(), fresh.state_dict()
+    k = "acoustic_encoder.conv1.parametrizations.weight.original1"
+    moved, apart = (wb[k] - wa[k]).norm() / wa[k].norm(), (wf[k] - wa[k]).norm() / wa[k].norm()
+    assert moved < 0.1 * apart, (moved, apart)  # two Adam steps from the export, not a new init
+    for i, (qa, qb) in enumerate(zip(a.quantizer.quantizers, b.quantizer.quantizers)):
+        ca, cb = qa.codebook, qb.codebook
+        alive = ca.cluster_size >= 5 * ca.dead_threshold * ca.cluster_size.mean()  # safely above restart
+        err = (cb.embed[alive] - ca.embed[alive]).norm(dim=1) / ca.embed[alive].norm(dim=1)
+        assert alive.sum() >= 8 and err.median() < 0.05, (i, int(alive.sum()), err.median())

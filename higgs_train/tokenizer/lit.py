@@ -10,30 +10,51 @@ leaves the generator's parameters unused.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from higgs_train.tokenizer import checks
 from higgs_train.tokenizer.config import TokenizerConfig
 from higgs_train.tokenizer.data import ShardAudioData
 from higgs_train.tokenizer.discriminators import Discriminator
 from higgs_train.tokenizer.losses import MelLoss, STFTLoss, d_loss, feature_matching, g_loss
 from higgs_train.tokenizer.model import AudioTokenizer
 
+log = logging.getLogger(__name__)
+
 
 class TokenizerModule(L.LightningModule):
-    def __init__(self, model: dict, loss: dict, optim: dict, disc_channels: int, seed: int):
+    def __init__(self, model: dict, loss: dict, optim: dict, disc_channels: int, seed: int,
+                 init_from: str | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.model = AudioTokenizer(TokenizerConfig.from_dict(model))
+        self.model = self._make_model(model, init_from)
+        self.hparams["model"] = self.model.cfg.to_dict()  # what was built: checkpoints carry it
         self.disc = Discriminator(disc_channels)
         self.mel = MelLoss(self.model.sample_rate)
         self.stft = STFTLoss()
         self.loss_cfg, self.optim_cfg, self.seed = loss, optim, seed
         self.gen = torch.Generator()
+
+    @staticmethod
+    def _make_model(model_cfg: dict, init_from: str | None) -> AudioTokenizer:
+        """A fresh tokenizer, or one loaded from an export in any layout (ours, the transformers
+        port's, the original release's) to train further: its codebooks are kept (marked
+        initialised whatever the file says, so no k-means runs) and its config replaces `model`."""
+        if not init_from:
+            return AudioTokenizer(TokenizerConfig.from_dict(model_cfg))
+        model = AudioTokenizer.from_pretrained(init_from).float().train()
+        for stage in model.quantizer.quantizers:
+            stage.codebook.inited.fill_(1.0)
+        if model.cfg.to_dict() != TokenizerConfig.from_dict(model_cfg).to_dict():
+            log.warning("task.init_from=%s: its config replaces the model config given", init_from)
+        return model
 
     def configure_optimizers(self):
         o = self.optim_cfg
@@ -93,6 +114,16 @@ class TokenizerModule(L.LightningModule):
         T = wav.shape[-1]
         recon = self.model.decode(self.model.encode(wav, self.model.sample_rate))[..., :T]
         self.log("val/mel_distance", self.mel(recon, wav), sync_dist=True)
+        # A low mel distance does not show that the decoder reads its codes: the collapsed codec of
+        # issue 12 (one buzz for every input) scored it too. These do: reconstructions of different
+        # clips must not correlate, nor repeat one waveform every frame, nor random codes decode alike.
+        y = recon[:, 0].float().cpu().numpy()
+        if len(y) > 1:
+            self.log("val/recon_cross_corr", max(abs(checks.correlation(a, b)) for i, a in enumerate(y)
+                                                 for b in y[i + 1:]), sync_dist=True)
+        self.log("val/periodic_share", float(np.mean([checks.periodic_share(a, self.model.hop) for a in y])),
+                 sync_dist=True)
+        self.log("val/random_codes_corr", abs(checks.random_codes_differ(self.model, seed=batch_idx)), sync_dist=True)
         if batch_idx == 0 and self.trainer.is_global_zero:
             self._write_examples(wav, recon)
 
@@ -133,7 +164,7 @@ def build(cfg: DictConfig):
     module = TokenizerModule(model=OmegaConf.to_container(cfg.model, resolve=True),
                              loss=OmegaConf.to_container(t.loss, resolve=True),
                              optim=OmegaConf.to_container(t.optim, resolve=True),
-                             disc_channels=t.disc_channels, seed=cfg.seed)
+                             disc_channels=t.disc_channels, seed=cfg.seed, init_from=t.init_from)
     d = t.data
     data = ShardAudioData(cfg.data.shards, batch_size=d.batch_size, crop_seconds=d.crop_seconds,
                           num_workers=d.num_workers, shuffle_buffer=d.shuffle_buffer, seed=cfg.seed,
