@@ -1,0 +1,53 @@
+"""The engine's fast decode paths change no output: fp32 greedy frames equal those the engine made
+before them (recorded below) and a full recomputation without a cache (the reference path: the
+text/audio split in every dual layer, both heads, attention over every position).
+
+Fast paths held to it: decode and prefill attend over the smallest slot bucket that holds the
+current length (EngineConfig.attend_step; small here so one generation crosses many buckets),
+audio-only steps run only the audio norms/FFN of dual layers and only the audio head."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from higgs_train.llm.model import DualFFNConfig, DualFFNModel
+from inference.engine import Engine, EngineConfig, Request
+from inference.sampling import SamplingConfig
+from inference.tiny import make_tiny_exports
+
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
+
+GREEDY = SamplingConfig(temperature=0, max_frames=40)
+TEXTS = ["Hello there.", "the quick brown fox jumps over a lazy dog, how are you today?"]
+# sha256 of the int64 frames and their shape, from the engine before the fast paths (commit b16e6a0)
+BEFORE = {"all_dual": [("4f275c9d980f70c5d1dee5ed65989b3d38a58a60e26d37f22f67dc97b18c3216", (8, 40)),
+                      ("2104e218ba8b1494e51e8dc3f738a54564244ffec02cc70f91d9cb715710b7c4", (8, 40))],
+          "some_dual": [("fb65e3c25401d69b63d91d8db4b8415dcfe9b355a11d3f58889ba480d5a09d35", (8, 40)),
+                        ("35daab308f71c380bed57ba2f6906e0a1dc896707620639c1d96e88568440bd1", (8, 36))]}
+
+
+def _engine(tmp_path, dual_layers, **cfg) -> Engine:
+    llm, tok = make_tiny_exports(tmp_path, llm={"dual_layers": dual_layers})
+    return Engine.from_pretrained(llm, tok, cfg=EngineConfig(buckets=(256, 1024), **cfg))
+
+
+def _rows(engine, texts):
+    reqs = [Request(t, sampling=GREEDY) for t in texts]
+    return [engine._row(r, engine._plan(r), [], 0) for r in reqs]
+
+
+def _digest(frames: torch.Tensor):
+    return hashlib.sha256(frames.numpy().astype(np.int64).tobytes()).hexdigest(), tuple(frames.shape)
+
+
+@pytest.mark.parametrize("name,dual_layers", [("all_dual", None), ("some_dual", [1, 3])])
+def test_fast_paths_keep_the_frames(tmp_path, name, dual_layers):
+    engine = _engine(tmp_path, dual_layers)
+    batched = engine.generate_codes(_rows(engine, TEXTS))          # left-padded batch of two
+    assert [_digest(f) for f in batched] == BEFORE[name]
+    for text, frames in zip(TEXTS, batched):
+        full = engine.generate_codes(_rows(engine, [text]), use_cache=False)[0]
+        assert torch.equal(full, frames)
