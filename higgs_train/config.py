@@ -5,7 +5,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# The package's own copy of the tree: in a checkout a link to the top-level configs/, in a wheel the
+# files themselves (pyproject's package-data), so `pip install .` composes configs like a checkout.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 def register_resolvers() -> None:
