@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 import higgs_train.tokenizer.model as tok_model
 from higgs_train.convert import convert, detect
 from higgs_train.convert import tokenizer as conv
+from higgs_train.tokenizer import layouts
 from higgs_train.tokenizer import AudioTokenizer, TokenizerConfig
 
 FIX = Path(__file__).parent / "fixtures" / "release"
@@ -202,10 +203,10 @@ def test_release_full_key_set_maps_one_to_one():
     release = full_release_keys()
     keys = {k: tuple(v) for k, v in release["keys"].items()}
     ours = {k: tuple(v.shape) for k, v in full_native_state().items()}
-    mapped = {conv.original_to_native(k): s for k, s in keys.items()}
+    mapped = {layouts.original_to_native(k): s for k, s in keys.items()}
     assert len(mapped) == len(keys) == len(ours) == 602
     assert mapped == ours
-    assert {conv.native_to_original(k) for k in ours} == set(keys)
+    assert {layouts.native_to_original(k) for k in ours} == set(keys)
     import math
     assert sum(math.prod(s) for s in ours.values()) == release["totals"]["state_dict_elements"] == 201_426_474
 
@@ -218,7 +219,7 @@ def test_port_full_key_set_maps_one_to_one():
     with torch.device("meta"):
         port = HiggsAudioV2TokenizerModel(conv.hf_config(cfg))
     port_shapes = {k: tuple(v.shape) for k, v in port.state_dict().items()}
-    ours = {k: tuple(v.shape) for k, v in conv.native_to_hf_state(state).items()}  # weight norm folded
+    ours = {k: tuple(v.shape) for k, v in layouts.native_to_hf_state(state).items()}  # weight norm folded
     assert ours == port_shapes
     assert port.config.num_quantizers == 8 and port.config.hop_length == 960
 
@@ -248,4 +249,4 @@ def test_broken_directories_give_one_line_errors(tmp_path):
     with pytest.raises(ValueError, match=r"^hf tokenizer config: acoustic_model_config.upsampling_ratios="):
         AudioTokenizer.from_pretrained(hf)
     with pytest.raises(ValueError, match="unknown tensor encoder.extra.weight"):
-        conv.original_to_native("encoder.extra.weight")
+        layouts.original_to_native("encoder.extra.weight")

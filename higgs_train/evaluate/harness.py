@@ -35,6 +35,7 @@ import numpy as np
 from higgs_train.audio import save_audio
 from higgs_train.files import write_text_atomic
 from higgs_train.evaluate.evalset import BadItem, EvalItem
+from higgs_train.evaluate.metrics import metric_means
 
 log = logging.getLogger(__name__)
 
@@ -98,17 +99,6 @@ def evaluate(synthesizer: Synthesizer | Callable, scorers: dict[str, Scorer], it
     log.info("evaluated %d items (%d ok) into %s: %s", len(rows), summary["ok"], out,
              ", ".join(f"{k}={v:.3g}" for k, v in means.items()))
     return EvalResult(rows, summary, out)
-
-
-def numeric(v) -> bool:
-    return isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def metric_means(rows: list[dict]) -> dict[str, float]:
-    """Mean of every numeric column over the items that succeeded (NaN/inf left out)."""
-    ok = [r for r in rows if r["status"] == "ok"]
-    keys = [k for k in dict.fromkeys(k for r in ok for k in r) if any(numeric(r.get(k)) for r in ok)]
-    return {k: round(float(np.mean([r[k] for r in ok if numeric(r.get(k))])), 4) for k in keys}
 
 
 def _csv(rows: list[dict], columns: list[str]) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from higgs_train.evaluate.metrics import numeric
+
 MAX_BARS = 40
 
 
@@ -14,7 +16,6 @@ def plot_metrics(rows: list[dict], metrics: list[str], out_png) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from higgs_train.evaluate.harness import numeric
 
     ok = [r for r in rows if r["status"] == "ok"]
     if not ok or not metrics:

@@ -66,7 +66,7 @@ def _run(args: list[str], what: str) -> None:
 
 def _codec_shape(d: Path) -> tuple[int | None, int | None]:
     """(codebooks, codes per codebook) of an audio tokenizer directory in any layout (config only)."""
-    from higgs_train.convert import detect
+    from higgs_train.layout import detect
 
     try:
         kind, layout = detect(d)

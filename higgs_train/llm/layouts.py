@@ -239,7 +239,7 @@ def config_from_hf(raw: dict, where: str = "config.json") -> DualFFNConfig:
 
 def read_config(model_dir) -> tuple[DualFFNConfig, str]:
     """(config, layout) of an LLM directory in any layout; one-line errors otherwise."""
-    from higgs_train.convert import detect
+    from higgs_train.layout import detect
 
     d = Path(model_dir)
     kind, layout = detect(d)

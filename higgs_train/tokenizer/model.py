@@ -9,7 +9,7 @@ the released Higgs Audio v2 tokenizer (SPEC section 1):
 
 `from_pretrained` reads our exports, the original release's directories (config.json +
 model.pth) and the transformers port's (HiggsAudioV2TokenizerModel); see
-higgs_train/convert/tokenizer.py.
+higgs_train/tokenizer/layouts.py (reading) and higgs_train/convert/tokenizer.py (writing).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from higgs_train.tokenizer.config import TokenizerConfig
 from higgs_train.tokenizer.modules import AcousticDecoder, AcousticEncoder, SemanticDecoder, SemanticEncoder
@@ -238,7 +238,7 @@ class AudioTokenizer(nn.Module):
     @classmethod
     def from_pretrained(cls, model_dir, device: str | torch.device = "cpu") -> "AudioTokenizer":
         """Our export, the original release's directory or the transformers port's."""
-        from higgs_train.convert import tokenizer as conv
+        from higgs_train.tokenizer import layouts as conv
 
         cfg, state = conv.read(model_dir)
         return cls.from_state(cfg, state).to(device).eval()

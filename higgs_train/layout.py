@@ -1,0 +1,53 @@
+"""Which model a directory holds, and in which of the three layouts: read from config.json alone.
+
+| kind      | layout   | config.json says                                     | weights               |
+| --------- | -------- | ---------------------------------------------------- | --------------------- |
+| llm       | original | model_type "higgs_audio"                             | sharded *.safetensors |
+| llm       | hf       | model_type "higgs_audio_v2"                          | *.safetensors         |
+| llm       | native   | architecture "DualFFNModel"                          | model.safetensors     |
+| tokenizer | original | no model_type; n_filters, D, ratios, semantic_techer | model.pth             |
+| tokenizer | hf       | model_type "higgs_audio_v2_tokenizer"                | model.safetensors     |
+| tokenizer | native   | model_type "higgs_audio_tokenizer"                   | model.safetensors     |
+
+A leaf module (imports no model code), so the models' loaders and the converter both use it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+LAYOUTS = ("native", "hf", "original")
+
+
+def detect(model_dir) -> tuple[str, str]:
+    """(kind, layout) of a model directory: kind 'llm' | 'tokenizer', layout one of LAYOUTS.
+
+    Raises FileNotFoundError / ValueError with one line naming what was found instead."""
+    d = Path(model_dir)
+    cfg_path = d / "config.json"
+    if not cfg_path.is_file():
+        found = sorted(p.name for p in d.iterdir())[:8] if d.is_dir() else None
+        raise FileNotFoundError(f"{cfg_path} is missing: not a model directory"
+                                + (f" (found: {', '.join(found) or 'nothing'})" if found is not None else
+                                   " (no such directory)"))
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{cfg_path} is not readable JSON: {e}") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{cfg_path} holds a {type(cfg).__name__}, not a config object")
+    model_type = cfg.get("model_type")
+    if model_type == "higgs_audio":
+        return "llm", "original"
+    if model_type == "higgs_audio_v2":
+        return "llm", "hf"
+    if cfg.get("architecture") == "DualFFNModel":
+        return "llm", "native"
+    if model_type == "higgs_audio_v2_tokenizer":
+        return "tokenizer", "hf"
+    if model_type == "higgs_audio_tokenizer":
+        return "tokenizer", "native"
+    if model_type is None and {"n_filters", "D", "ratios"} <= set(cfg):
+        return "tokenizer", "original"
+    raise ValueError(f"{d} is none of the known layouts: config.json has model_type={model_type!r}, "
+                     f"architecture={cfg.get('architecture')!r} (keys: {', '.join(sorted(cfg)[:10])})")
