@@ -16,6 +16,11 @@ position j, frame j-k is the EOS frame: every codebook is forced to EOS from tha
 the later ones finish their delay, and the stream ends at the all-EOS position.
 A batch is left-padded (token_mask) so every row decodes at the same slot; rows that finish
 early keep feeding EOS frames, which no other row attends to.
+Decode steps are audio only (the engine never emits text: its stream runs from the prompt's
+<|audio_out_bos|> to the all-EOS frame, and a text chunk is a new prompt), so they run the model's
+fast paths: audio_only (dual layers skip the text norms/FFN and the split), text_head=False, and
+attention over the first EngineConfig.attend_step multiple of slots that holds the sequence.
+use_cache=False is the reference: full recomputation of every position by the plain forward.
 """
 from __future__ import annotations
 
@@ -51,6 +56,9 @@ class RequestError(ValueError):
 class EngineConfig:
     buckets: tuple[int, ...] = (1024, 4096, 8192)  # static KV-cache lengths (slots); the smallest that fits
     prefill_chunk: int = 1024        # prompt positions per prefill forward (caps activation memory)
+    # attention reads the first multiple of attend_step slots that holds every written slot, not the
+    # whole bucket: a static shape per multiple (one CUDA graph each), ~P + frames slots read per step
+    attend_step: int = 256
     chunk_words: int = 40            # long text is spoken in chunks of whole sentences up to this many words
     context_chunks: int = 2          # earlier generated chunks fed back as context (keeps the voice)
     max_reference_seconds: float = 30.0
@@ -295,6 +303,11 @@ class Engine:
         cache.reset()
         return cache
 
+    def _attend(self, n: int, cache: KVCache) -> int:
+        """Slots attention reads when slots 0..n-1 may be written: n rounded up to attend_step."""
+        step = self.cfg.attend_step
+        return min(cache.max_len, -(-n // step) * step)
+
     def _allowed(self, j: int, eos_frame: int, max_frames: int) -> Tensor:
         """[K, A] bool: what codebook k may hold at stream position j (its frame is j - k)."""
         A = self.model.cfg.audio_vocab
@@ -337,7 +350,7 @@ class Engine:
                 e = min(P, s + self.cfg.prefill_chunk)
                 out = self.model(ids[:, s:e], codes[:, s:e], amask[:, s:e], cache=cache,
                                  positions=torch.arange(s, e, device=dev), token_mask=tmask[:, s:e],
-                                 last_only=True)
+                                 last_only=True, attend=self._attend(e, cache), text_head=False)
         else:
             out = self.model(ids, codes, amask, last_only=True)
         j = 0
@@ -363,8 +376,8 @@ class Engine:
             x_ids = torch.full((B, 1), self.placeholder, dtype=torch.long, device=dev)
             x_codes, x_mask = frame[:, None].to(dev), torch.ones(B, 1, dtype=torch.bool, device=dev)
             if use_cache:
-                out = self.model(x_ids, x_codes, x_mask, cache=cache,
-                                 positions=torch.tensor([P - 1 + j], device=dev))
+                out = self.model(x_ids, x_codes, x_mask, cache=cache, positions=torch.tensor([P - 1 + j], device=dev),
+                                 attend=self._attend(P + j, cache), audio_only=True, text_head=False)
             else:
                 ids, codes, amask = torch.cat([ids, x_ids], 1), torch.cat([codes, x_codes], 1), \
                     torch.cat([amask, x_mask], 1)

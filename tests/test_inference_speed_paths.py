@@ -31,7 +31,7 @@ BEFORE = {"all_dual": [("4f275c9d980f70c5d1dee5ed65989b3d38a58a60e26d37f22f67dc9
 
 def _engine(tmp_path, dual_layers, **cfg) -> Engine:
     llm, tok = make_tiny_exports(tmp_path, llm={"dual_layers": dual_layers})
-    return Engine.from_pretrained(llm, tok, cfg=EngineConfig(buckets=(256, 1024), **cfg))
+    return Engine.from_pretrained(llm, tok, cfg=EngineConfig(buckets=(256, 1024), attend_step=16, **cfg))
 
 
 def _rows(engine, texts):
@@ -51,3 +51,33 @@ def test_fast_paths_keep_the_frames(tmp_path, name, dual_layers):
     for text, frames in zip(TEXTS, batched):
         full = engine.generate_codes(_rows(engine, [text]), use_cache=False)[0]
         assert torch.equal(full, frames)
+
+
+def test_model_fast_paths_equal_the_plain_call():
+    """Decode steps of a tiny model: attend= / audio_only= / text_head=False against the plain
+    cached call (whole cache, split, both heads) from the same prefill."""
+    torch.manual_seed(0)
+    from inference.tiny import TINY_LLM
+
+    m = DualFFNModel(DualFFNConfig(vocab_size=97, **{**TINY_LLM, "dual_layers": [0, 2]})).eval()
+    B, P, K = 2, 21, 8
+    ids = torch.randint(0, 97, (B, P))
+    codes = torch.randint(0, 1024, (B, P, K))
+    amask = torch.rand(B, P) < 0.5
+    tmask = torch.ones(B, P, dtype=torch.bool)
+    tmask[1, :4] = False                                           # a left-padded row
+    fast, plain = m.allocate_cache(B, 64), m.allocate_cache(B, 64)
+    with torch.no_grad():
+        a = m(ids, codes, amask, cache=fast, positions=torch.arange(P), token_mask=tmask, last_only=True,
+              attend=24, text_head=False)
+        b = m(ids, codes, amask, cache=plain, positions=torch.arange(P), token_mask=tmask, last_only=True)
+        assert a.text_logits is None
+        assert (a.audio_logits - b.audio_logits).abs().max() <= 1e-6
+        for t in range(P, P + 12):                                  # crosses the 24-slot bucket
+            frame = torch.randint(0, 1024, (B, 1, K))
+            x = torch.zeros(B, 1, dtype=torch.long)
+            a = m(x, frame, None, cache=fast, positions=torch.tensor([t]), attend=-(-(t + 1) // 8) * 8,
+                  audio_only=True, text_head=False)
+            b = m(x, frame, torch.ones(B, 1, dtype=torch.bool), cache=plain, positions=torch.tensor([t]))
+            assert (a.audio_logits - b.audio_logits).abs().max() <= 1e-6, t
+            assert torch.equal(a.audio_logits.argmax(-1), b.audio_logits.argmax(-1))

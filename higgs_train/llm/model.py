@@ -20,6 +20,14 @@ KV cache (what inference uses; no second model implementation):
   padding does not change the result of a row. Every shape is static (CUDA-graph friendly) except
   the DualFFN split, which gathers audio / text rows when audio_mask is mixed.
 
+Decode fast paths (outputs identical to the plain call; tests/test_inference_speed_paths.py):
+    attend=N         attention reads only cache slots 0..N-1 (N >= the highest position + 1); the
+                     caller rounds N up to a bucket, so shapes stay static per bucket
+    audio_only=True  every position is audio (audio_mask all True, need not be passed): dual
+                     layers run only their audio norms and FFN, no split, gather or text embedding
+    text_head=False  text_logits is None: the text head (vocab x hidden, the largest matrix) is
+                     skipped at steps that cannot emit text
+
 Sizes are a DualFFNConfig (stored as config.json next to model.safetensors); from_pretrained also
 reads the released layouts (higgs_train.llm.layouts).
 """
@@ -91,7 +99,7 @@ class DualFFNConfig:
 @dataclass
 class DualFFNOutput:
     hidden: Tensor                 # [B, T, D] after the final norm
-    text_logits: Tensor            # [B, T, V]   (T = 1 with last_only)
+    text_logits: Tensor | None     # [B, T, V]   (T = 1 with last_only); None with text_head=False
     audio_logits: Tensor           # [B, T, K, codebook_size + 2]
 
 
@@ -160,7 +168,7 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.nh * self.hd, d, bias=False)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None,
-                positions: Tensor | None, mask: Tensor | None) -> Tensor:
+                positions: Tensor | None, mask: Tensor | None, attend: int | None = None) -> Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.nh, self.hd).transpose(1, 2)    # [B, H, T, hd]
         k = self.k_proj(x).view(B, T, self.nkv, self.hd).transpose(1, 2)   # [B, KV, T, hd]
@@ -173,6 +181,8 @@ class Attention(nn.Module):
             ck, cv = cache.k[self.layer], cache.v[self.layer]            # [B, KV, S, hd]
             ck.index_copy_(2, positions, k.to(ck.dtype))
             cv.index_copy_(2, positions, v.to(cv.dtype))
+            if attend is not None:                 # only the slots that can hold anything
+                ck, cv = ck[:, :, :attend], cv[:, :, :attend]
             y = F.scaled_dot_product_attention(q, ck.to(q.dtype), cv.to(q.dtype), attn_mask=mask,
                                                enable_gqa=True)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.nh * self.hd))
@@ -214,13 +224,16 @@ class Block(nn.Module):
             self.audio_ffn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
             self.audio_mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, audio_mask, cache, positions, mask):
+    def forward(self, x, cos, sin, audio_mask, cache, positions, mask, attend=None, audio_only=False):
+        if self.dual and audio_only:   # every row audio: what split_apply would give, without the split
+            x = x + self.attn(self.audio_attn_norm(x), cos, sin, cache, positions, mask, attend)
+            return x + self.audio_mlp(self.audio_ffn_norm(x))
         if self.dual and audio_mask is not None:
             h = split_apply(x, audio_mask, self.attn_norm, self.audio_attn_norm)
-            x = x + self.attn(h, cos, sin, cache, positions, mask)
+            x = x + self.attn(h, cos, sin, cache, positions, mask, attend)
             return x + split_apply(x, audio_mask, lambda t: self.mlp(self.ffn_norm(t)),
                                    lambda t: self.audio_mlp(self.audio_ffn_norm(t)))
-        x = x + self.attn(self.attn_norm(x), cos, sin, cache, positions, mask)
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache, positions, mask, attend)
         return x + self.mlp(self.ffn_norm(x))
 
 
@@ -246,7 +259,10 @@ class DualFFNModel(nn.Module):
             nn.init.normal_(m.weight, std=0.02)
 
     # ---- forward ---------------------------------------------------------------------------
-    def embed(self, input_ids: Tensor, audio_codes: Tensor | None, audio_mask: Tensor | None) -> Tensor:
+    def embed(self, input_ids: Tensor, audio_codes: Tensor | None, audio_mask: Tensor | None,
+              audio_only: bool = False) -> Tensor:
+        if audio_only:
+            return self.audio_embed(audio_codes + self.codebook_offset).sum(dim=2)   # [B, T, D]
         x = self.text_embed(input_ids)                                        # [B, T, D]
         if audio_mask is None:
             return x
@@ -255,13 +271,16 @@ class DualFFNModel(nn.Module):
         return torch.where(audio_mask[..., None], a.to(x.dtype), x)
 
     def hidden_states(self, input_ids, audio_codes=None, audio_mask=None, cache: KVCache | None = None,
-                      positions: Tensor | None = None, token_mask: Tensor | None = None) -> Tensor:
+                      positions: Tensor | None = None, token_mask: Tensor | None = None,
+                      attend: int | None = None, audio_only: bool = False) -> Tensor:
         B, T = input_ids.shape
         if cache is not None and positions is None:
             raise ValueError("positions are required with a cache")
+        if audio_only and audio_codes is None:
+            raise ValueError("audio_only needs audio_codes")
         if positions is None:
             positions = torch.arange(T, device=input_ids.device)
-        x = self.embed(input_ids, audio_codes, audio_mask)
+        x = self.embed(input_ids, audio_codes, audio_mask, audio_only)
         freqs = positions.float()[:, None] * self.inv_freq[None, :]           # [T, hd/2]
         emb = torch.cat((freqs, freqs), dim=-1)
         cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)               # [T, hd]
@@ -269,23 +288,27 @@ class DualFFNModel(nn.Module):
         if cache is not None:
             cache.valid.index_copy_(1, positions, torch.ones(B, T, dtype=torch.bool, device=x.device)
                                     if token_mask is None else token_mask)
-            slots = torch.arange(cache.max_len, device=x.device)
+            S = cache.max_len if attend is None else attend
+            slots = torch.arange(S, device=x.device)
             causal = slots[None, :] <= positions[:, None]                     # [T, S]
             own = slots[None, :] == positions[:, None]    # every query sees itself: no all-masked rows
-            mask = ((causal[None] & cache.valid[:, None, :]) | own[None])[:, None]   # [B, 1, T, S]
+            mask = ((causal[None] & cache.valid[:, None, :S]) | own[None])[:, None]   # [B, 1, T, S]
         for block in self.layers:
             if self.gradient_checkpointing and self.training and cache is None:
                 x = checkpoint(block, x, cos, sin, audio_mask, None, positions, None, use_reentrant=False)
             else:
-                x = block(x, cos, sin, audio_mask, cache, positions, mask)
+                x = block(x, cos, sin, audio_mask, cache, positions, mask, attend, audio_only)
         return self.norm(x)
 
     def forward(self, input_ids: Tensor, audio_codes: Tensor | None = None, audio_mask: Tensor | None = None,
                 cache: KVCache | None = None, positions: Tensor | None = None,
-                token_mask: Tensor | None = None, last_only: bool = False) -> DualFFNOutput:
-        h = self.hidden_states(input_ids, audio_codes, audio_mask, cache, positions, token_mask)
+                token_mask: Tensor | None = None, last_only: bool = False, attend: int | None = None,
+                audio_only: bool = False, text_head: bool = True) -> DualFFNOutput:
+        h = self.hidden_states(input_ids, audio_codes, audio_mask, cache, positions, token_mask, attend,
+                               audio_only)
         hh = h[:, -1:] if last_only else h
-        return DualFFNOutput(hidden=h, text_logits=self.text_head(hh), audio_logits=self.audio_logits(hh))
+        return DualFFNOutput(hidden=h, text_logits=self.text_head(hh) if text_head else None,
+                             audio_logits=self.audio_logits(hh))
 
     def audio_logits(self, h: Tensor) -> Tensor:
         return self.audio_head(h).unflatten(-1, (self.cfg.num_codebooks, self.cfg.audio_vocab))
