@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from data_pipeline.filters import FilterConfig, filter_source
 from data_pipeline.report import write_report
-from data_pipeline.run import PARTS, SLICES, _build, load_record
+from data_pipeline.run import PARTS, SLICES, _build, dumps, load_record
 from data_pipeline.stages.export import read_part
 
 log = logging.getLogger("data_pipeline")
@@ -63,7 +63,7 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as f:
         for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.write(dumps(r) + "\n")
     os.replace(tmp, path)
 
 

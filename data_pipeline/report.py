@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from data_pipeline.run import dumps
+
 CLIPS_PER_GROUP = 3
 CLIP_MAX_SECONDS = 15.0
 CLIP_SR = 16_000
@@ -359,7 +361,7 @@ def write_report(out_dir, manifest_rows: list[dict], rejected_rows: list[dict], 
     input_dir = Path(stats["input_dir"]) if stats.get("input_dir") else None
 
     summary = summarize(manifest_rows, rejected_rows, stats)
-    (tmp / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
+    (tmp / "summary.json").write_text(dumps(summary, indent=1) + "\n")
     figs = _plots(tmp, manifest_rows, rejected_rows, summary)
 
     seg_rej = [r for r in rejected_rows if _is_segment(r)]
@@ -378,7 +380,9 @@ def write_report(out_dir, manifest_rows: list[dict], rejected_rows: list[dict], 
     band_counts = {k: len(v) for k, v in by_band.items()}
 
     file_rejects = [r for r in rejected_rows if not _is_segment(r)]
-    (tmp / "index.html").write_text(_html(summary, figs, reason_ex, band_ex, band_counts, file_rejects))
+    # errors=: a file name that is not UTF-8 shows as caf\xe9.wav
+    (tmp / "index.html").write_text(_html(summary, figs, reason_ex, band_ex, band_counts, file_rejects),
+                                    errors="backslashreplace")
 
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)

@@ -8,7 +8,17 @@ Per source (one worker process each, models loaded once per worker):
 The result of a source is OUT/parts/<key>.tar (its candidate segments' FLAC + rows) and
 OUT/parts/<key>.json (its record: audio info, sha1, rejections, candidate rows with all
 scores, timings). The .json, written last and renamed into place, marks the source done:
-a rerun skips it (unless the processing config changed), so a killed run resumes.
+a rerun skips it (unless the processing config or the file itself changed: records carry the
+input's size and mtime_ns), so a killed run resumes.
+
+Retry rules (nothing good is lost to a passing fault):
+- a transient error on a source (OSError such as disk full, MemoryError) leaves a record marked
+  `retry`: the source is listed in rejected.jsonl as `transient_error` and processed again by the
+  next run;
+- a worker death is blamed on no one at first: every source in flight is retried alone, one at a
+  time; only a source that ended `max_worker_crashes` such lone attempts without finishing (the
+  count is kept in OUT/.attempts/, so a killed main process with workers=1 counts too) is
+  rejected `worker_crashed`.
 
 Finalize (data_pipeline/merge.py) turns the records into manifest.jsonl, rejected.jsonl,
 shards/ and report/: duplicates resolved, filters applied, kept segments packed. With
@@ -21,6 +31,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -45,7 +56,7 @@ from higgs_train.shards import SAMPLE_RATE as EXPORT_SR
 
 log = logging.getLogger("data_pipeline")
 
-PARTS, SLICES, SHA1_DIR = "parts", "slices", ".sha1"
+PARTS, SLICES, SHA1_DIR, ATTEMPTS = "parts", "slices", ".sha1", ".attempts"
 # Config groups whose values change what a source's record holds (a change redoes the source).
 # filter and export are not here: they act at finalize, on the stored records.
 PROCESSING_GROUPS = ("ingest", "vad", "diarization", "segment", "quality", "transcribe")
@@ -78,8 +89,29 @@ def processing_fingerprint(cfg: DictConfig) -> str:
     return hashlib.sha1(json.dumps(groups, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def dumps(obj, **kw) -> str:
+    """JSON text, UTF-8 where it can be. A file name that is not valid UTF-8 is held (as os.walk
+    gives it) with its undecodable bytes as lone surrogates (PEP 383): such a value is written as
+    \\udcXX escapes, so json.loads gives the same str back and os.fsencode(it) the original bytes."""
+    text = json.dumps(obj, ensure_ascii=False, **kw)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(obj, **kw)
+    return text
+
+
 def _write_json(path: Path, obj) -> None:
-    write_text_atomic(path, json.dumps(obj, ensure_ascii=False))
+    write_text_atomic(path, dumps(obj))
+
+
+def identity(path: Path) -> dict | None:
+    """What says a file is still the one processed: size and mtime_ns (None: it cannot be stat'ed)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def slice_sources(sources: list[str], num_shards: int, shard_index: int) -> list[str]:
@@ -179,8 +211,10 @@ def process_source(rel: str, stages: Stages, ctx: Context) -> dict:
     key = source_key(rel)
     parts = ctx.out_dir / PARTS
     transcribed = stages.transcribe is not None and getattr(stages.transcribe, "produces_text", True)
-    rec = {"source": rel, "key": key, "fingerprint": ctx.fingerprint, "sha1": None, "duplicate_of": None,
-           "audio": None, "transcribed": transcribed, "rejected": [], "segments": [], "timings": {}}
+    old = load_record(ctx.out_dir, rel)
+    rec = {"source": rel, "key": key, "fingerprint": ctx.fingerprint, "identity": identity(ctx.input_dir / rel),
+           "sha1": None, "duplicate_of": None, "audio": None, "transcribed": transcribed, "rejected": [],
+           "segments": [], "timings": {}}
     timings = rec["timings"]
     done_after = DONE_AFTER_WITH_ASR if transcribed else DONE_AFTER
     stage = "ingest"
@@ -208,6 +242,8 @@ def process_source(rel: str, stages: Stages, ctx: Context) -> dict:
             _reject(rec, "ingest", "unreadable", e.reason)
             return
         rec["sha1"] = dec.sha1
+        if old and old.get("sha1") not in (None, dec.sha1):  # a replaced input: drop its old audio's claim
+            (ctx.out_dir / SHA1_DIR / old["sha1"] / key).unlink(missing_ok=True)
         rec["audio"] = {"sample_rate": dec.sample_rate, "channels": dec.channels, "codec": dec.codec,
                         "duration": round(dec.duration, 3)}
         dup = _claim_sha1(ctx, dec.sha1, key, rel)
@@ -264,10 +300,18 @@ def process_source(rel: str, stages: Stages, ctx: Context) -> dict:
     try:
         run()
     except Exception as e:  # a bug or a model failure on this input: reject the source, keep going
-        log.warning("%s failed in stage %s:\n%s", rel, stage, traceback.format_exc())
+        # Disk full, out of memory, ...: not this file's fault; the next run processes it again.
+        transient = isinstance(e, (OSError, MemoryError))
+        log.warning("%s failed in stage %s%s:\n%s", rel, stage, " (retried on the next run)" if transient else "",
+                    traceback.format_exc())
         rec["segments"] = []
         rec["rejected"] = [r for r in rec["rejected"] if r["stage"] == "ingest"]
-        _reject(rec, stage, "error", f"{type(e).__name__}: {e}"[:500])
+        detail = f"{type(e).__name__}: {e}"[:500]
+        if transient:
+            rec["retry"] = True
+            _reject(rec, stage, "transient_error", f"{detail} (retried on the next run)")
+        else:
+            _reject(rec, stage, "error", detail)
     finally:
         lap("done")
         if dec is not None:
@@ -293,11 +337,20 @@ def load_record(out_dir: Path, rel: str) -> dict | None:
         return None
 
 
-def is_done(rec: dict | None, fingerprint: str, input_dir: Path) -> bool:
-    if rec is None or rec.get("fingerprint") != fingerprint:
+def is_done(rec: dict | None, fingerprint: str, input_dir: Path, out_dir: Path | None = None) -> bool:
+    """A record made with this config from this very file (same size and mtime), not marked for retry;
+    a duplicate's original must still be an input, unchanged and done."""
+    if rec is None or rec.get("fingerprint") != fingerprint or rec.get("retry"):
+        return False
+    if rec.get("identity") is None or rec["identity"] != identity(Path(input_dir) / rec["source"]):
         return False
     dup = rec.get("duplicate_of")
-    return dup is None or (input_dir / dup).is_file()  # its original must still be an input
+    if dup is None:
+        return True
+    if out_dir is None:
+        return (Path(input_dir) / dup).is_file()
+    orig = load_record(out_dir, dup)
+    return orig is not None and orig.get("sha1") == rec.get("sha1") and is_done(orig, fingerprint, input_dir, out_dir)
 
 
 # ---------------------------------------------------------------- workers
@@ -305,8 +358,22 @@ def is_done(rec: dict | None, fingerprint: str, input_dir: Path) -> bool:
 _WORKER: tuple[Stages, Context] | None = None
 
 
+def _die_with_parent() -> None:
+    """Have the kernel SIGKILL this worker when the process that started it dies, even by SIGKILL
+    (Linux prctl PR_SET_PDEATHSIG); exit now if it already has. Elsewhere workers notice a dead
+    parent only at their next task."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    parent = mp.parent_process()
+    if parent is not None and os.getppid() != parent.pid:
+        os._exit(1)
+
+
 def _init_worker(cfg_yaml: str, ctx: Context) -> None:
     global _WORKER
+    _die_with_parent()
     import torch
 
     torch.set_num_threads(ctx.threads)
@@ -319,18 +386,45 @@ def _work(rel: str) -> dict:
     return process_source(rel, stages, ctx)
 
 
-def _crash_record(rel: str, ctx: Context) -> dict:
-    rec = {"source": rel, "key": source_key(rel), "fingerprint": ctx.fingerprint, "sha1": None,
-           "duplicate_of": None, "audio": None, "transcribed": False, "segments": [], "timings": {},
+def _crash_record(rel: str, ctx: Context, crashes: int) -> dict:
+    rec = {"source": rel, "key": source_key(rel), "fingerprint": ctx.fingerprint,
+           "identity": identity(ctx.input_dir / rel), "sha1": None, "duplicate_of": None, "audio": None,
+           "transcribed": False, "segments": [], "timings": {},
            "rejected": [{"source": rel, "stage": "pipeline", "reason": "worker_crashed",
-                         "detail": "the worker process died twice on this file (out of memory?)"}]}
-    return _save(rec, ctx.out_dir / PARTS)
+                         "detail": f"the process died {crashes} times on this file alone (out of memory?)"}]}
+    summary = _save(rec, ctx.out_dir / PARTS)
+    _attempts_path(ctx, rel).unlink(missing_ok=True)
+    return summary
+
+
+def _attempts_path(ctx: Context, rel: str) -> Path:
+    return ctx.out_dir / ATTEMPTS / source_key(rel)
+
+
+def _begin_alone(ctx: Context, rel: str, max_crashes: int) -> bool:
+    """Count one lone attempt at `rel` (ended by _end_alone when it finishes, whatever its outcome);
+    False when `max_crashes` earlier lone attempts never finished: the file kills its process."""
+    p = _attempts_path(ctx, rel)
+    try:
+        n = int(p.read_text())
+    except (OSError, ValueError):
+        n = 0
+    if n >= max_crashes:
+        return False
+    p.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(p, str(n + 1))
+    return True
+
+
+def _end_alone(ctx: Context, rel: str) -> None:
+    _attempts_path(ctx, rel).unlink(missing_ok=True)
 
 
 def run_sources(todo: list[tuple[str, float]], cfg: DictConfig, ctx: Context, workers: int, on_done,
-                on_partial: Callable | None = None) -> None:
+                on_partial: Callable | None = None, max_crashes: int = 2) -> None:
     """Process `todo` [(rel, seconds)] with `workers` processes (inline when 1), longest first.
-    on_done(summary) after each source; on_partial((rel, fraction)) while one is under way."""
+    on_done(summary) after each source; on_partial((rel, fraction)) while one is under way.
+    A source whose lone attempts killed their process max_crashes times is rejected worker_crashed."""
     todo = sorted(todo, key=lambda x: (-x[1], x[0]))
     if workers <= 1:
         import torch
@@ -338,13 +432,17 @@ def run_sources(todo: list[tuple[str, float]], cfg: DictConfig, ctx: Context, wo
         torch.set_num_threads(ctx.threads)
         stages = build_stages(cfg, ctx.threads)
         ctx = replace(ctx, progress=on_partial)
-        for rel, _ in todo:
+        for rel, _ in todo:  # every attempt here is alone: one that kills this process counts
+            if not _begin_alone(ctx, rel, max_crashes):
+                on_done(_crash_record(rel, ctx, max_crashes))
+                continue
             on_done(process_source(rel, stages, ctx))
+            _end_alone(ctx, rel)
         return
     cfg_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     pending = [rel for rel, _ in todo]
-    crashes: dict[str, int] = {}
-    while pending:
+    suspects: list[str] = []  # in flight when a worker died: retried alone, one at a time
+    while pending or suspects:
         inflight: dict = {}
         # Workers put (rel, fraction) on a queue that a thread here hands on; one queue per pool,
         # since a worker killed inside put() would leave the queue's lock held.
@@ -355,28 +453,39 @@ def run_sources(todo: list[tuple[str, float]], cfg: DictConfig, ctx: Context, wo
                                    initargs=(cfg_yaml, replace(ctx, progress=queue.put if queue else None)))
         broken = False
         try:
-            while pending or inflight:
-                while pending and len(inflight) < workers:  # at most one source per worker in flight
-                    rel = pending.pop(0)
-                    inflight[pool.submit(_work, rel)] = rel
+            while pending or suspects or inflight:
+                if suspects:  # alone: a death now is this file's doing
+                    if not inflight:
+                        rel = suspects.pop(0)
+                        if not _begin_alone(ctx, rel, max_crashes):
+                            on_done(_crash_record(rel, ctx, max_crashes))
+                            continue
+                        inflight[pool.submit(_work, rel)] = rel
+                else:
+                    while pending and len(inflight) < workers:  # at most one source per worker in flight
+                        rel = pending.pop(0)
+                        inflight[pool.submit(_work, rel)] = rel
                 done, _ = wait(inflight, return_when=FIRST_COMPLETED)
-                for f in done:
+                # finished results first: a broken one below must not discard them
+                for f in sorted(done, key=lambda f: isinstance(f.exception(), BrokenProcessPool)):
                     rel = inflight.pop(f)
                     if isinstance(f.exception(), BrokenProcessPool):
                         inflight[f] = rel
                         raise BrokenProcessPool
                     on_done(f.result())
+                    _end_alone(ctx, rel)
         except BrokenProcessPool:
             broken = True
-            # A worker died (killed, out of memory, a crash in native code). Retry what was in
-            # flight once in a fresh pool; a file in flight for two deaths is rejected.
+            # A worker died (killed, out of memory, a crash in native code): the files in flight
+            # are retried alone in a fresh pool, so only the file that kills a worker by itself
+            # is ever rejected (its lone crashes counted by _begin_alone).
             log.warning("a worker process died; restarting the pool (in flight: %s)", sorted(inflight.values()))
-            for rel in inflight.values():
-                crashes[rel] = crashes.get(rel, 0) + 1
-                if crashes[rel] >= 2:
-                    on_done(_crash_record(rel, ctx))
-                else:
-                    pending.insert(0, rel)
+            suspects[:0] = sorted(inflight.values())
+        except BaseException:  # SIGINT, SIGTERM (curate turns it into SystemExit): stop the workers now,
+            broken = True      # not after their files (the executor has no public call for this)
+            for p in list((getattr(pool, "_processes", None) or {}).values()):
+                p.kill()
+            raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             if queue is not None and not broken:
@@ -418,17 +527,23 @@ class Progress:
             delta = seconds - self.counted.get(rel, 0.0)
             if delta > 0:
                 self.counted[rel] = seconds
-                self.bar.update(round(delta / 3600, 6))
+                self._advance(delta)
 
     def update(self, summary: dict) -> None:
         with self.lock:
             self.done += 1
             self.seconds += summary["seconds"]
-            self.durations.pop(summary["source"], None)   # late partial reports are ignored
+            # the header's duration, as in the total: the bar ends at its total whatever was decoded;
+            # popped, so late partial reports are ignored
+            planned = self.durations.pop(summary["source"], summary["seconds"])
             counted = self.counted.pop(summary["source"], 0.0)
             speed = self.seconds / max(time.perf_counter() - self.t0, 1e-9)
             self.bar.set_postfix_str(f"files {self.done}/{self.n_files}, {speed:.1f}x real time", refresh=False)
-            self.bar.update(round((summary["seconds"] - counted) / 3600, 6))
+            self._advance(max(0.0, planned - counted))
+
+    def _advance(self, seconds: float) -> None:
+        """Move the bar by `seconds` of audio, never past its total (float rounding of many small steps)."""
+        self.bar.update(min(round(seconds / 3600, 6), max(0.0, self.bar.total - self.bar.n)))
 
     def close(self) -> None:
         self.bar.close()
@@ -449,6 +564,10 @@ def _clean_stale_temps() -> None:
             continue
 
 
+def _exit_on_signal(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def curate(cfg: DictConfig) -> dict:
     """Run (or resume) a curation; returns the slice summary, plus the finalize summary if single."""
     from data_pipeline.merge import finalize, slice_path
@@ -465,7 +584,7 @@ def curate(cfg: DictConfig) -> dict:
 
     todo = []
     for rel in sources:
-        if not is_done(load_record(out_dir, rel), fp, input_dir):
+        if not is_done(load_record(out_dir, rel), fp, input_dir, out_dir):
             try:
                 seconds = audio_info(input_dir / rel).duration
             except AudioError:
@@ -476,10 +595,19 @@ def curate(cfg: DictConfig) -> dict:
     t0 = time.perf_counter()
     if todo:
         bar = Progress(todo, desc=f"curate {cfg.shard_index}/{cfg.num_shards}")
+        # SIGTERM (a scheduler's cancel) unwinds like Ctrl-C: workers killed, temp copies removed
+        main = threading.current_thread() is threading.main_thread()
+        old = signal.signal(signal.SIGTERM, _exit_on_signal) if main else None
         try:
-            run_sources(todo, cfg, ctx, workers, bar.update, bar.partial)
+            run_sources(todo, cfg, ctx, workers, bar.update, bar.partial, int(cfg.max_worker_crashes))
         finally:
             bar.close()
+            if main:
+                signal.signal(signal.SIGTERM, old)
+    retry = [rel for rel in sources if (load_record(out_dir, rel) or {}).get("retry")]
+    if retry:
+        log.warning("%d sources failed with a transient error (disk full, out of memory; e.g. %s): they are "
+                    "listed as transient_error and the same command processes them again", len(retry), retry[:3])
     wall = time.perf_counter() - t0
     slice_summary = {"num_shards": cfg.num_shards, "shard_index": cfg.shard_index, "fingerprint": fp,
                      "input_dir": str(input_dir), "sources": sources, "seconds": round(wall, 3)}

@@ -9,6 +9,7 @@ output, not several copies of the decoded input.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -74,7 +75,7 @@ def audio_info(path) -> AudioInfo:
     path = Path(path)
     _check_file(path)
     try:
-        i = sf.info(str(path))
+        i = sf.info(os.fsencode(path))
         return AudioInfo(i.samplerate, i.channels, i.frames, f"{i.format}/{i.subtype}")
     except (sf.LibsndfileError, RuntimeError, TypeError):
         return _ffprobe(path)
@@ -93,6 +94,10 @@ def check_declared_length(path, info: AudioInfo, nbytes: int, max_seconds: float
                                f"(under {MIN_BYTES_PER_SECOND} bytes per second): not plausible audio")
     if max_seconds is not None and info.duration > max_seconds:
         raise AudioError(path, f"header declares {info.duration:.1f} s, more than the {max_seconds:g} s allowed")
+
+
+# soundfile is given the path as bytes (os.fsencode): it encodes a str path strictly, so a file
+# name that is not valid UTF-8 (held by Python as surrogate escapes) would raise UnicodeEncodeError.
 
 
 def _check_file(path: Path) -> None:
@@ -133,7 +138,7 @@ def _via_ffmpeg(info: AudioInfo) -> bool:
 
 
 def _sf_blocks(path: Path, block: int) -> Iterator[tuple[np.ndarray, int]]:
-    with sf.SoundFile(str(path)) as f:
+    with sf.SoundFile(os.fsencode(path)) as f:
         while True:
             data = f.read(block, dtype="float32", always_2d=True)
             if len(data) == 0:
@@ -267,7 +272,7 @@ def load_segment(path, start: float, end: float, sample_rate: int | None = None)
         a, b = int(round(start * sr_in)), int(round(end * sr_in))
         a0 = max(0, min(a - margin, info.frames))
         try:
-            with sf.SoundFile(str(path)) as f:
+            with sf.SoundFile(os.fsencode(path)) as f:
                 f.seek(a0)
                 data = f.read(max(0, b + margin - a0), dtype="float32", always_2d=True).mean(axis=1)
         except sf.LibsndfileError as e:

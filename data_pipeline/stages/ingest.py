@@ -22,7 +22,7 @@ import numpy as np
 import soxr
 
 from data_pipeline.stages.base import ANALYSIS_SR
-from higgs_train.audio import AudioError, audio_info, iter_audio
+from higgs_train.audio import AudioError, audio_info, check_declared_length, iter_audio
 from higgs_train.shards import SAMPLE_RATE as EXPORT_SR
 
 # Containers whose header frame count is exact: decoding much less than it means the file is cut.
@@ -30,9 +30,10 @@ _EXACT_LENGTH = ("WAV", "WAVEX", "FLAC", "AIFF", "W64", "RF64", "CAF", "OGG")
 
 
 def source_key(rel: str) -> str:
-    """A WebDataset-safe, readable, unique key for a source: slug of its path + 8 hex of its hash."""
+    """A WebDataset-safe, readable, unique key for a source: slug of its path + 8 hex of its hash
+    (of the name's bytes: a name that is not UTF-8 has surrogate escapes, PEP 383)."""
     slug = re.sub(r"[^A-Za-z0-9_-]+", "-", rel).strip("-")[-48:]
-    return f"{slug}-{hashlib.sha1(rel.encode()).hexdigest()[:8]}"
+    return f"{slug}-{hashlib.sha1(rel.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
 
 
 @dataclass
@@ -65,10 +66,14 @@ class Ingest:
 
     ignore: globs on file names that are companions, not inputs (sidecar transcripts, hidden
     files); every other file must end up processed or rejected.
+    max_seconds: longest declared duration decoded (the 16 kHz copy of an hour is 230 MB in
+    memory); a header over it, or one declaring more than its bytes can hold (a 1 Hz WAV), is
+    rejected before decoding.
     """
 
-    def __init__(self, ignore: list[str] = ()):
+    def __init__(self, ignore: list[str] = (), max_seconds: float | None = None):
         self.ignore = list(ignore)
+        self.max_seconds = max_seconds
 
     def list_sources(self, input_dir, exclude=None) -> list[str]:
         """Every input file under `input_dir` (recursively, following links to folders once), as
@@ -95,6 +100,7 @@ class Ingest:
         """Raises AudioError (with a reason) for anything that is not usable audio."""
         path = Path(path)
         info = audio_info(path)
+        check_declared_length(path, info, path.stat().st_size, self.max_seconds)
         # Preallocate the analysis copy from the header's length; grow if the header lied.
         out16 = np.empty(int(np.ceil(info.duration * ANALYSIS_SR)) + ANALYSIS_SR, np.float32)
         n16 = n24 = n_native = 0
