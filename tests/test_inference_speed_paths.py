@@ -81,3 +81,30 @@ def test_model_fast_paths_equal_the_plain_call():
             b = m(x, frame, torch.ones(B, 1, dtype=torch.bool), cache=plain, positions=torch.tensor([t]))
             assert (a.audio_logits - b.audio_logits).abs().max() <= 1e-6, t
             assert torch.equal(a.audio_logits.argmax(-1), b.audio_logits.argmax(-1))
+
+
+def test_bf16_decode_attention_groups_query_heads():
+    """A bf16 decode step on CPU (query heads of a KV head as query rows) equals grouped-query SDPA."""
+    import torch.nn.functional as F
+
+    from higgs_train.llm.model import Attention, KVCache
+    from inference.tiny import TINY_LLM
+
+    torch.manual_seed(0)
+    cfg = DualFFNConfig(vocab_size=97, **TINY_LLM)
+    att = Attention(cfg, 0).to(torch.bfloat16)
+    cache = KVCache(cfg, 2, 16, torch.bfloat16, "cpu")
+    cache.k.normal_()
+    cache.v.normal_()
+    x = torch.randn(2, 1, cfg.hidden_size, dtype=torch.bfloat16)
+    one = torch.ones(1, cfg.head_dim, dtype=torch.bfloat16)
+    mask = torch.rand(2, 1, 1, 12) < 0.7
+    mask[..., 9] = True                                             # the position written now
+    with torch.no_grad():
+        got = att(x, one, one * 0, cache, torch.tensor([9]), mask, attend=12)
+        q = att.q_proj(x).view(2, 1, cfg.num_heads, cfg.head_dim).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, cache.k[0, :, :, :12], cache.v[0, :, :, :12], attn_mask=mask,
+                                           enable_gqa=True)
+        want = att.o_proj(y.transpose(1, 2).reshape(2, 1, -1))
+    assert (got.float() - want.float()).abs().max() <= 2e-2
+    assert (got.float() - want.float()).abs().mean() <= 1e-3
