@@ -61,10 +61,14 @@ def complete_slices(out_dir: Path) -> tuple[list[str], str]:
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        for r in rows:
-            f.write(dumps(r) + "\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            for r in rows:
+                f.write(dumps(r) + "\n")
+        os.replace(tmp, path)
+    except BaseException:  # disk full, a row that is not JSON: no temp file left behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _seg_reject(row: dict, stage: str, reason: str) -> dict:

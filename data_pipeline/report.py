@@ -23,6 +23,7 @@ from the source file.
 from __future__ import annotations
 
 import html
+import io
 import json
 import os
 import re
@@ -253,8 +254,19 @@ def _write_clip(wav: np.ndarray, path: Path) -> bool:
     if wav is None or len(wav) < CLIP_SR // 10:
         return False
     tmp = path.with_name(f".{path.name}.tmp")
-    sf.write(str(tmp), np.clip(wav, -1, 1), CLIP_SR, format="MP3")
-    os.replace(tmp, path)
+    # Encoded in memory, written by Python: a full disk raises OSError naming the path and errno,
+    # where libsndfile says only "System error."
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(wav, -1, 1), CLIP_SR, format="MP3")
+    try:
+        try:
+            tmp.write_bytes(buf.getvalue())
+        except OSError as e:  # a failed write() names no file
+            raise OSError(e.errno, e.strerror, str(tmp)) from None
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return True
 
 
@@ -358,6 +370,17 @@ def write_report(out_dir, manifest_rows: list[dict], rejected_rows: list[dict], 
     tmp = out_dir / f".report.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    try:
+        _fill(tmp, out_dir, manifest_rows, rejected_rows, stats)
+    except BaseException:  # disk full, ...: no half-written report folder left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
+
+
+def _fill(tmp: Path, out_dir: Path, manifest_rows: list[dict], rejected_rows: list[dict], stats: dict) -> None:
     input_dir = Path(stats["input_dir"]) if stats.get("input_dir") else None
 
     summary = summarize(manifest_rows, rejected_rows, stats)
@@ -383,7 +406,3 @@ def write_report(out_dir, manifest_rows: list[dict], rejected_rows: list[dict], 
     # errors=: a file name that is not UTF-8 shows as caf\xe9.wav
     (tmp / "index.html").write_text(_html(summary, figs, reason_ex, band_ex, band_counts, file_rejects),
                                     errors="backslashreplace")
-
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    return final

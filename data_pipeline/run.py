@@ -397,6 +397,14 @@ def _crash_record(rel: str, ctx: Context, crashes: int) -> dict:
     return summary
 
 
+def _folder_record(rel: str, reason: str, ctx: Context) -> None:
+    """A folder under input_dir that could not be listed (rewritten by every run that meets it)."""
+    _save({"source": rel, "key": source_key(rel), "fingerprint": ctx.fingerprint, "identity": None, "sha1": None,
+           "duplicate_of": None, "audio": None, "transcribed": False, "segments": [], "timings": {},
+           "rejected": [{"source": rel, "stage": "ingest", "reason": "unreadable_folder", "detail": reason}]},
+          ctx.out_dir / PARTS)
+
+
 def _attempts_path(ctx: Context, rel: str) -> Path:
     return ctx.out_dir / ATTEMPTS / source_key(rel)
 
@@ -573,18 +581,28 @@ def curate(cfg: DictConfig) -> dict:
     from data_pipeline.merge import finalize, slice_path
 
     input_dir, out_dir = Path(cfg.input_dir).resolve(), Path(cfg.output_dir).resolve()
+    if out_dir == input_dir:
+        raise ValueError(f"output_dir is input_dir ({input_dir}): choose an output folder outside the inputs")
+    if out_dir.is_relative_to(input_dir):
+        log.info("output_dir %s is inside input_dir: it is left out of the inputs", out_dir)
     (out_dir / PARTS).mkdir(parents=True, exist_ok=True)
     (out_dir / SLICES).mkdir(parents=True, exist_ok=True)
     _clean_stale_temps()
     ingest = _build(cfg.ingest, 1)
-    sources = slice_sources(ingest.list_sources(input_dir, exclude=out_dir), cfg.num_shards, cfg.shard_index)
+    unreadable: list[tuple[str, str]] = []
+    files = ingest.list_sources(input_dir, exclude=out_dir, unreadable=unreadable)
+    # A folder that cannot be listed is a source of its own (name ending in /), rejected with its reason.
+    folders = {f"{rel}/": why for rel, why in unreadable}
+    sources = slice_sources(files + sorted(folders), cfg.num_shards, cfg.shard_index)
     fp = processing_fingerprint(cfg)
     workers = max(1, int(cfg.workers))
     ctx = Context(input_dir, out_dir, fp, threads=max(1, len(os.sched_getaffinity(0)) // workers))
 
     todo = []
     for rel in sources:
-        if not is_done(load_record(out_dir, rel), fp, input_dir, out_dir):
+        if rel in folders:
+            _folder_record(rel, folders[rel], ctx)
+        elif not is_done(load_record(out_dir, rel), fp, input_dir, out_dir):
             try:
                 seconds = audio_info(input_dir / rel).duration
             except AudioError:

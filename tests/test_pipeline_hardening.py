@@ -198,3 +198,70 @@ def test_workers_do_not_outlive_the_main_process(tmp_path, sig):
     assert proc.wait(timeout=60) == (-signal.SIGKILL if sig == signal.SIGKILL else 128 + signal.SIGTERM)
     gone, alive = psutil.wait_procs(workers, timeout=60)
     assert not alive, [p.pid for p in alive]
+
+
+def test_output_dir_equal_to_input_dir_is_refused_before_any_work(tmp_path):
+    sf.write(tmp_path / "x.wav", np.zeros(16000, np.int16), 16000)
+    with pytest.raises(ValueError, match="output_dir is input_dir"):
+        curate(make_cfg(tmp_path, tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.wav"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux) to drop root's DAC override")
+def test_unlistable_folders_and_odd_files_get_their_reasons(tmp_path):
+    """Run without the capabilities that let root read anything (setpriv), so modes bite: a folder
+    that cannot be listed, a file that cannot be read, a FIFO, a symlink loop, a broken link."""
+    inputs = tmp_path / "in"
+    (inputs / "locked").mkdir(parents=True)
+    sf.write(inputs / "locked/hidden.wav", np.zeros(16000, np.int16), 16000)
+    sf.write(inputs / "secret.wav", np.zeros(16000, np.int16), 16000)
+    os.mkfifo(inputs / "pipe.wav")
+    os.symlink("loop.wav", inputs / "loop.wav")
+    os.symlink("gone.wav", inputs / "dangling.wav")
+    (inputs / "locked").chmod(0)
+    (inputs / "secret.wav").chmod(0)
+    out = tmp_path / "out"
+    try:
+        proc = subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all",
+                               sys.executable, "-m", "data_pipeline", *config_args(
+                                   [f"input_dir={inputs}", f"output_dir={out}", *COMMON, "workers=1"])],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+    finally:
+        (inputs / "locked").chmod(0o755)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = file_rows(out)
+    assert sorted(rows) == ["dangling.wav", "locked/", "loop.wav", "pipe.wav", "secret.wav"]
+    assert rows["locked/"]["reason"] == "unreadable_folder" and "Permission denied" in rows["locked/"]["detail"]
+    assert rows["secret.wav"]["reason"] == "transient_error" and "Permission denied" in rows["secret.wav"]["detail"]
+    assert rows["pipe.wav"]["detail"] == "not a regular file (a FIFO)"
+    assert rows["loop.wav"]["detail"] == "symbolic link loop"
+    assert rows["dangling.wav"]["detail"] == "broken symbolic link (its target does not exist)"
+
+
+def test_a_latin1_sidecar_is_read_as_latin1_not_mojibake(tmp_path):
+    from data_pipeline.stages.transcribe import read_sidecar
+
+    (tmp_path / "a.txt").write_bytes("Ein Caf\u00e9, bitte: \u00fcber \u00e4rger".encode("latin-1"))
+    assert read_sidecar(tmp_path / "a.txt")[1] == "Ein Caf\u00e9, bitte: \u00fcber \u00e4rger"
+    (tmp_path / "b.json").write_bytes('\ufeff{"text": "na\u00efve"}'.encode("utf-8"))  # UTF-8 with a BOM
+    assert read_sidecar(tmp_path / "b.json")[1] == "na\u00efve"
+
+
+def test_a_full_disk_in_the_report_names_the_path_and_leaves_no_temp(tmp_path):
+    """/dev/full answers every write with ENOSPC: a clip written through a link to it, a manifest
+    row that cannot be written, a report that fails half-way leave no temp file or folder."""
+    from data_pipeline.merge import _write_jsonl
+    from data_pipeline.report import _write_clip, write_report
+
+    link = tmp_path / ".clip.mp3.tmp"
+    link.symlink_to("/dev/full")
+    with pytest.raises(OSError) as e:
+        _write_clip(np.zeros(16000, np.float32), tmp_path / "clip.mp3")
+    assert e.value.errno == errno.ENOSPC and str(link) in str(e.value)
+    assert not (tmp_path / "clip.mp3").exists() and not link.is_symlink()
+    with pytest.raises(TypeError):
+        _write_jsonl(tmp_path / "manifest.jsonl", [{"a": 1}, {"b": object()}])
+    with pytest.raises(KeyError):
+        write_report(tmp_path, [{"source": "a.wav"}], [], {})  # a row without its fields
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], list(tmp_path.iterdir())

@@ -9,11 +9,13 @@ One pass over the decoded blocks produces everything later stages need:
 """
 from __future__ import annotations
 
+import errno
 import fnmatch
 import hashlib
 import os
 import re
 import socket
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +62,25 @@ class Decoded:
         self.path24.unlink(missing_ok=True)
 
 
+def _check_input(path: Path) -> None:
+    """The reasons audio_info would blur into "file not found" / "not an audio file". A file we may
+    not read raises PermissionError (an OSError: retried by the next run, when it may be fixed)."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise AudioError(path, "symbolic link loop") from None
+        if os.path.islink(path):
+            raise AudioError(path, "broken symbolic link (its target does not exist)") from None
+        raise AudioError(path, f"cannot stat the file: {e.strerror} (errno {e.errno})") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+                stat.S_IFBLK: "a block device"}.get(stat.S_IFMT(st.st_mode), "not a file")
+        raise AudioError(path, f"not a regular file ({kind})")
+    with open(path, "rb"):  # PermissionError here, not "not an audio file" from the decoder
+        pass
+
+
 class Ingest:
     """Finds the input files; decodes one (any format higgs_train.audio reads) to the analysis and
     export copies.
@@ -75,16 +96,22 @@ class Ingest:
         self.ignore = list(ignore)
         self.max_seconds = max_seconds
 
-    def list_sources(self, input_dir, exclude=None) -> list[str]:
+    def list_sources(self, input_dir, exclude=None, unreadable: list | None = None) -> list[str]:
         """Every input file under `input_dir` (recursively, following links to folders once), as
-        sorted POSIX paths relative to it; nothing under `exclude` (an output folder inside it)."""
+        sorted POSIX paths relative to it; nothing under `exclude` (an output folder inside it).
+        Folders that cannot be listed are appended to `unreadable` as (relative path, reason)."""
         root = Path(input_dir)
         if not root.is_dir():
             raise FileNotFoundError(f"input_dir {root} is not a directory")
         skip = Path(exclude).resolve() if exclude else None
         seen: set[tuple[int, int]] = set()
         out = []
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        def onerror(e: OSError) -> None:
+            if unreadable is not None:
+                rel = Path(e.filename).relative_to(root).as_posix() if e.filename else "."
+                unreadable.append((rel, f"cannot list the folder: {e.strerror or e} (errno {e.errno})"))
+
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=onerror):
             st = os.stat(dirpath)
             if (st.st_dev, st.st_ino) in seen or (skip is not None and Path(dirpath).resolve() == skip):
                 dirnames[:] = []  # a link loop, or our own output
@@ -99,6 +126,7 @@ class Ingest:
     def __call__(self, path) -> Decoded:
         """Raises AudioError (with a reason) for anything that is not usable audio."""
         path = Path(path)
+        _check_input(path)
         info = audio_info(path)
         check_declared_length(path, info, path.stat().st_size, self.max_seconds)
         # Preallocate the analysis copy from the header's length; grow if the header lied.

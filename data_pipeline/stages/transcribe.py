@@ -68,9 +68,14 @@ def read_sidecar(path: Path) -> tuple[list[dict] | None, str, str]:
 
     Accepted: plain .txt (untimed); .json {"text": ...} (untimed) or with "segments" or
     "utterances": [{"start", "end", "text"}, ...] (the synth format, and Whisper's JSON
-    output), optionally "language"; or a bare JSON list of such utterances.
+    output), optionally "language"; or a bare JSON list of such utterances. Text is UTF-8 (a BOM
+    is dropped); a file that is not valid UTF-8 is read as Latin-1.
     """
-    raw = path.read_text(encoding="utf-8", errors="replace")
+    data = path.read_bytes()
+    try:
+        raw = data.decode("utf-8-sig")
+    except UnicodeDecodeError:  # not UTF-8: legacy editors write Latin-1 (every byte is a character)
+        raw = data.decode("latin-1")
     if path.suffix == ".txt":
         return None, " ".join(raw.split()), ""
     doc = json.loads(raw)
