@@ -3,7 +3,8 @@
 #   bash benchmarks/gpu_check.sh
 # Full-size training throughput (4-layer full-width subset, extrapolated), inference RTF
 # at batch 1 and 8 with random weights, and peak memory (torch.cuda.max_memory_allocated); then a
-# release-shaped random checkpoint through the converter and peak GPU memory at 8k context.
+# release-shaped random checkpoint through the converter and peak GPU memory at 8k context; then
+# our engine against the transformers port on the same release-shaped random weights.
 # The GPU image has torch/transformers/tokenizers/safetensors/yaml; nothing is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,3 +16,8 @@ python3 benchmarks/gpu_bench.py --size full "$@" 2>&1 | tee "${OUT:-/tmp}/gpu_ch
 # loaded onto the GPU, then peak GPU memory with an 8k-slot KV cache after an 8k prefill.
 # CPU smoke test: python benchmarks/gpu_release.py --size tiny --device cpu --context 256
 python3 benchmarks/gpu_release.py --context 8192 2>&1 | tee "${OUT:-/tmp}/gpu_release.md"
+# Our engine against the transformers port's generate() on the same random release-shaped weights
+# (issue 16): bf16, batch 1/4/8, greedy, 200 frames forced. Our engine has no CUDA-graph capture
+# yet, so these rows are without graphs on both sides. CPU version: python benchmarks/inference_vs_port.py
+python3 benchmarks/inference_vs_port.py --device cuda --size release --rows bf16-b1-t1,bf16-b4-t1,bf16-b8-t1 \
+  2>&1 | tee "${OUT:-/tmp}/inference_vs_port.md"

@@ -58,7 +58,7 @@ class EngineConfig:
     prefill_chunk: int = 1024        # prompt positions per prefill forward (caps activation memory)
     # attention reads the first multiple of attend_step slots that holds every written slot, not the
     # whole bucket: a static shape per multiple (one CUDA graph each), ~P + frames slots read per step
-    attend_step: int = 256
+    attend_step: int = 128
     chunk_words: int = 40            # long text is spoken in chunks of whole sentences up to this many words
     context_chunks: int = 2          # earlier generated chunks fed back as context (keeps the voice)
     max_reference_seconds: float = 30.0
