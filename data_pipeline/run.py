@@ -444,8 +444,11 @@ def run_sources(todo: list[tuple[str, float]], cfg: DictConfig, ctx: Context, wo
             if not _begin_alone(ctx, rel, max_crashes):
                 on_done(_crash_record(rel, ctx, max_crashes))
                 continue
-            on_done(process_source(rel, stages, ctx))
-            _end_alone(ctx, rel)
+            try:
+                summary = process_source(rel, stages, ctx)
+            finally:  # done, or stopped by SIGINT/SIGTERM: either way the file did not kill us
+                _end_alone(ctx, rel)
+            on_done(summary)
         return
     cfg_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     pending = [rel for rel, _ in todo]
@@ -493,6 +496,8 @@ def run_sources(todo: list[tuple[str, float]], cfg: DictConfig, ctx: Context, wo
             broken = True      # not after their files (the executor has no public call for this)
             for p in list((getattr(pool, "_processes", None) or {}).values()):
                 p.kill()
+            for rel in inflight.values():  # stopped, not crashed by their file
+                _end_alone(ctx, rel)
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -265,3 +265,25 @@ def test_a_full_disk_in_the_report_names_the_path_and_leaves_no_temp(tmp_path):
     with pytest.raises(KeyError):
         write_report(tmp_path, [{"source": "a.wav"}], [], {})  # a row without its fields
     assert sorted(p.name for p in tmp_path.iterdir()) == [], list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_a_stopped_run_does_not_count_as_a_crash(tmp_path):
+    """SIGTERM while the single process is on a file: exit 143, and the lone attempt is not
+    counted against the file (only a death of the process is)."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    sf.write(inputs / "crash.wav", np.zeros(16000, np.int16), 16000)  # sleeps 3 s before it kills
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "data_pipeline", *config_args(
+        [f"input_dir={inputs}", f"output_dir={out}", *COMMON, *FAULTY, "workers=1"])],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = out / ATTEMPTS / source_key("crash.wav")
+    deadline = time.time() + 120
+    while not marker.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert marker.read_text() == "1"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert not marker.exists()
