@@ -60,15 +60,20 @@ def complete_slices(out_dir: Path) -> tuple[list[str], str]:
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    os.replace(_jsonl_tmp(path, rows), path)
+
+
+def _jsonl_tmp(path: Path, rows: list[dict]) -> Path:
+    """`rows` written whole to a temp name beside `path` (returned; the caller renames it)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "w") as f:
             for r in rows:
                 f.write(dumps(r) + "\n")
-        os.replace(tmp, path)
     except BaseException:  # disk full, a row that is not JSON: no temp file left behind
         tmp.unlink(missing_ok=True)
         raise
+    return tmp
 
 
 def _seg_reject(row: dict, stage: str, reason: str) -> dict:
@@ -162,14 +167,17 @@ def finalize(cfg: DictConfig, out_dir, sources: list[str], input_dir: str | None
         if len(manifest) != len(kept):
             raise RuntimeError(f"{len(kept) - len(manifest)} kept segments are missing from their part files "
                                f"in {out_dir / PARTS}: delete the affected parts/*.json and rerun")
+        # Manifest and rejected written whole before the shards are swapped in, then renamed right
+        # after: new shards sit beside the old manifest only between two renames.
+        tmps = [_jsonl_tmp(out_dir / "manifest.jsonl", manifest), _jsonl_tmp(out_dir / "rejected.jsonl", rejected)]
         old = out_dir / ".shards.old"
         shutil.rmtree(old, ignore_errors=True)
         if (out_dir / "shards").exists():
             os.replace(out_dir / "shards", old)
         os.replace(new, out_dir / "shards")
+        for tmp, name in zip(tmps, ("manifest.jsonl", "rejected.jsonl")):
+            os.replace(tmp, out_dir / name)
         shutil.rmtree(old, ignore_errors=True)
-        _write_jsonl(out_dir / "manifest.jsonl", manifest)
-        _write_jsonl(out_dir / "rejected.jsonl", rejected)
         pack_s = time.perf_counter() - t0
         stats = run_stats(records, rejected, fcfg, input_dir, wall_seconds and wall_seconds + pack_s, pack_s)
         summary = json.loads((write_report(out_dir, manifest, rejected, stats) / "summary.json").read_text())
