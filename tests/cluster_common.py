@@ -39,6 +39,7 @@ def tokenizer_corpus(tmp_path_factory):
 
 
 # GAN from step 1 (step 0 is reconstruction only), so both optimizers step under DDP
-TINY_TOKENIZER = ["model=tokenizer/tiny", "task.data.crop_seconds=0.2", "task.data.batch_size=2",
+# k-means on step 1's 10 frames, so the EMA codebooks move (and must stay in sync) from step 1
+TINY_TOKENIZER = ["model=tokenizer/tiny", "model.kmeans_frames=8", "task.data.crop_seconds=0.2", "task.data.batch_size=2",
                   "task.data.num_workers=0", "task.data.shuffle_buffer=2", "task.loss.gan_start_step=1",
                   "task.disc_channels=8", "++trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1"]

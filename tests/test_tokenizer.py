@@ -219,7 +219,7 @@ def test_ema_codebook_kmeans_update_and_restart():
 
 def test_quantizer_dropout_uses_fewer_codebooks_in_training():
     torch.manual_seed(0)
-    q = ResidualVQ(8, 1024, 8, 8, 0.99, 0.05, dropout=1.0).train()
+    q = ResidualVQ(8, 1024, 8, 8, 0.99, 0.05, dropout=1.0, kmeans_frames=1024).train()
     with torch.no_grad():  # identity projections: each stage then quantizes the residual itself
         for stage in q.quantizers:
             for lin in (stage.project_in, stage.project_out):

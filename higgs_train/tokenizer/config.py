@@ -37,6 +37,7 @@ class TokenizerConfig:
     ema_decay: float = 0.99
     dead_code_threshold: float = 0.05  # restart codes whose EMA usage is below this fraction of the mean
     quantizer_dropout: float = 0.5    # fraction of a batch trained with a random number of codebooks
+    kmeans_frames: int = 1024         # frames gathered over steps before the codebooks' k-means init (>= codes)
     # Interface constants: fixed for every size (the LLM depends on them).
     sample_rate: int = SAMPLE_RATE
     strides: tuple = STRIDES

@@ -88,6 +88,7 @@ class TokenizerModule(L.LightningModule):
             logs["train/d_loss"] = loss_d.detach()
 
         losses = {"mel": self.mel(recon, wav), "stft": self.stft(recon, wav), "commit": out["commit"],
+                  "latent": out["latent"],
                   "semantic": out["semantic"]}
         if gan:
             fake = self.disc(recon)
@@ -151,7 +152,12 @@ class TokenizerModule(L.LightningModule):
 
         plt.close(fig)
 
+    def on_load_checkpoint(self, checkpoint):
+        # latents gathered for the codebooks' k-means, if it has not run yet: a resume continues them
+        self.model.quantizer.load_pool_state(checkpoint.get("vq_pool"))
+
     def on_save_checkpoint(self, checkpoint):
+        checkpoint["vq_pool"] = self.model.quantizer.pool_state()
         checkpoint["tokenizer_config"] = self.model.cfg.to_dict()
 
     def export(self, export_dir) -> Path:

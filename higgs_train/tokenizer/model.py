@@ -56,7 +56,7 @@ class AudioTokenizer(nn.Module):
         self.fc1 = nn.Linear(dim, H)                  # to the semantic decoder
         self.fc2 = nn.Linear(dim, cfg.latent_dim)     # to the acoustic decoder
         self.quantizer = ResidualVQ(cfg.n_codebooks, cfg.codebook_size, dim, cfg.codebook_dim, cfg.ema_decay,
-                                    cfg.dead_code_threshold, cfg.quantizer_dropout)
+                                    cfg.dead_code_threshold, cfg.quantizer_dropout, cfg.kmeans_frames)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -116,7 +116,7 @@ class AudioTokenizer(nn.Module):
         return self.acoustic_decoder(self.fc2(z_q.transpose(1, 2)).transpose(1, 2))
 
     def forward(self, wav: torch.Tensor, gen: torch.Generator | None = None) -> dict:
-        """wav [B, 1, T] at 24 kHz -> dict(recon [B,1,T], codes [B,8,F], commit, semantic (loss), stats).
+        """wav [B, 1, T] at 24 kHz -> dict(recon [B,1,T], codes [B,8,F], commit, latent, semantic (losses), stats).
 
         T is padded (zeros on the right) to a multiple of the hop, where both paths give
         T / hop frames, so training needs no framing rule."""
@@ -126,7 +126,7 @@ class AudioTokenizer(nn.Module):
         q = self.quantizer(z, gen)
         recon = self._decode_latent(q["z_q"])[..., :T]
         s_hat = self.decoder_semantic(self.fc1(q["z_q"].transpose(1, 2)).transpose(1, 2))
-        return {"recon": recon, "codes": q["codes"], "commit": q["commit"], "stats": q["stats"],
+        return {"recon": recon, "codes": q["codes"], "commit": q["commit"], "latent": q["latent"], "stats": q["stats"],
                 "semantic": F.mse_loss(target.transpose(1, 2), s_hat)}
 
     # ---- inference API ------------------------------------------------------------------

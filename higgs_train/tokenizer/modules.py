@@ -59,6 +59,16 @@ class EncoderBlock(nn.Module):
         return self.conv1(self.snake1(self.res_unit3(self.res_unit2(self.res_unit1(x)))))
 
 
+def zero_conv_biases(module: nn.Module) -> None:
+    """DAC's initialisation of its biases (dac.model.dac.init_weights). With PyTorch's default
+    bias init an untrained decoder's output is ~1000x larger than its input-dependent part: a
+    fixed waveform repeating every 960 samples that training starts from and, in a few hundred
+    CPU steps, never leaves (the demo codec's buzz)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d)) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
 class AcousticEncoder(nn.Module):
     def __init__(self, channels: int, strides, latent_dim: int):
         super().__init__()
@@ -67,6 +77,7 @@ class AcousticEncoder(nn.Module):
         self.block = nn.ModuleList(EncoderBlock(a, b, s) for a, b, s in zip(widths[:-1], widths[1:], strides))
         self.snake1 = Snake(widths[-1])
         self.conv2 = weight_norm(nn.Conv1d(widths[-1], latent_dim, 3, padding=1))
+        zero_conv_biases(self)
 
     def forward(self, wav):  # [B, 1, T] -> [B, latent, F]
         x = self.conv1(wav)
@@ -98,6 +109,7 @@ class AcousticDecoder(nn.Module):
         self.block = nn.ModuleList(DecoderBlock(a, b, s) for a, b, s in zip(widths[:-1], widths[1:], strides))
         self.snake1 = Snake(widths[-1])
         self.conv2 = weight_norm(nn.Conv1d(widths[-1], 1, 7, padding=3))
+        zero_conv_biases(self)
 
     def forward(self, z):  # [B, latent, F] -> [B, 1, F * hop]
         x = self.conv1(z)

@@ -1,7 +1,7 @@
 """Residual VQ as the release has it (xcodec's): each stage projects the residual from the
 fused space (D + semantic) into its codebook's space (project_in), picks the nearest code,
-and projects it back (project_out); EMA codebooks, k-means init, dead-code restart,
-commitment loss, and (ours, for training) quantizer dropout and usage statistics.
+and projects it back (project_out); EMA codebooks, k-means init (on >= codebook-size vectors
+gathered over steps), dead-code restart, commitment loss, a per-stage latent loss, and (ours, for training) quantizer dropout and usage statistics.
 
 Codebooks are buffers, not parameters: they move by exponential moving averages of the
 vectors assigned to them, so they are saved in checkpoints and restored exactly, and no
@@ -120,24 +120,68 @@ class VQStage(nn.Module):
         self.project_in = nn.Linear(dim, codebook_dim)
         self.project_out = nn.Linear(codebook_dim, dim)
 
+    @torch.no_grad()
+    def init_projections(self, residual: torch.Tensor) -> None:
+        """project_in/out as the residual's top principal directions (residual [N, dim]): the
+        best rank-codebook_dim linear stage. With random projections project_out(code) does not
+        approximate the residual, so at first every added codebook moved z_q away from z."""
+        mean = residual.mean(0)
+        _, _, vh = torch.linalg.svd(residual - mean, full_matrices=False)
+        v = vh[:self.project_in.out_features]                       # [cd, dim]
+        if v.shape[0] < self.project_in.out_features:               # fewer frames than dims: keep the rest
+            v = torch.cat([v, self.project_in.weight[v.shape[0]:]])
+        for t, value in ((self.project_in.weight, v), (self.project_in.bias, -v @ mean),
+                         (self.project_out.weight, v.t()), (self.project_out.bias, mean)):
+            t.copy_(_broadcast(value.to(t.dtype).contiguous()))
+
     def decode(self, idx: torch.Tensor) -> torch.Tensor:  # [B, F] -> [B, dim, F]
         return self.project_out(F.embedding(idx, self.codebook.embed)).transpose(1, 2).contiguous()
 
 
 class ResidualVQ(nn.Module):
     def __init__(self, n_codebooks: int, size: int, dim: int, codebook_dim: int, decay: float,
-                 dead_threshold: float, dropout: float):
+                 dead_threshold: float, dropout: float, kmeans_frames: int):
         super().__init__()
-        self.dropout = dropout
+        self.dropout, self.kmeans_frames = dropout, kmeans_frames
         self.quantizers = nn.ModuleList(VQStage(dim, codebook_dim, size, decay, dead_threshold)
                                         for _ in range(n_codebooks))
+        # Fused latents gathered over steps until k-means has at least `size` of them: one batch
+        # of a CPU run holds ~32 frames, and k-means on those can place at most 32 of 1024 codes,
+        # which collapsed the demo codec (every input decoded to one buzz). Not a buffer (exports
+        # and the release's layout have no such tensor): the training module checkpoints it.
+        self.pool: list[torch.Tensor] = []
+
+    @property
+    def ready(self) -> bool:
+        return all(bool(s.codebook.inited) for s in self.quantizers)
+
+    @torch.no_grad()
+    def gather(self, z: torch.Tensor, gen) -> bool:
+        """Add the frames of z [B, dim, F] to the pool; once it holds >= kmeans_frames frames,
+        initialise every stage in order by k-means on the pool's residuals. -> ready now?"""
+        self.pool.append(z.detach().transpose(1, 2).reshape(-1, z.shape[1]).float().cpu())
+        if sum(len(p) for p in self.pool) < self.kmeans_frames:
+            return False
+        residual = torch.cat(self.pool).to(z.device)
+        for stage in self.quantizers:
+            stage.init_projections(residual)
+            x = stage.project_in(residual)
+            stage.codebook.init_kmeans(x, gen)
+            idx = stage.codebook.nearest(x)
+            residual = residual - stage.project_out(F.embedding(idx, stage.codebook.embed))
+        self.pool = []
+        return True
 
     def forward(self, z: torch.Tensor, gen: torch.Generator | None = None) -> dict:
-        """Training: z [B, dim, F] -> dict(z_q [B, dim, F], codes [B, n, F], commit, stats).
+        """Training: z [B, dim, F] -> dict(z_q [B, dim, F], codes [B, n, F], commit, latent, stats).
 
         Each stage passes its straight-through estimate to the next (as the release's
         training code). A `dropout` fraction of the batch keeps only its first n ~ U{1..N}
         codebooks in z_q, so decoding with fewer codebooks still gives usable audio.
+        Until the codebooks are initialised (k-means on >= kmeans_frames gathered frames, see
+        gather) z goes through unquantized. `latent` is each stage's |project_out(q) - residual|^2:
+        without it nothing asks a stage to explain its residual (the EMA codebooks live after
+        project_in), so early on every added codebook moved z_q further from z.
         """
         B, _, Fr = z.shape
         n = len(self.quantizers)
@@ -147,31 +191,42 @@ class ResidualVQ(nn.Module):
             n_q = torch.where(drop, torch.randint(1, n + 1, (B,), generator=gen), n_q)
         keep = (torch.arange(n)[None] < n_q[:, None]).to(z)  # [B, n]
 
+        ready = self.ready or (self.training and self.gather(z, gen))
         residual, out = z, torch.zeros_like(z)
-        codes, commit, perplexity = [], z.new_zeros(()), []
+        codes, commit, latent, perplexity = [], z.new_zeros(()), z.new_zeros(()), []
         for i, stage in enumerate(self.quantizers):
             cb = stage.codebook
             x = stage.project_in(residual.transpose(1, 2).contiguous())  # [B, F, cd]
             flat = x.detach().reshape(-1, x.shape[-1])
-            if self.training and not bool(cb.inited):
-                cb.init_kmeans(flat, gen)
             idx = cb.nearest(flat)
-            if self.training:
+            if self.training and ready:
                 cb.update(flat, idx, gen)
                 p = torch.bincount(idx, minlength=cb.size).float() / idx.numel()
                 perplexity.append(torch.exp(-(p * (p + 1e-10).log()).sum()))
             q = F.embedding(idx, cb.embed).view_as(x)
             commit = commit + F.mse_loss(q.detach(), x)
-            q = x + (q - x).detach()  # straight-through: project_in and the encoder get the gradient
+            if self.training:  # straight-through: project_in and the encoder get the gradient
+                q = x + (q - x).detach()  # (only then, as the original: x + (q - x) is not q bit for bit)
             q = stage.project_out(q).transpose(1, 2)  # [B, dim, F]
+            latent = latent + F.mse_loss(q, residual.detach())
             out = out + q * keep[:, i, None, None]
             residual = residual - q
             codes.append(idx.view(B, Fr))
+        if not ready:  # still gathering for k-means (training only): the latent goes through as is
+            out, commit, latent = z, z.new_zeros(()), z.new_zeros(())
         stats = {}
         if perplexity:
             stats = {"perplexity": torch.stack(perplexity),
                      "alive": torch.stack([s.codebook.alive() for s in self.quantizers])}
-        return {"z_q": out, "codes": torch.stack(codes, 1), "commit": commit / n, "stats": stats}
+        return {"z_q": out, "codes": torch.stack(codes, 1), "commit": commit / n, "latent": latent / n,
+                "stats": stats}
+
+    def pool_state(self) -> torch.Tensor | None:
+        """The latents gathered for k-means so far (for a training checkpoint; None once ready)."""
+        return torch.cat(self.pool) if self.pool else None
+
+    def load_pool_state(self, pool: torch.Tensor | None) -> None:
+        self.pool = [] if pool is None else [pool]
 
     @torch.no_grad()
     def encode(self, z: torch.Tensor) -> torch.Tensor:
