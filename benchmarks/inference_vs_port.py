@@ -69,9 +69,10 @@ def ours(engine, prompt, batch, frames, first_only=False):
     s = SamplingConfig(temperature=0, max_frames=frames, seed=0)
     rows = [_Row(ids, codes, amask, s, torch.Generator().manual_seed(0)) for _ in range(batch)]
     t0, c0 = time.perf_counter(), time.process_time()
-    for out in engine._decode_frames(rows):
-        if first_only and out[0].shape[1]:
-            break
+    with torch.no_grad():           # as generate_codes and stream run it
+        for out in engine._decode_frames(rows):
+            if first_only and out[0].shape[1]:
+                break
     return time.perf_counter() - t0, time.process_time() - c0, out
 
 
