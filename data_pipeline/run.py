@@ -51,7 +51,7 @@ from data_pipeline.stages.base import ANALYSIS_SR, Segment
 from data_pipeline.stages.ingest import source_key
 from data_pipeline.stages.transcribe import TranscriptError
 from higgs_train.audio import AudioError, audio_info
-from higgs_train.files import write_text_atomic
+from higgs_train.files import dumps, write_text_atomic
 from higgs_train.shards import SAMPLE_RATE as EXPORT_SR
 
 log = logging.getLogger("data_pipeline")
@@ -87,18 +87,6 @@ def processing_fingerprint(cfg: DictConfig) -> str:
         node = OmegaConf.to_container(cfg[g], resolve=True) if cfg.get(g) is not None else None
         groups[g] = {k: v for k, v in node.items() if k not in EXECUTION_KEYS} if isinstance(node, dict) else node
     return hashlib.sha1(json.dumps(groups, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def dumps(obj, **kw) -> str:
-    """JSON text, UTF-8 where it can be. A file name that is not valid UTF-8 is held (as os.walk
-    gives it) with its undecodable bytes as lone surrogates (PEP 383): such a value is written as
-    \\udcXX escapes, so json.loads gives the same str back and os.fsencode(it) the original bytes."""
-    text = json.dumps(obj, ensure_ascii=False, **kw)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = json.dumps(obj, **kw)
-    return text
 
 
 def _write_json(path: Path, obj) -> None:

@@ -22,6 +22,8 @@ from typing import Iterable, Iterator
 import numpy as np
 import soundfile as sf
 
+from higgs_train.files import dumps
+
 SAMPLE_RATE = 24_000
 NUM_CODEBOOKS = 8
 SHARD_PATTERN = "shard-{:06d}.tar"
@@ -92,7 +94,7 @@ class ShardWriter:
         """Add one sample; returns the final file name of the shard that holds it."""
         if "." in key or "/" in key:
             raise ValueError(f"WebDataset keys may not contain '.' or '/': {key!r}")
-        parts = [(f"{key}.flac", flac), (f"{key}.json", json.dumps(row, ensure_ascii=False).encode())]
+        parts = [(f"{key}.flac", flac), (f"{key}.json", dumps(row).encode())]
         if codes is not None:
             parts.append((f"{key}.codes.npy", encode_codes(codes)))
         nbytes = sum(len(d) + 1024 for _, d in parts)
@@ -165,7 +167,7 @@ def rewrite_shard(path, samples: Iterable[dict]) -> None:
     with tarfile.open(tmp, "w") as tar:
         for s in samples:
             _add(tar, f"{s['key']}.flac", s["flac"])
-            _add(tar, f"{s['key']}.json", json.dumps(s["row"], ensure_ascii=False).encode())
+            _add(tar, f"{s['key']}.json", dumps(s["row"]).encode())
             if s.get("codes") is not None:
                 _add(tar, f"{s['key']}.codes.npy", encode_codes(s["codes"]))
     os.replace(tmp, path)

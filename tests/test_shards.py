@@ -72,3 +72,15 @@ def test_rewrite_adds_codes_atomically(tmp_path):
 def test_keys_with_dots_are_refused(tmp_path):
     with ShardWriter(tmp_path) as w, pytest.raises(ValueError):
         w.write("a.b", b"", {})
+
+
+def test_a_non_utf8_source_name_survives_the_shard(tmp_path):
+    # os.walk gives undecodable name bytes as lone surrogates (PEP 383): the row is written with
+    # \udcXX escapes instead of failing the export, and reads back as the same str
+    _, wav, row = _sample(0)
+    row["source"] = b"caf\xe9.wav".decode("utf-8", "surrogateescape")
+    with ShardWriter(tmp_path) as w:
+        w.write(row["id"], encode_flac(wav), row)
+    [s] = list(iter_shard(list_shards(tmp_path)[0]))
+    assert s["row"]["source"] == row["source"]
+    assert __import__("os").fsencode(s["row"]["source"]) == b"caf\xe9.wav"
