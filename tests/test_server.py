@@ -7,9 +7,7 @@ import importlib.util
 import io
 import json
 import shutil
-import socket
 import struct
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,21 +22,16 @@ from higgs_train.audio import load_audio
 from inference.engine import Engine, EngineConfig
 from inference.sampling import SamplingConfig
 from inference.server import ServerSettings, create_app
-from inference.server_http import HttpLimits, make_server
+from inference.server_http import HttpLimits
 from inference.tiny import make_tiny_exports
 from inference.voices import VoiceLibrary
+from server_common import serving  # tests/ is on sys.path
 
 MAX_FRAMES = 10
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(root, **settings):
-    """A uvicorn server in a thread on tiny random exports under root -> (url, stop)."""
+def tiny_app(root, **settings):
+    """The server app on tiny random exports under root, one preset voice (alice)."""
     llm, tok = make_tiny_exports(root / "models")
     voices = VoiceLibrary(root / "voices")
     t = np.arange(24000) / 24000
@@ -46,23 +39,7 @@ def start_server(root, **settings):
     engine = Engine.from_pretrained(llm, tok, cfg=EngineConfig(buckets=(256, 512), first_chunk_frames=4,
                                                                stream_chunk_frames=4),
                                     sampling=SamplingConfig(max_frames=MAX_FRAMES), voices=voices)
-    app = create_app(engine, ServerSettings(max_input_chars=200, max_batch=8, batch_wait_ms=30, **settings))
-    port = free_port()
-    srv = make_server(app, "127.0.0.1", port, HttpLimits(), log_level="warning")   # as the CLI serves
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            httpx.get(url + "/health", timeout=1)
-            break
-        except httpx.TransportError:
-            time.sleep(0.05)
-
-    def stop():
-        srv.should_exit = True
-        th.join(timeout=10)
-    return url, stop
+    return create_app(engine, ServerSettings(max_input_chars=200, max_batch=8, batch_wait_ms=30, **settings))
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +48,8 @@ def server(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("server")
     (root / "secret.txt").write_text("do not read")
-    url, stop = start_server(root)
-    yield url, root
-    stop()
+    with serving(tiny_app(root), HttpLimits()) as url:   # as the CLI serves
+        yield url, root
     torch.set_num_threads(n_threads)
 
 
@@ -274,9 +250,6 @@ def test_page_click_in_headless_chromium(server):
 
 @browser
 def test_page_sends_the_api_key(tmp_path):
-    url, stop = start_server(tmp_path, api_key="sk-page-test")
-    try:
+    with serving(tiny_app(tmp_path, api_key="sk-page-test"), HttpLimits()) as url:
         assert httpx.get(url + "/v1/voices").status_code == 401
         click_speak(url, key="sk-page-test")
-    finally:
-        stop()

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 
 import httpx
 import numpy as np
@@ -26,45 +25,15 @@ import torch
 from inference.engine import Engine, EngineConfig
 from inference.sampling import SamplingConfig
 from inference.server import OPENAI_VOICES, ServerSettings, create_app
-from inference.server_http import HttpLimits, RateLimited, check_exposure, make_server
+from inference.server_http import HttpLimits, RateLimited, check_exposure
 from inference.tiny import make_tiny_exports
 from inference.voices import VoiceLibrary
+from server_common import free_port, serving, wait_up  # tests/ is on sys.path
 
 KEY = "sk-test-0123456789"
 MAX_CONN = 16
 READ_TIMEOUT = 1.5
 UPLOAD_MB = 1.0     # body cap: 4/3 of it + 1 MiB
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_up(url: str) -> None:
-    for _ in range(200):
-        try:
-            httpx.get(url + "/health", timeout=1)
-            return
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} did not come up")
-
-
-@contextmanager
-def serving(app, limits: HttpLimits):
-    port = free_port()
-    srv = make_server(app, "127.0.0.1", port, limits, log_level="warning")
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    url = f"http://127.0.0.1:{port}"
-    wait_up(url)
-    try:
-        yield url
-    finally:
-        srv.should_exit = True
-        th.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
