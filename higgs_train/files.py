@@ -1,18 +1,30 @@
-"""Whole-or-nothing small files: readers never see a half-written one."""
+"""Whole-or-nothing files: readers never see a half-written one."""
 from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 
-def write_text_atomic(path, text: str) -> Path:
-    """Write `text` to a temp name beside `path` (`.NAME.PID.tmp`), then rename it over `path`."""
+@contextmanager
+def atomic_path(path):
+    """A temp name beside `path` (`.NAME.PID.tmp`) for any writer; renamed over `path` when the
+    block ends normally, removed when it raises."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path, text: str) -> Path:
+    """Write `text` to a temp name beside `path`, then rename it over `path`."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
 
 
 def dumps(obj, **kw) -> str:

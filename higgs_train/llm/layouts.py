@@ -57,6 +57,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from higgs_train.files import write_text_atomic
 from higgs_train.llm.model import DualFFNConfig, DualFFNModel
 
 log = logging.getLogger(__name__)
@@ -477,9 +478,7 @@ class ShardWriter:
 
 
 def write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2))
 
 
 def copy_aux(src_dir, dst_dir, layout: str) -> list[str]:
