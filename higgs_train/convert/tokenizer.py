@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from higgs_train.files import atomic_path, write_text_atomic
 from higgs_train.tokenizer.config import TokenizerConfig
-from higgs_train.tokenizer.layouts import (ORIGINAL_FIXED, native_to_hf_state, native_to_original, read_hf,
-                                           read_native, read_original)
+from higgs_train.tokenizer.layouts import ORIGINAL_FIXED, READERS, native_to_hf_state, native_to_original
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,10 @@ def write_hf(cfg: TokenizerConfig, state: dict, dst: Path) -> None:
     dst.mkdir(parents=True, exist_ok=True)
     c = hf_config(cfg)
     c.architectures = ["HiggsAudioV2TokenizerModel"]
-    c.to_json_file(str(dst / "config.json"))
     out = {k: v.contiguous() for k, v in native_to_hf_state(state).items()}
-    save_file(out, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    with atomic_path(dst / "model.safetensors") as tmp:
+        save_file(out, str(tmp), metadata={"format": "pt"})
+    write_text_atomic(dst / "config.json", c.to_json_string())  # last: a whole model, or no config
 
 
 def write_original(cfg: TokenizerConfig, state: dict, dst: Path) -> None:
@@ -52,12 +53,13 @@ def write_original(cfg: TokenizerConfig, state: dict, dst: Path) -> None:
                     cfg.channels, cfg.decoder_channels, cfg.teacher_config.get("hidden_size"))
     dst.mkdir(parents=True, exist_ok=True)
     config = {"n_filters": 32, "D": cfg.latent_dim, "codebook_dim": cfg.codebook_dim, **ORIGINAL_FIXED}
-    (dst / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    torch.save({native_to_original(k): v.contiguous() for k, v in state.items()}, str(dst / "model.pth"))
+    with atomic_path(dst / "model.pth") as tmp:
+        torch.save({native_to_original(k): v.contiguous() for k, v in state.items()}, str(tmp))
+    write_text_atomic(dst / "config.json", json.dumps(config, indent=2) + "\n")  # last, as above
 
 
 def convert(src, dst, src_layout: str, to: str) -> None:
     """python -m higgs_train.convert src=DIR dst=DIR to=native|hf|original (for tokenizers)."""
     src, dst = Path(src), Path(dst)
-    cfg, state = {"native": read_native, "hf": read_hf, "original": read_original}[src_layout](src)
+    cfg, state = READERS[src_layout](src)
     {"native": write_native, "hf": write_hf, "original": write_original}[to](cfg, state, dst)

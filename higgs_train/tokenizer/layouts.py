@@ -29,7 +29,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from higgs_train.layout import detect
 from higgs_train.tokenizer.config import CODEBOOK_SIZE, N_CODEBOOKS, SAMPLE_RATE, STRIDES, TokenizerConfig
+from higgs_train.tokenizer.semantic import hf_config_dict
 
 log = logging.getLogger(__name__)
 
@@ -256,22 +258,20 @@ def read_hf(d: Path) -> tuple[TokenizerConfig, dict]:
             ("semantic_model_config.model_type", sem.model_type, ["hubert"])):
         _check("hf", field, value, allowed)
     state = hf_to_native_state(load_file(str(_need(d / "model.safetensors"))))
-    teacher = sem.to_diff_dict()
-    for k in ("transformers_version", "_name_or_path", "architectures", "torch_dtype", "dtype"):
-        teacher.pop(k, None)
-    teacher["model_type"] = sem.model_type
+    teacher = hf_config_dict(sem)
     teacher["mask_time_prob"] = sem.mask_time_prob
     cfg = TokenizerConfig(channels=ac.encoder_hidden_size, decoder_channels=ac.decoder_hidden_size,
                           latent_dim=ac.hidden_size, codebook_dim=c.codebook_dim, teacher_config=teacher)
     return cfg, state
 
 
+READERS = {"native": read_native, "hf": read_hf, "original": read_original}
+
+
 def read(model_dir) -> tuple[TokenizerConfig, dict]:
     """Any tokenizer directory -> (our config, a state dict in our names)."""
-    from higgs_train.layout import detect
-
     d = Path(model_dir)
     kind, layout = detect(d)
     if kind != "tokenizer":
         raise ValueError(f"{d} holds an {kind}, not an audio tokenizer")
-    return {"native": read_native, "hf": read_hf, "original": read_original}[layout](d)
+    return READERS[layout](d)

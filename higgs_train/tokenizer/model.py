@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from higgs_train.tokenizer.config import TokenizerConfig
+from higgs_train.tokenizer.layouts import read
 from higgs_train.tokenizer.modules import AcousticDecoder, AcousticEncoder, SemanticDecoder, SemanticEncoder
 from higgs_train.tokenizer.quantizer import ResidualVQ
 from higgs_train.tokenizer.semantic import (DOWNSAMPLE, TEACHER_PAD, teacher_config_dict, teacher_features,
@@ -238,7 +239,5 @@ class AudioTokenizer(nn.Module):
     @classmethod
     def from_pretrained(cls, model_dir, device: str | torch.device = "cpu") -> "AudioTokenizer":
         """Our export, the original release's directory or the transformers port's."""
-        from higgs_train.tokenizer import layouts as conv
-
-        cfg, state = conv.read(model_dir)
+        cfg, state = read(model_dir)
         return cls.from_state(cfg, state).to(device).eval()

@@ -45,13 +45,19 @@ def teacher_from_config(cfg: dict) -> nn.Module:
         return AutoModel.from_config(hf_cfg, attn_implementation=ATTENTION)
 
 
-def teacher_config_dict(model: nn.Module) -> dict:
-    d = model.config.to_diff_dict()
-    d["model_type"] = model.config.model_type
+def hf_config_dict(config) -> dict:
+    """An HF config as the dict teacher_from_config takes: what differs from its defaults, with
+    its model_type, without bookkeeping (versions, paths, dtype, attention choice)."""
+    d = config.to_diff_dict()
+    d["model_type"] = config.model_type
     for k in ("transformers_version", "_name_or_path", "architectures", "torch_dtype", "dtype",
               "_attn_implementation_autoset", "attn_implementation"):
         d.pop(k, None)
     return d
+
+
+def teacher_config_dict(model: nn.Module) -> dict:
+    return hf_config_dict(model.config)
 
 
 @torch.no_grad()
