@@ -44,6 +44,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from higgs_train.layout import detect
+
 IGNORE = -100
 
 
@@ -414,7 +416,11 @@ class DualFFNModel(nn.Module):
         if not (d / "config.json").exists():
             raise FileNotFoundError(f"{d / 'config.json'} is missing: not a Hugging Face Llama directory")
         hc = json.loads((d / "config.json").read_text())
-        if hc.get("model_type") in ("higgs_audio", "higgs_audio_v2") or hc.get("architecture") == "DualFFNModel":
+        try:
+            kind = detect(d)[0]
+        except ValueError:   # a plain Llama config is none of the Higgs layouts
+            kind = None
+        if kind == "llm":
             raise ValueError(f"{d} holds a Higgs Audio LLM, not a plain Llama: load it with "
                              "DualFFNModel.from_pretrained (any layout)")
         files = sorted(d.glob("*.safetensors"))
