@@ -93,6 +93,14 @@ def _write_json(path: Path, obj) -> None:
     write_text_atomic(path, dumps(obj))
 
 
+def new_record(rel: str, ctx: "Context", ident: dict | None, transcribed: bool = False,
+               rejected: list | None = None) -> dict:
+    """A source's record before any stage has filled it in (the one shape every record has)."""
+    return {"source": rel, "key": source_key(rel), "fingerprint": ctx.fingerprint, "identity": ident,
+            "sha1": None, "duplicate_of": None, "audio": None, "transcribed": transcribed,
+            "rejected": rejected or [], "segments": [], "timings": {}}
+
+
 def identity(path: Path) -> dict | None:
     """What says a file is still the one processed: size and mtime_ns (None: it cannot be stat'ed)."""
     try:
@@ -200,9 +208,7 @@ def process_source(rel: str, stages: Stages, ctx: Context) -> dict:
     parts = ctx.out_dir / PARTS
     transcribed = stages.transcribe is not None and getattr(stages.transcribe, "produces_text", True)
     old = load_record(ctx.out_dir, rel)
-    rec = {"source": rel, "key": key, "fingerprint": ctx.fingerprint, "identity": identity(ctx.input_dir / rel),
-           "sha1": None, "duplicate_of": None, "audio": None, "transcribed": transcribed, "rejected": [],
-           "segments": [], "timings": {}}
+    rec = new_record(rel, ctx, identity(ctx.input_dir / rel), transcribed=transcribed)
     timings = rec["timings"]
     done_after = DONE_AFTER_WITH_ASR if transcribed else DONE_AFTER
     stage = "ingest"
@@ -375,11 +381,9 @@ def _work(rel: str) -> dict:
 
 
 def _crash_record(rel: str, ctx: Context, crashes: int) -> dict:
-    rec = {"source": rel, "key": source_key(rel), "fingerprint": ctx.fingerprint,
-           "identity": identity(ctx.input_dir / rel), "sha1": None, "duplicate_of": None, "audio": None,
-           "transcribed": False, "segments": [], "timings": {},
-           "rejected": [{"source": rel, "stage": "pipeline", "reason": "worker_crashed",
-                         "detail": f"the process died {crashes} times on this file alone (out of memory?)"}]}
+    rec = new_record(rel, ctx, identity(ctx.input_dir / rel), rejected=[
+        {"source": rel, "stage": "pipeline", "reason": "worker_crashed",
+         "detail": f"the process died {crashes} times on this file alone (out of memory?)"}])
     summary = _save(rec, ctx.out_dir / PARTS)
     _attempts_path(ctx, rel).unlink(missing_ok=True)
     return summary
@@ -387,10 +391,8 @@ def _crash_record(rel: str, ctx: Context, crashes: int) -> dict:
 
 def _folder_record(rel: str, reason: str, ctx: Context) -> None:
     """A folder under input_dir that could not be listed (rewritten by every run that meets it)."""
-    _save({"source": rel, "key": source_key(rel), "fingerprint": ctx.fingerprint, "identity": None, "sha1": None,
-           "duplicate_of": None, "audio": None, "transcribed": False, "segments": [], "timings": {},
-           "rejected": [{"source": rel, "stage": "ingest", "reason": "unreadable_folder", "detail": reason}]},
-          ctx.out_dir / PARTS)
+    _save(new_record(rel, ctx, None, rejected=[
+        {"source": rel, "stage": "ingest", "reason": "unreadable_folder", "detail": reason}]), ctx.out_dir / PARTS)
 
 
 def _attempts_path(ctx: Context, rel: str) -> Path:
