@@ -121,7 +121,7 @@ class Engine:
             raise ValueError(f"LLM expects {mc.num_codebooks}x{mc.codebook_size} codes, tokenizer makes "
                              f"{self.codec.n_codebooks}x{self.codec.codebook_size}")
         self.placeholder = self.tok.convert_tokens_to_ids("<|AUDIO_OUT|>")
-        stated = getattr(mc, "special_tokens", None)   # ids a release-layout config states
+        stated = mc.special_tokens   # ids a release-layout config states
         if stated:
             have = special_token_ids(self.tok)
             bad = {k: (v, have.get(k)) for k, v in stated.items() if have.get(k) != v}
