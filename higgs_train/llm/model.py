@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -44,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from higgs_train.files import atomic_path, write_text_atomic
 from higgs_train.layout import detect
 
 IGNORE = -100
@@ -376,12 +376,9 @@ class DualFFNModel(nn.Module):
         out.mkdir(parents=True, exist_ok=True)
         sd = state_dict if state_dict is not None else self.state_dict()
         sd = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
-        tmp = out / f".model.safetensors.{os.getpid()}.tmp"
-        save_file(sd, str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, out / "model.safetensors")
-        tmp = out / f".config.json.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps({"architecture": "DualFFNModel", **asdict(self.cfg)}, indent=2))
-        os.replace(tmp, out / "config.json")
+        with atomic_path(out / "model.safetensors") as tmp:
+            save_file(sd, str(tmp), metadata={"format": "pt"})
+        write_text_atomic(out / "config.json", json.dumps({"architecture": "DualFFNModel", **asdict(self.cfg)}, indent=2))
 
     @classmethod
     def from_pretrained(cls, model_dir, dtype=None, device=None) -> "DualFFNModel":

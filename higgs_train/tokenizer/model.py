@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from higgs_train.files import atomic_path, write_text_atomic
 from higgs_train.tokenizer.config import TokenizerConfig
 from higgs_train.tokenizer.layouts import read
 from higgs_train.tokenizer.modules import AcousticDecoder, AcousticEncoder, SemanticDecoder, SemanticEncoder
@@ -219,14 +219,11 @@ class AudioTokenizer(nn.Module):
         d = Path(export_dir)
         d.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        tmp = d / f".model.safetensors.{os.getpid()}.tmp"
-        save_file(state, str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, d / "model.safetensors")
+        with atomic_path(d / "model.safetensors") as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt"})
         cfg = self.cfg.to_dict()
         cfg["teacher"] = None  # the export carries the teacher itself (teacher_config + weights)
-        tmp = d / f".config.json.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps({"model_type": "higgs_audio_tokenizer", **cfg}, indent=2))
-        os.replace(tmp, d / "config.json")
+        write_text_atomic(d / "config.json", json.dumps({"model_type": "higgs_audio_tokenizer", **cfg}, indent=2))
         return d
 
     @classmethod
