@@ -67,7 +67,7 @@ def main() -> None:
 
     import json
 
-    from higgs_train.evaluate.__main__ import run
+    from recipes.evaluate.__main__ import run
 
     (tmp / "set.jsonl").write_text("\n".join(json.dumps({"id": it.id, "text": it.text}) for it in items))
     t0 = time.perf_counter()

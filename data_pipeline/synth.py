@@ -390,7 +390,7 @@ def make_voice_folder(out_dir, voice=VOICES[0], n_clips: int = 10, seed: int = 0
 
 
 def make_eval_set(out_dir, target=VOICES[7], others=tuple(VOICES[:4]), n_items: int = 4, seed: int = 0) -> Path:
-    """An evaluation set for `python -m higgs_train.evaluate` (format: higgs_train/evaluate/evalset.py):
+    """An evaluation set for `python -m recipes.evaluate` (format: higgs_train/evaluate/evalset.py):
     sentences no clip here speaks, each prompted with one recording of `target` (a cloning prompt)
     and scored for similarity against other recordings of `target` (sim_<target>) and one of each
     voice in `others` (sim_<other>). Returns the eval.jsonl path."""

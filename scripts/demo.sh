@@ -49,7 +49,7 @@ echo "text: $TEXT"
 step "7/8 fine-tune the LLM on a voice it has never heard (20 clips of espeak-ng voice v7) -> $D/finetune/v7/export"
 [ -f "$D/voice_v7/.done" ] || { "$PY" -c "import sys; from data_pipeline.synth import make_voice_folder, VOICES
 make_voice_folder(sys.argv[1], voice=VOICES[7], n_clips=20, seed=1)" "$D/voice_v7" && touch "$D/voice_v7/.done"; }
-"$PY" -m higgs_train.finetune voice_dir="$D/voice_v7" base="$RUNS/llm/export" tokenizer="$RUNS/tokenizer/export" \
+"$PY" -m recipes.finetune voice_dir="$D/voice_v7" base="$RUNS/llm/export" tokenizer="$RUNS/tokenizer/export" \
   name=v7 out_dir="$D/finetune/v7" min_seconds=30 'curate.extra=["filter.min.dnsmos_ovrl=2.0"]' \
   trainer.max_steps=150 val_every_n_steps=15 task.optim.lr=3e-3 data.max_tokens=2048 data.num_workers=0 \
   trainer.log_every_n_steps=5
@@ -58,10 +58,14 @@ step "8/8 evaluate base and fine-tuned on new sentences prompted with a v7 recor
 [ -f "$D/eval/set/eval.jsonl" ] || "$PY" -c "import sys; from data_pipeline.synth import make_eval_set, VOICES
 make_eval_set(sys.argv[1], target=VOICES[7], others=VOICES[:4], n_items=3)" "$D/eval/set"
 for run in base:"$RUNS/llm/export" finetuned:"$D/finetune/v7/export"; do
-  [ -f "$D/eval/${run%%:*}/summary.json" ] || "$PY" -m higgs_train.evaluate model="${run#*:}" \
+  [ -f "$D/eval/${run%%:*}/summary.json" ] || "$PY" -m recipes.evaluate model="${run#*:}" \
     tokenizer="$RUNS/tokenizer/export" eval_set="$D/eval/set/eval.jsonl" out_dir="$D/eval/${run%%:*}" threads=1
 done
 "$PY" -m higgs_train.evaluate.compare "$D/eval/base" "$D/eval/finetuned" out="$D/eval/compare.md"
+"$PY" -c "import json, sys; s = json.load(open(sys.argv[1]))
+print(f\"fine-tuned voice v7: held-out loss {s['base_val_loss']:.2f} -> {s['val_loss']:.2f}; stops on held-out \"
+      f\"sentences {s['base_stop_rate']:.0%} -> {s['stop_rate']:.0%}; duration ratio (generated / recorded) \"
+      f\"{s['base_duration_ratio']:.2f} -> {s['duration_ratio']:.2f} (base -> fine-tuned)\")" "$D/finetune/v7/summary.json"
 
 printf '\ndemo finished in %ss.\n  curation report: %s/corpus/report/index.html\n  LLM loss curve:  %s/llm/loss.png\n  speech:          %s/speech.wav\n  evaluation:      %s/eval/compare.md (tables and plots in %s/eval/base, %s/eval/finetuned)\n' \
   $(( $(date +%s) - t0 )) "$D" "$RUNS" "$D" "$D" "$D" "$D"

@@ -170,7 +170,7 @@ def test_cli_end_to_end_on_tiny_exports(tmp_path, tiny, clips):
     (tmp_path / "set.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "higgs_train.evaluate", f"model={llm}", f"tokenizer={tok}",
+    proc = subprocess.run([sys.executable, "-m", "recipes.evaluate", f"model={llm}", f"tokenizer={tok}",
                            f"eval_set={tmp_path / 'set.jsonl'}", f"out_dir={out}", f"voices_dir={tmp_path / 'voices'}",
                            "sampling.max_frames=20", "progress=false", "threads=1"],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
@@ -203,7 +203,7 @@ def test_cli_end_to_end_on_tiny_exports(tmp_path, tiny, clips):
 
 @pytest.mark.slow
 def test_cli_help():
-    proc = subprocess.run([sys.executable, "-m", "higgs_train.evaluate", "--help"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "recipes.evaluate", "--help"], capture_output=True, text=True,
                           cwd=ROOT, timeout=120)
     assert proc.returncode == 0 and "eval_set" in proc.stdout and "scorers: default, whisper" in proc.stdout
 
@@ -234,13 +234,13 @@ def _train_config(tmp_path, tok, eval_set, *extra):
                                   samples_per_shard=8)
     train_bpe([r["text"] for r in rows] + ["Hello there."], tmp_path / "tok", vocab_size=300)
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        return compose("train", overrides=[
+        return compose("recipes/train", overrides=[
             "task=llm", "model=llm/tiny", "trainer=cpu", f"data.shards={tmp_path / 'shards'}",
             f"text_tokenizer={tmp_path / 'tok'}", f"run_dir={tmp_path / 'run'}", "data.max_tokens=400",
             "data.max_len=300", "data.buffer=8", "data.num_workers=0", "trainer.log_every_n_steps=1",
             "trainer.enable_progress_bar=false", "task.optim.warmup_steps=1", "checkpoint_every_n_steps=100",
             "model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=2", "model.num_heads=2",
-            "model.num_kv_heads=1", "model.head_dim=16", "+callbacks=eval", f"callbacks.eval.eval_set={eval_set}",
+            "model.num_kv_heads=1", "model.head_dim=16", f"callbacks.eval.eval_set={eval_set}",
             f"callbacks.eval.synthesizer.tokenizer={tok}", "callbacks.eval.synthesizer.sampling.max_frames=10",
             "callbacks.eval.scorers.wer=null", *extra])
 

@@ -1,4 +1,4 @@
-"""Fine-tuning on one voice: `python -m higgs_train.finetune` end to end on a tiny random base
+"""Fine-tuning on one voice: `python -m recipes.finetune` end to end on a tiny random base
 (real curation, tokenization, training, merge, preset), LoRA merge parity, best-checkpoint
 export, resume and skip, input errors, and the preset found by `python -m inference`."""
 import csv
@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from data_pipeline.synth import VOICES, make_voice_folder
-from higgs_train.finetune.corpus import held_out_ids, pick_reference, split
+from recipes.finetune.corpus import held_out_ids, pick_reference, split
 from higgs_train.finetune.lora import FinetuneModule, merged
 from higgs_train.llm.model import DualFFNModel
 from higgs_train.shards import iter_shard, list_shards, rewrite_shard
@@ -26,7 +26,9 @@ NAME = "nyc"
 # small and quick: few steps, espeak-ng speech passes (its DNSMOS OVRL is ~2.1-2.7), one curation worker
 FAST = ["min_seconds=10", 'curate.extra=["filter.min.dnsmos_ovrl=1.5","workers=1"]', "val_every_n_steps=4",
         "trainer.enable_progress_bar=false", "data.num_workers=0", "task.optim.warmup_steps=3",
-        "tokenize.batch_size=8"]
+        "tokenize.batch_size=8", "callbacks.stops.sentences=0"]
+# the shared run speaks two held-out sentences per validation
+STOPS = ["callbacks.stops.sentences=2", "callbacks.best.min_stop_rate=0.5"]
 LORA_TARGETS = ["attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj", "audio_mlp.gate_proj",
                 "audio_mlp.up_proj", "audio_mlp.down_proj"]   # configs/finetune.yaml's
 # + the audio head: a random base's head has tiny weights (logits within ~0.1 of uniform), which
@@ -36,7 +38,7 @@ RUN_TARGETS = LORA_TARGETS + ["audio_head"]
 
 def finetune(*args, cwd=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    p = subprocess.run([sys.executable, "-m", "higgs_train.finetune", *args], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-m", "recipes.finetune", *args], capture_output=True, text=True,
                        env=env, cwd=cwd, timeout=600)
     return p
 
@@ -62,7 +64,7 @@ def inputs(tmp_path_factory):
 def run(inputs):
     """One LoRA fine-tune, shared by the tests below."""
     out = inputs["root"] / "out"
-    p = finetune(*inputs["args"], f"out_dir={out}", *FAST, "trainer.max_steps=24", "task.optim.lr=1e-2",
+    p = finetune(*inputs["args"], f"out_dir={out}", *FAST, *STOPS, "trainer.max_steps=24", "task.optim.lr=1e-2",
                  f"lora.targets=[{','.join(RUN_TARGETS)}]")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return {"out": out, "stdout": p.stdout, "summary": json.loads((out / "summary.json").read_text())}
@@ -95,11 +97,22 @@ def test_end_to_end_lora(inputs, run):
     # checkpoints hold only the adapters (the base is reloaded from init_from)
     ckpt = torch.load(out / "train/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["state_dict"] and all(".lora_" in k for k in ckpt["state_dict"])
-    # the exported weights are the best validation checkpoint's
+    # the exported weights are the best validation checkpoint's among those that stop (issue 15)
     [losses] = val_losses(out / "train")
-    best_step = min(losses, key=losses.get)
+    history = json.loads((out / "train/stops.json").read_text())
+    assert [h["step"] for h in history] == [s + 1 for s in sorted(losses)] == [4, 8, 12, 16, 20, 24]
+    assert summary["validations"] == history
+    stopping = {h["step"] - 1 for h in history if h["stop_rate"] >= 0.5}
+    best_step = min(stopping, key=losses.get)
     assert summary["best_step"] == best_step + 1   # metrics log step = global_step - 1
     assert abs(summary["val_loss"] - losses[best_step]) < 1e-4, (summary["val_loss"], losses)
+    for h in history:
+        assert abs(h["val_loss"] - losses[h["step"] - 1]) < 1e-6 and h["duration_ratio"] > 0
+    # base and result are measured alike on the export and printed
+    for k in ("stop_rate", "base_stop_rate"):
+        assert summary[k] in (0.0, 0.5, 1.0), summary
+    assert summary["duration_ratio"] > 0 and summary["base_duration_ratio"] > 0
+    assert "held-out sentences spoken with the preset: stops on" in run["stdout"]
 
 
 @pytest.mark.slow
@@ -128,6 +141,56 @@ def test_preset_and_inference(inputs, run):
     cmd[3] = f"model={inputs['llm']}"
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode != 0 and f"unknown voice '{NAME}'" in p.stderr
+
+
+def test_best_checkpoint_is_chosen_among_validations_that_stop(tmp_path):
+    """BestThatStops in a real Lightning fit: val/loss falls at every validation, the stop rate
+    alternates; the best checkpoint is the lowest loss among those with stop rate >= 0.5."""
+    import lightning as L
+
+    from recipes.finetune.stops import STOP_RATE, BestThatStops
+
+    rates = iter([1.0, 0.5, 0.0, 1.0, 0.0])   # validations after steps 2, 4, ..., 10
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, i):
+            return (self.w - 1).pow(2).sum()
+
+        def validation_step(self, batch, i):
+            self.log("val/loss", 10.0 - self.global_step)   # falls: the last validation is the lowest
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    class SetRate(L.Callback):
+        def on_validation_end(self, trainer, pl_module):
+            if not trainer.sanity_checking:
+                trainer.callback_metrics[STOP_RATE] = torch.tensor(next(rates))
+
+    best = BestThatStops(dirpath=tmp_path, filename="best", monitor="val/loss", mode="min", save_top_k=1,
+                         min_stop_rate=0.5)
+    data = torch.utils.data.DataLoader(torch.zeros(10, 1), batch_size=1)
+    trainer = L.Trainer(max_steps=10, val_check_interval=2, check_val_every_n_epoch=None, callbacks=[SetRate(), best],
+                        logger=False, enable_progress_bar=False, num_sanity_val_steps=0, limit_val_batches=1)
+    trainer.fit(Tiny(), data, data)
+    assert torch.load(best.best_model_path, weights_only=False)["global_step"] == 8   # not 10 (rate 0)
+    assert float(best.best_model_score) == 10.0 - 8
+
+
+@pytest.mark.slow
+def test_a_run_that_never_stops_exports_nothing(inputs, run, tmp_path):
+    """No validation reaches the stop rate asked for: an error that says so, and no OUT/export."""
+    out = tmp_path / "out"
+    shutil.copytree(run["out"] / "corpus", out / "corpus")   # curation and tokenization are done
+    p = finetune(*inputs["args"], f"out_dir={out}", *FAST, "callbacks.stops.sentences=2",
+                 "callbacks.best.min_stop_rate=1.01", "trainer.max_steps=8", "task.optim.lr=1e-2")
+    assert p.returncode != 0 and "no checkpoint stops" in p.stderr, p.stdout[-2000:] + p.stderr[-2000:]
+    assert "step 4:" in p.stderr and "step 8:" in p.stderr    # the stop rate of each validation
+    assert not (out / "export").exists() and (out / "train/export/config.json").is_file()
 
 
 @pytest.mark.slow
@@ -273,8 +336,8 @@ def test_release_base_lora_targets_and_export_layouts(release_base, tmp_path):
     """LoRA on the release's module names; the merged export in the base's layout or the one asked for."""
     from dataclasses import asdict
 
-    from higgs_train.finetune import FinetuneError
-    from higgs_train.finetune.run import _check_targets
+    from recipes.finetune import FinetuneError
+    from recipes.finetune.run import _check_targets
     from higgs_train.llm.layouts import load_llm, read_config
     from higgs_train.llm.text_tokenizer import load_text_tokenizer, special_token_ids
 
@@ -312,7 +375,7 @@ def test_release_base_lora_targets_and_export_layouts(release_base, tmp_path):
 
 @pytest.mark.slow
 def test_finetune_a_release_layout_base(inputs, run, release_base, tmp_path):
-    """python -m higgs_train.finetune base=<original-layout dir>: the export is in the release's layout."""
+    """python -m recipes.finetune base=<original-layout dir>: the export is in the release's layout."""
     from higgs_train.llm.layouts import read_config
 
     out = tmp_path / "out"
@@ -334,8 +397,8 @@ def test_finetune_a_release_layout_base(inputs, run, release_base, tmp_path):
 
 
 def test_audio_tokenizer_of_any_layout_is_checked(inputs, release_base):
-    from higgs_train.finetune import FinetuneError
-    from higgs_train.finetune.run import _codec_shape
+    from recipes.finetune import FinetuneError
+    from recipes.finetune.run import _codec_shape
 
     assert _codec_shape(inputs["tok"]) == (8, 1024)
     original = Path(__file__).parent / "fixtures/release/tokenizer_original"   # saved by the release's code

@@ -6,6 +6,8 @@ its plots)."""
 from __future__ import annotations
 
 import ast
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -78,3 +80,59 @@ KNOWN = {
 @pytest.mark.parametrize("package", ["higgs_train", "inference", "data_pipeline"])
 def test_no_new_import_cycles(package):
     assert sorted(cycles(import_graph(package))) == KNOWN.get(package, [])
+
+
+# ---------------------------------------------------------------- layering (issue 14 item 1)
+# The foundation imports no wing; the wings import the foundation only; recipes import everything.
+ALLOWED = {"higgs_train": set(), "data_pipeline": {"higgs_train"}, "inference": {"higgs_train"},
+           "recipes": {"higgs_train", "data_pipeline", "inference"}}
+# The configs higgs_train's own entry points compose (train.py, convert): the recipes' configs
+# (finetune.yaml, evaluate/, recipes/) and the wings' (curate.yaml, pipeline/, inference/, tokenize.yaml) aside.
+FOUNDATION_CONFIGS = ["train.yaml", "convert.yaml", "task", "model", "trainer", "logger", "deepspeed", "hydra", "callbacks"]
+
+
+def package_references(package: str) -> dict[str, set[str]]:
+    """module -> top-level packages of this repo it names: imports anywhere in its source, and
+    strings that run or name one (`-m data_pipeline`, `"inference.evaluation.from_model"`)."""
+    out = {}
+    for path in (REPO / package).rglob("*.py"):
+        if "configs" in path.parts:
+            continue
+        refs = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                refs |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                refs.add(node.module.split(".")[0])
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and "\n" not in node.value:
+                refs |= {m for m in ALLOWED if node.value == m or node.value.startswith(m + ".")}
+        out[str(path.relative_to(REPO))] = refs & set(ALLOWED) - {package}
+    return out
+
+
+def test_the_reference_finder_sees_imports_and_module_strings(tmp_path, monkeypatch):
+    pkg = tmp_path / "higgs_train"
+    pkg.mkdir()
+    (pkg / "a.py").write_text("import subprocess\ndef f():\n    from inference import engine\n"
+                              "    subprocess.run(['python', '-m', 'data_pipeline.tokenize'])\n")
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    assert package_references("higgs_train") == {"higgs_train/a.py": {"inference", "data_pipeline"}}
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_packages_import_only_the_layers_below(package):
+    bad = {m: sorted(refs - ALLOWED[package]) for m, refs in package_references(package).items()
+           if refs - ALLOWED[package]}
+    assert not bad, f"{package} may use only {sorted(ALLOWED[package]) or 'no other package'}: {bad}"
+
+
+def test_foundation_configs_name_no_wing():
+    hits = []
+    for entry in FOUNDATION_CONFIGS:
+        p = REPO / "configs" / entry
+        for f in [p] if p.is_file() else sorted(p.rglob("*.yaml")):
+            for i, line in enumerate(f.read_text().splitlines(), 1):
+                code = line.split("#", 1)[0]
+                if any(re.search(rf"\b{m}\.\w", code) for m in ("data_pipeline", "inference", "recipes")):
+                    hits.append(f"{f.relative_to(REPO)}:{i}: {line.strip()}")
+    assert not hits, hits

@@ -240,7 +240,7 @@ def test_cli_train_init_and_evaluation_entry_points_take_the_release_layouts(lay
         # python -m higgs_train.train task=llm task.init_from=DIR (and finetune base=, which builds it)
         m = LLMModule._make_model(model_cfg, str(layouts / layout))
         assert all(torch.equal(m.state_dict()[k], v) for k, v in native.items())
-    # python -m inference model=DIR (the server and python -m higgs_train.evaluate build the same engine)
+    # python -m inference model=DIR (the server and python -m recipes.evaluate build the same engine)
     with initialize_config_dir(str(CONFIG_DIR / "inference"), version_base="1.3"):
         cfg = compose("infer", overrides=[f"model={layouts / 'original'}", f"tokenizer={TOK_ORIGINAL}",
                                           "text=Hello there.", f"output={tmp_path / 'o.wav'}",

@@ -50,13 +50,14 @@ def py(installed, *args, timeout=300):
 
 @pytest.mark.slow
 def test_entry_points_compose_their_configs_from_the_wheel(installed):
-    r = py(installed, "-c", "import higgs_train, data_pipeline, inference; from higgs_train.config import CONFIG_DIR;"
+    r = py(installed, "-c", "import higgs_train, data_pipeline, inference, recipes; from higgs_train.config import CONFIG_DIR;"
                             "print(higgs_train.__file__); print(CONFIG_DIR)")
     assert r.returncode == 0, r.stderr
     module, config_dir = r.stdout.split()
     assert module.startswith(str(installed["site"])) and config_dir.startswith(str(installed["site"]))
     assert not Path(config_dir).is_symlink() and (Path(config_dir) / "curate.yaml").is_file()
-    for mod, needle in (("data_pipeline", "vad"), ("higgs_train.train", "task"), ("higgs_train.convert", "to")):
+    for mod, needle in (("data_pipeline", "vad"), ("higgs_train.train", "task"), ("higgs_train.convert", "to"),
+                        ("recipes.finetune", "voice_dir"), ("recipes.evaluate", "eval_set"), ("recipes.train", "eval_set")):
         r = py(installed, "-m", mod, "--help")
         assert r.returncode == 0 and needle in r.stdout, (mod, r.stderr[-500:])
 

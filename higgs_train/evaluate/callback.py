@@ -1,8 +1,8 @@
-"""Score the model being trained every N steps with the evaluation harness (configs/callbacks/eval.yaml).
+"""Score the model being trained every N steps with the evaluation harness (configs/recipes/train.yaml).
 
 On rank 0, at every `every_n_steps`-th optimiser step: build the synthesizer from the in-memory
 model (`synthesizer(model=..., text_tokenizer=...)`, a partial from config, the same Engine path as
-`python -m higgs_train.evaluate` on an export), run the harness on the eval set into
+`python -m recipes.evaluate` on an export), run the harness on the eval set into
 out_dir/step-N/, log the means as eval/<metric> to every logger and, with a WandbLogger, the first
 `log_audio` items' audio. Evaluation runs without gradients, on its own RNG state, and puts every
 submodule back in the train/eval mode it was in.

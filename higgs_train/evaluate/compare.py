@@ -3,7 +3,7 @@
     python -m higgs_train.evaluate.compare eval/base eval/finetuned [out=compare.md] \
         [higher=sim_me] [lower=sim_alice,sim_bob,wer]
 
-Reads each run's summary.json (python -m higgs_train.evaluate) and prints a markdown table: one
+Reads each run's summary.json (python -m recipes.evaluate) and prints a markdown table: one
 row per metric mean, one column per run, and the change from the first run in the last column.
 `higher=` / `lower=` (comma-separated metrics) check the direction of each change from the first
 run to the last, print one line per metric, and exit 1 when one moved the wrong way (or is
@@ -19,7 +19,7 @@ from pathlib import Path
 def load_means(run: Path) -> dict[str, float]:
     f = run / "summary.json" if run.is_dir() else run
     if not f.is_file():
-        raise FileNotFoundError(f"no evaluation summary at {f} (run python -m higgs_train.evaluate first)")
+        raise FileNotFoundError(f"no evaluation summary at {f} (run python -m recipes.evaluate first)")
     return json.loads(f.read_text())["means"]
 
 

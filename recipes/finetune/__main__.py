@@ -1,4 +1,4 @@
-"""`python -m higgs_train.finetune voice_dir=DIR base=LLM_EXPORT tokenizer=AUDIO_TOKENIZER_EXPORT name=NAME`.
+"""`python -m recipes.finetune voice_dir=DIR base=LLM_EXPORT tokenizer=AUDIO_TOKENIZER_EXPORT name=NAME`.
 
 Options (configs/finetune.yaml): out_dir, mode=lora|full, lora.*, min_seconds, val_fraction,
 val_every_n_steps, patience, curate.extra=[...], preset.*, and every key of train.yaml
@@ -10,12 +10,12 @@ import hydra
 from omegaconf import DictConfig
 
 from higgs_train.config import CONFIG_DIR
-from higgs_train.finetune import FinetuneError
+from recipes.finetune import FinetuneError
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="finetune")
 def main(cfg: DictConfig) -> None:
-    from higgs_train.finetune.run import finetune
+    from recipes.finetune.run import finetune
 
     try:
         finetune(cfg)

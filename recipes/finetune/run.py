@@ -1,19 +1,24 @@
 """The fine-tuning run: one voice folder -> a merged export with a voice preset.
 
-    python -m higgs_train.finetune voice_dir=DIR base=LLM_DIR tokenizer=AUDIO_TOKENIZER_EXPORT name=NAME
+    python -m recipes.finetune voice_dir=DIR base=LLM_DIR tokenizer=AUDIO_TOKENIZER_EXPORT name=NAME
 LLM_DIR: an export of ours, a transformers-port directory or the original release's (e.g. the
 downloaded bosonai/higgs-audio-v2-generation-3B-base folder); the merged export is written in the
 base's layout unless export_layout=native|hf|original asks for another.
 
 Steps, each resumable (rerun the command after an interruption; a finished run is skipped):
-    1 curate    python -m data_pipeline on DIR -> OUT/corpus (a subprocess: higgs_train does not
-                import the pipeline). Transcripts from sidecar files when every audio file has
-                one, else ASR; diarization kept to one speaker.
+    1 curate    python -m data_pipeline on DIR -> OUT/corpus (a subprocess: curation runs its own
+                worker pool and signal handling). Transcripts from sidecar files when every audio
+                file has one, else ASR; diarization kept to one speaker.
     2 tokenize  python -m data_pipeline.tokenize with the audio tokenizer -> codes in the shards
-    3 train     held-out split (OUT/split/{train,val}), then train.py's fit() from the base
-                export (LoRA or full), validating every N steps, early stopping, best checkpoint
-    4 export    the best checkpoint merged, in the base's layout (or export_layout); held-out loss of base and result
-    5 preset    the cleanest 3-15 s clip + transcript -> OUT/export/voices/NAME/
+    3 train     held-out split (OUT/split/{train,val}) and the voice preset (the cleanest 3-15 s
+                clip + transcript -> OUT/split/preset), then train.py's fit() from the base export
+                (LoRA or full), validating every N steps: held-out loss, and a few held-out
+                sentences spoken with the preset (stops.py: does it stop, how long); early stopping;
+                the best checkpoint is the lowest loss among the validations that stop
+    4 export    the best checkpoint merged, in the base's layout (or export_layout); held-out loss,
+                stop rate and duration ratio of base and result. No validation stopped: an error,
+                nothing exported
+    5 preset    OUT/split/preset -> OUT/export/voices/NAME/
 OUT/export appears (renamed from OUT/train/export) only when whole: model + preset.
 """
 from __future__ import annotations
@@ -23,6 +28,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -34,9 +40,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from higgs_train.config import CONFIG_DIR
 from higgs_train.files import write_text_atomic
-from higgs_train.finetune import FinetuneError
-from higgs_train.finetune.corpus import (audio_files, pick_reference, read_manifest, rejection_reasons, split,
-                                         without_sidecar, write_preset)
+from recipes.finetune import FinetuneError
+from recipes.finetune.corpus import (audio_files, pick_reference, read_manifest, rejection_reasons, split,
+                                     without_sidecar, write_preset)
+from recipes.finetune.stops import held_out_sentences, read_history, read_reference, speak
 
 log = logging.getLogger(__name__)
 
@@ -171,16 +178,35 @@ def tokenize(cfg: DictConfig, corpus: Path) -> None:
           f"device={cfg.tokenize.device}"], "tokenization")
 
 
-def train(cfg: DictConfig, base_cfg: dict, out: Path) -> tuple[Path, dict]:
-    """Split, then fit(); returns (the merged export fit wrote, the split record)."""
+def train(cfg: DictConfig, base_cfg: dict, out: Path, rows: list[dict]) -> tuple[Path, dict, dict]:
+    """Split, the voice preset (the stop check's prompt, later the export's), then fit();
+    returns (the merged export fit wrote, the split record, the preset record)."""
     from higgs_train.train import fit
 
     rec = split(out / "corpus", out / "split", cfg.name, float(cfg.val_fraction))
     print(f"train on {rec['clips']['train']} clips ({rec['seconds']['train']:.1f} s), validate on "
           f"{rec['clips']['val']} held-out clips ({rec['seconds']['val']:.1f} s)", flush=True)
+    ref = pick_reference(rows, cfg.preset.min_seconds, cfg.preset.max_seconds)
+    preset = write_preset(out / "corpus", ref, out / "split" / "preset")
     with open_dict(cfg):
         cfg.model = base_cfg   # the base's sizes (the model group's default would not match)
-    return fit(cfg), rec
+    return fit(cfg), rec, preset
+
+
+def check_stops(cfg: DictConfig, best: int | None) -> list[dict]:
+    """The stop check's history; FinetuneError when it ran and no validation stopped (no best checkpoint)."""
+    stops = cfg.callbacks.get("stops")
+    if not stops or int(stops.sentences) < 1:
+        return []
+    history = read_history(stops.history)
+    if best is None and history:
+        rates = ", ".join(f"step {h['step']}: {h['stop_rate']:.2f}" for h in history)
+        raise FinetuneError(
+            f"no checkpoint stops: at every validation the model ran past the cap ({stops.max_ratio:g}x the "
+            f"recording) on some held-out sentences (stop rates {rates}; needed {cfg.callbacks.best.min_stop_rate:g}). "
+            f"Nothing was exported to {Path(cfg.out_dir) / 'export'}; the last weights are in "
+            f"{Path(cfg.run_dir) / 'export'}. Try a lower task.optim.lr, fewer steps, mode=lora, or more recordings.")
+    return history
 
 
 def _best_step(run_dir: Path) -> tuple[int | None, int | None]:
@@ -191,6 +217,23 @@ def _best_step(run_dir: Path) -> tuple[int | None, int | None]:
         return int(torch.load(p, map_location="cpu", mmap=True, weights_only=False)["global_step"])
 
     return step_of(run_dir / "checkpoints/best.ckpt"), step_of(run_dir / "checkpoints/last.ckpt")
+
+
+def export_stops(cfg: DictConfig, export_dir, preset_dir) -> dict | None:
+    """The stop check (stops.speak) on an export: what `python -m inference voice=NAME` does with it."""
+    stops = cfg.callbacks.get("stops")
+    if not stops or int(stops.sentences) < 1:
+        return None
+    from higgs_train.llm.model import DualFFNModel
+    from higgs_train.llm.text_tokenizer import load_text_tokenizer
+    from higgs_train.tokenizer import AudioTokenizer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = DualFFNModel.from_pretrained(export_dir, dtype=dtype, device=device)
+    codec = AudioTokenizer.from_pretrained(cfg.tokenizer, device=device)
+    return speak(model, codec, load_text_tokenizer(export_dir), held_out_sentences(stops.val_shards, stops.sentences),
+                 read_reference(preset_dir), float(stops.max_ratio))
 
 
 def next_command(cfg: DictConfig, export: Path) -> str:
@@ -222,7 +265,7 @@ def finetune(cfg: DictConfig) -> Path:
 
     step(3, f"train ({cfg.mode}) from {cfg.base} -> {cfg.run_dir}")
     t = time.perf_counter()
-    merged, rec = train(cfg, base_cfg, out)
+    merged, rec, preset = train(cfg, base_cfg, out, rows)
     times["train"] = time.perf_counter() - t
 
     step(4, "export: the best checkpoint, merged into the base's weights")
@@ -230,28 +273,37 @@ def finetune(cfg: DictConfig) -> Path:
 
     t = time.perf_counter()
     best, last = _best_step(Path(cfg.run_dir))
+    history = check_stops(cfg, best)
     base_loss, loss = held_out_loss(cfg.base, cfg), held_out_loss(merged, cfg)
     print(f"best checkpoint: step {best} of {last}; held-out loss: base {base_loss:.4f} -> fine-tuned {loss:.4f}",
           flush=True)
     if not loss < base_loss:
         log.warning("fine-tuning did not lower the held-out loss (base %.4f, fine-tuned %.4f): try another "
                     "task.optim.lr, more data, or mode=full", base_loss, loss)
+    stops = {k: export_stops(cfg, d, out / "split" / "preset") for k, d in (("base", cfg.base), ("finetuned", merged))}
+    if stops["finetuned"]:
+        b, f = stops["base"], stops["finetuned"]
+        n = len(f["items"])
+        print(f"held-out sentences spoken with the preset: stops on {round(f['stop_rate'] * n)}/{n} "
+              f"(base {round(b['stop_rate'] * n)}/{n}), duration ratio {f['duration_ratio']:.2f} "
+              f"(base {b['duration_ratio']:.2f}; generated / recorded seconds)", flush=True)
     times["export"] = time.perf_counter() - t
 
     step(5, f"voice preset {cfg.name}")
-    ref = pick_reference(rows, cfg.preset.min_seconds, cfg.preset.max_seconds)
-    preset = write_preset(out / "corpus", ref, merged / "voices" / cfg.name)
+    shutil.copytree(out / "split" / "preset", merged / "voices" / cfg.name, dirs_exist_ok=True)
     print(f"reference clip: {preset['recording']} at {preset['start']:.2f} s, {preset['duration']:.1f} s, "
           f"DNSMOS OVRL {preset['dnsmos_ovrl']}: {preset['text']!r}", flush=True)
     if export.exists():   # a half-finished earlier export (no preset): replaced
-        import shutil
-
         shutil.rmtree(export)
     os.replace(merged, export)
 
     summary = {"name": cfg.name, "voice_dir": str(cfg.voice_dir), "base": str(cfg.base),
                "tokenizer": str(cfg.tokenizer), "mode": cfg.mode, "clips": rec["clips"], "seconds": rec["seconds"],
                "best_step": best, "steps": last, "base_val_loss": base_loss, "val_loss": loss, "preset": preset,
+               "stop_rate": (stops["finetuned"] or {}).get("stop_rate"),
+               "duration_ratio": (stops["finetuned"] or {}).get("duration_ratio"),
+               "base_stop_rate": (stops["base"] or {}).get("stop_rate"),
+               "base_duration_ratio": (stops["base"] or {}).get("duration_ratio"), "validations": history,
                "wall_seconds": {k: round(v, 1) for k, v in times.items()}, "export": str(export)}
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     print(f"\nfine-tuned in {time.perf_counter() - t0:.0f} s: {export} (summary: {out / 'summary.json'})\n"

@@ -1,4 +1,4 @@
-"""`python -m higgs_train.evaluate model=LLM_EXPORT tokenizer=AUDIO_TOKENIZER_EXPORT eval_set=FILE [out_dir=eval]`.
+"""`python -m recipes.evaluate model=LLM_EXPORT tokenizer=AUDIO_TOKENIZER_EXPORT eval_set=FILE [out_dir=eval]`.
 
 The synthesizer and scorers are whatever configs/evaluate/evaluate.yaml names (`_target_`s in the
 wings); `--help` shows the whole config.
@@ -17,7 +17,7 @@ from higgs_train.config import CONFIG_DIR
 from higgs_train.evaluate.evalset import load_eval_set
 from higgs_train.evaluate.harness import EvalResult, evaluate
 
-log = logging.getLogger("higgs_train.evaluate")
+log = logging.getLogger("recipes.evaluate")
 
 
 def run(cfg: DictConfig) -> EvalResult:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from higgs_train.audio import save_audio
 from higgs_train.files import write_text_atomic
-from higgs_train.finetune import FinetuneError
+from recipes.finetune import FinetuneError
 from higgs_train.shards import ShardWriter, decode_flac, iter_shard, list_shards
 
 SIDECAR_EXTS = (".json", ".txt")   # what the pipeline's sidecar transcriber reads, in its order
