@@ -25,9 +25,7 @@ from __future__ import annotations
 import html
 import io
 import json
-import os
 import re
-import shutil
 import tarfile
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -35,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from data_pipeline.run import dumps
+from higgs_train.files import atomic_dir, atomic_path
 
 CLIPS_PER_GROUP = 3
 CLIP_MAX_SECONDS = 15.0
@@ -253,20 +252,15 @@ def _write_clip(wav: np.ndarray, path: Path) -> bool:
 
     if wav is None or len(wav) < CLIP_SR // 10:
         return False
-    tmp = path.with_name(f".{path.name}.tmp")
     # Encoded in memory, written by Python: a full disk raises OSError naming the path and errno,
     # where libsndfile says only "System error."
     buf = io.BytesIO()
     sf.write(buf, np.clip(wav, -1, 1), CLIP_SR, format="MP3")
-    try:
+    with atomic_path(path) as tmp:
         try:
             tmp.write_bytes(buf.getvalue())
         except OSError as e:  # a failed write() names no file
             raise OSError(e.errno, e.strerror, str(tmp)) from None
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return True
 
 
@@ -367,16 +361,8 @@ def write_report(out_dir, manifest_rows: list[dict], rejected_rows: list[dict], 
     """Write OUT/report/ (replacing an older one whole: built in a temp folder, then renamed)."""
     out_dir = Path(out_dir)
     final = out_dir / "report"
-    tmp = out_dir / f".report.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(final) as tmp:   # disk full, ...: no half-written report folder left behind
         _fill(tmp, out_dir, manifest_rows, rejected_rows, stats)
-    except BaseException:  # disk full, ...: no half-written report folder left behind
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
     return final
 
 

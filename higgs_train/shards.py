@@ -15,14 +15,13 @@ import io
 import json
 import os
 import tarfile
-import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 import soundfile as sf
 
-from higgs_train.files import dumps
+from higgs_train.files import atomic_path, dumps
 
 SAMPLE_RATE = 24_000
 NUM_CODEBOOKS = 8
@@ -162,15 +161,12 @@ def iter_shard(path) -> Iterator[dict]:
 
 def rewrite_shard(path, samples: Iterable[dict]) -> None:
     """Replace a shard atomically with `samples` (dicts as from iter_shard)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.time_ns()}.tmp")
-    with tarfile.open(tmp, "w") as tar:
+    with atomic_path(path) as tmp, tarfile.open(tmp, "w") as tar:
         for s in samples:
             _add(tar, f"{s['key']}.flac", s["flac"])
             _add(tar, f"{s['key']}.json", dumps(s["row"]).encode())
             if s.get("codes") is not None:
                 _add(tar, f"{s['key']}.codes.npy", encode_codes(s["codes"]))
-    os.replace(tmp, path)
 
 
 def list_shards(spec) -> list[str]:

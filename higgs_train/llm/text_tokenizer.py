@@ -17,11 +17,11 @@ comma-separated list of them.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Iterable, Iterator
+
+from higgs_train.files import atomic_dir
 
 # Llama-3 chat tokens and the Higgs audio tokens (SPEC §2), in a fixed order so a trained
 # tokenizer gives them the same ids every time.
@@ -127,12 +127,8 @@ def train_bpe(texts: Iterable[str], out_dir, vocab_size: int = 2000):
     fast = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|begin_of_text|>",
                                    eos_token="<|eot_id|>", pad_token="<|end_of_text|>")
     out = Path(out_dir)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    fast.save_pretrained(str(tmp))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with atomic_dir(out) as tmp:
+        fast.save_pretrained(str(tmp))
     return load_text_tokenizer(out)
 
 

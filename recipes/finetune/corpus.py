@@ -17,13 +17,12 @@ import fnmatch
 import hashlib
 import json
 import os
-import shutil
 import zlib
 from collections import Counter
 from pathlib import Path
 
 from higgs_train.audio import save_audio
-from higgs_train.files import write_text_atomic
+from higgs_train.files import atomic_dir, write_text_atomic
 from recipes.finetune import FinetuneError
 from higgs_train.shards import ShardWriter, decode_flac, iter_shard, list_shards
 
@@ -80,23 +79,19 @@ def split(corpus_dir, out_dir, name: str, val_fraction: float) -> dict:
     val = held_out_ids([s["key"] for s in coded], val_fraction)
     if len(val) >= len(coded):
         raise FinetuneError(f"val_fraction={val_fraction} holds out all {len(coded)} clips")
-    tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     seconds = {"train": 0.0, "val": 0.0}
     counts = {"train": 0, "val": 0}
-    with ShardWriter(tmp / "train") as wt, ShardWriter(tmp / "val") as wv:
-        for s in coded:
-            part = "val" if s["key"] in val else "train"
-            row = {**s["row"], "source": name, "speaker": name, "recording": s["row"]["source"]}
-            (wv if part == "val" else wt).write(s["key"], s["flac"], row, s["codes"])
-            seconds[part] += float(row["duration"])
-            counts[part] += 1
-    record = {**key, "clips": counts, "seconds": {k: round(v, 3) for k, v in seconds.items()},
-              "left_out_without_codes": len(samples) - len(coded), "val_ids": sorted(val)}
-    (tmp / "split.json").write_text(json.dumps(record, indent=2))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    with atomic_dir(out_dir) as tmp:
+        with ShardWriter(tmp / "train") as wt, ShardWriter(tmp / "val") as wv:
+            for s in coded:
+                part = "val" if s["key"] in val else "train"
+                row = {**s["row"], "source": name, "speaker": name, "recording": s["row"]["source"]}
+                (wv if part == "val" else wt).write(s["key"], s["flac"], row, s["codes"])
+                seconds[part] += float(row["duration"])
+                counts[part] += 1
+        record = {**key, "clips": counts, "seconds": {k: round(v, 3) for k, v in seconds.items()},
+                  "left_out_without_codes": len(samples) - len(coded), "val_ids": sorted(val)}
+        (tmp / "split.json").write_text(json.dumps(record, indent=2))
     return record
 
 
