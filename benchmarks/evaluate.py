@@ -5,7 +5,7 @@
 Scorer rows: espeak-ng sentences (voices v0-v3, 24 kHz), each scorer called once per clip as the
 harness calls it; x RT = scorer seconds / audio seconds (lower is cheaper). The first call of each
 scorer (model load, decoder set-up) is timed apart as "load". Harness row: the default config
-(greedy, all scorers) on the given exports, or on tiny random ones (inference/tiny.py) when none
+(greedy, all scorers) on the given exports, or on tiny random ones (tests/tiny_exports.py) when none
 are given; rtf there is synthesis only, as the harness reports it.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "tests")]
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
@@ -46,7 +46,7 @@ def main() -> None:
     with initialize_config_dir(str(CONFIG_DIR / "evaluate"), version_base="1.3"):
         model, tok = args.model, args.tokenizer
         if not model:
-            from inference.tiny import make_tiny_exports
+            from tiny_exports import make_tiny_exports
 
             model, tok = make_tiny_exports(tmp / "tiny")
         cfg = compose("evaluate", overrides=[f"model={model}", f"tokenizer={tok}", f"eval_set={tmp / 'set.jsonl'}",

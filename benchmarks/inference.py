@@ -17,13 +17,13 @@ from pathlib import Path
 # Run as a script, this file's folder comes first on sys.path and its name would shadow the
 # `inference` package: put the repository root there instead.
 _here = Path(__file__).resolve().parent
-sys.path[:] = [str(_here.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _here]
+sys.path[:] = [str(_here.parent), str(_here.parent / "tests")] + [p for p in sys.path if Path(p or ".").resolve() != _here]
 
 import torch  # noqa: E402
 
 from inference.engine import Engine, EngineConfig, Request  # noqa: E402
 from inference.sampling import SamplingConfig  # noqa: E402
-from inference.tiny import make_tiny_exports  # noqa: E402
+from tiny_exports import make_tiny_exports  # noqa: E402
 
 
 def timed(fn):

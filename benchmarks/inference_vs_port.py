@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 _here = Path(__file__).resolve().parent
-sys.path[:] = [str(_here.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _here]
+sys.path[:] = [str(_here.parent), str(_here.parent / "tests")] + [p for p in sys.path if Path(p or ".").resolve() != _here]
 
 import torch  # noqa: E402
 
@@ -36,7 +36,7 @@ from higgs_train.llm.model import DualFFNConfig, DualFFNModel  # noqa: E402
 from higgs_train.tokenizer import AudioTokenizer, TokenizerConfig  # noqa: E402
 from inference.engine import Engine, Reference, _Row  # noqa: E402
 from inference.sampling import SamplingConfig  # noqa: E402
-from inference.tiny import TINY_CODEC, tiny_text_tokenizer  # noqa: E402
+from tiny_exports import TINY_CODEC, tiny_text_tokenizer  # noqa: E402
 
 SIZE = dict(hidden_size=512, intermediate_size=1536, num_layers=8, num_heads=8, num_kv_heads=4, head_dim=64,
             rope_theta=10000.0, rope_scaling=None)

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 import tempfile
 import time
 from dataclasses import asdict
@@ -14,11 +15,13 @@ import torch
 from higgs_train.llm import DualFFNConfig, DualFFNModel
 from higgs_train.llm.data import LLMStream
 from higgs_train.llm.model import count_parameters
-from higgs_train.llm.synthetic import write_synthetic_shards
 from higgs_train.llm.text_tokenizer import train_bpe
 from omegaconf import OmegaConf
 
 from higgs_train.config import CONFIG_DIR
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from synthetic_llm import write_synthetic_shards  # noqa: E402  (a test helper)
 
 GIB = 1024 ** 3
 

@@ -44,15 +44,15 @@ import random
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import soxr
+from omegaconf import MISSING
 from scipy.signal import lfilter
 
-from data_pipeline.argv import key_value_args
 from higgs_train.audio import save_audio
 
 ESPEAK_SR = 22050
@@ -487,19 +487,27 @@ def make_corpus(out_dir, preset: str = "tests", seed: int = 0) -> dict:
             "audio_seconds": round(sum(f["duration"] for f in files), 2)}
 
 
+PRESETS_HELP = """presets:
+  tests: 7 short conversations (2-4 speakers, noisy, music, wav/flac/mp3/ogg/m4a/opus, 16-48 kHz) + broken/ files
+  demo:  ~10 min of speech, 4 voices, sidecar transcripts, a one-voice folder + broken/
+  bench: demo + a 10.5-minute file in long/"""
+
+
+@dataclass
+class Args:
+    out_dir: str = field(default=MISSING, metadata={"help": "where the corpus is written"})
+    preset: str = field(default="tests", metadata={"help": "tests | demo | bench"})
+    seed: int = field(default=0, metadata={"help": "one seed, one corpus"})
+
+
 def main(argv: list[str]) -> int:
-    usage = ("usage: python -m data_pipeline.synth out_dir=DIR [preset=tests|demo|bench] [seed=0]\n"
-             "  tests: 7 short conversations (2-4 speakers, noisy, music, wav/flac/mp3/ogg/m4a/opus,\n"
-             "         16-48 kHz) + broken/ files\n"
-             "  demo:  ~10 min of speech, 4 voices, sidecar transcripts, a one-voice folder + broken/\n"
-             "  bench: demo + a 10.5-minute file in long/\n")
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print(usage)
-        return 0
-    args = key_value_args(argv, {"preset": "tests", "seed": "0"}, usage)
-    if args is None:
+    from higgs_train.cli import parse
+
+    args = parse(Args, argv, "python -m data_pipeline.synth", PRESETS_HELP)
+    if args.preset not in ("tests", "demo", "bench"):
+        print(f"error: preset={args.preset!r}: use tests, demo or bench", file=sys.stderr)
         return 2
-    summary = make_corpus(args["out_dir"], args["preset"], int(args["seed"]))
+    summary = make_corpus(args.out_dir, args.preset, args.seed)
     print(f"wrote {len(summary['files'])} files ({summary['audio_seconds'] / 60:.1f} min audio, "
           f"{summary['speech_seconds'] / 60:.1f} min speech) and {len(summary['broken'])} broken files "
           f"to {summary['out_dir']}")

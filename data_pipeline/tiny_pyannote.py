@@ -20,6 +20,7 @@ import os
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ["PYANNOTE_METRICS_ENABLED"] = "0"  # no telemetry; set before pyannote.audio is imported
@@ -27,8 +28,8 @@ os.environ["PYANNOTE_METRICS_ENABLED"] = "0"  # no telemetry; set before pyannot
 import numpy as np
 import torch
 import yaml
+from omegaconf import MISSING
 
-from data_pipeline.argv import key_value_args
 
 CHUNK = 5.0  # segmentation window (s)
 
@@ -190,11 +191,19 @@ def build(out_dir, minutes: float = 3.0, steps: int = 200, seed: int = 0) -> Pat
     return out
 
 
+@dataclass
+class Args:
+    out_dir: str = field(default=MISSING, metadata={"help": "where the pipeline folder is written"})
+    minutes: float = field(default=3.0, metadata={"help": "minutes of generated conversations to train on"})
+    steps: int = field(default=200, metadata={"help": "segmentation training steps"})
+    seed: int = field(default=0, metadata={"help": "one seed, one pipeline"})
+
+
 def main(argv: list[str]) -> int:
-    args = key_value_args(argv, {"minutes": "3", "steps": "200", "seed": "0"}, __doc__)
-    if args is None:
-        return 2
-    out = build(args["out_dir"], float(args["minutes"]), int(args["steps"]), int(args["seed"]))
+    from higgs_train.cli import parse
+
+    args = parse(Args, argv, "python -m data_pipeline.tiny_pyannote", __doc__)
+    out = build(args.out_dir, args.minutes, args.steps, args.seed)
     print(f"wrote a pyannote pipeline to {out}: use diarization=pyannote diarization.path={out}")
     return 0
 

@@ -12,7 +12,7 @@ from higgs_train.config import CONFIG_DIR
 from inference.engine import Engine, EngineConfig, Request, RequestError
 from inference.sampling import SamplingConfig, filter_logits, sample_frame
 from inference.text import split_text
-from inference.tiny import make_tiny_exports
+from tiny_exports import make_tiny_exports
 from inference.voices import VoiceError, VoiceLibrary
 
 GREEDY = SamplingConfig(temperature=0, max_frames=24)

@@ -16,7 +16,7 @@ import torch
 from higgs_train.llm.model import DualFFNConfig, DualFFNModel
 from inference.engine import Engine, EngineConfig, Request
 from inference.sampling import SamplingConfig
-from inference.tiny import make_tiny_exports
+from tiny_exports import make_tiny_exports
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
@@ -57,7 +57,7 @@ def test_model_fast_paths_equal_the_plain_call():
     """Decode steps of a tiny model: attend= / audio_only= / text_head=False against the plain
     cached call (whole cache, split, both heads) from the same prefill."""
     torch.manual_seed(0)
-    from inference.tiny import TINY_LLM
+    from tiny_exports import TINY_LLM
 
     m = DualFFNModel(DualFFNConfig(vocab_size=97, **{**TINY_LLM, "dual_layers": [0, 2]})).eval()
     B, P, K = 2, 21, 8
@@ -88,7 +88,7 @@ def test_bf16_decode_attention_groups_query_heads():
     import torch.nn.functional as F
 
     from higgs_train.llm.model import Attention, KVCache
-    from inference.tiny import TINY_LLM
+    from tiny_exports import TINY_LLM
 
     torch.manual_seed(0)
     cfg = DualFFNConfig(vocab_size=97, **TINY_LLM)

@@ -184,7 +184,7 @@ def _tiny_engine(tmp_path):
 
     from higgs_train.tokenizer import AudioTokenizer, TokenizerConfig
     from inference.engine import Engine
-    from inference.tiny import TINY_CODEC, TINY_LLM
+    from tiny_exports import TINY_CODEC, TINY_LLM
 
     # the special tokens the BPE had before the delay token existed: same ids, so the same prompt
     bpe = Tokenizer(models.BPE())

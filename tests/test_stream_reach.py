@@ -10,7 +10,7 @@ import torch
 
 from higgs_train.tokenizer import AudioTokenizer, TokenizerConfig
 from inference.engine import EngineConfig
-from inference.tiny import TINY_CODEC
+from tiny_exports import TINY_CODEC
 
 
 def reach(codec, n=60, at=30, rel=1e-3) -> tuple[int, int]:

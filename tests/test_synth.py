@@ -182,9 +182,14 @@ def test_conversation_fixture_caches(conversation):
 
 
 def test_cli_help_and_bad_args(capsys):
-    assert synth.main(["--help"]) == 0
-    assert "preset=" in capsys.readouterr().out
-    assert synth.main(["preset=demo"]) == 2  # out_dir missing
-    assert synth.main(["out_dir=x", "colour=red"]) == 2
+    with pytest.raises(SystemExit) as e:
+        synth.main(["--help"])
+    assert e.value.code == 0 and "preset=" in capsys.readouterr().out
+    for argv, reason in ((["preset=demo"], "missing out_dir"), (["out_dir=x", "colour=red"], "unknown option 'colour'"),
+                         (["out_dir=x", "seed=two"], "'two'")):
+        with pytest.raises(SystemExit) as e:
+            synth.main(argv)
+        assert e.value.code == 2 and reason in capsys.readouterr().err
+    assert synth.main(["out_dir=x", "preset=huge"]) == 2
     with pytest.raises(ValueError):
         synth.make_corpus("unused", preset="huge")

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import List, Optional
 
 
 def load_means(run: Path) -> dict[str, float]:
@@ -52,22 +54,32 @@ def check(runs: list[Path], higher: list[str], lower: list[str]) -> list[tuple[s
     return out
 
 
+@dataclass
+class Args:
+    runs: List[str] = field(default_factory=list, metadata={"help": "evaluation output folders, first = baseline"})
+    out: Optional[str] = field(default=None, metadata={"help": "also write the table to this file"})
+    higher: str = field(default="", metadata={"help": "metrics that must rise, comma-separated"})
+    lower: str = field(default="", metadata={"help": "metrics that must fall, comma-separated"})
+
+
 def main(argv: list[str]) -> int:
-    runs = [Path(a) for a in argv if "=" not in a]
-    opts = dict(a.split("=", 1) for a in argv if "=" in a)
-    if len(runs) < 2 or set(opts) - {"out", "higher", "lower"}:
-        print(__doc__, file=sys.stderr)
+    from higgs_train.cli import parse
+
+    args = parse(Args, argv, "python -m higgs_train.evaluate.compare RUN RUN [...]", __doc__, positional="runs")
+    runs = [Path(r) for r in args.runs]
+    if len(runs) < 2:
+        print(f"error: give two or more evaluation folders, got {len(runs)}", file=sys.stderr)
         return 2
     try:
         text = table(runs)
-        checks = check(runs, *([m for m in opts.get(k, "").split(",") if m] for k in ("higher", "lower")))
+        checks = check(runs, *([m for m in getattr(args, k).split(",") if m] for k in ("higher", "lower")))
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     text += "".join(f"\n{line}" for line, _ in checks) + ("\n" if checks else "")
     print(text, end="")
-    if "out" in opts:
-        Path(opts["out"]).write_text(text)
+    if args.out:
+        Path(args.out).write_text(text)
     return 0 if all(ok for _, ok in checks) else 1
 
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from omegaconf import MISSING
 
 from higgs_train.llm.data import collate, read_segments
 from higgs_train.llm.model import DualFFNModel
@@ -58,14 +60,22 @@ def plot_losses(run_dir, out_png) -> int:
     return len(steps)
 
 
+@dataclass
+class Args:
+    run_dir: str = field(default=MISSING, metadata={"help": "the LLM training run (its export/ and logs/)"})
+    shards: str = field(default=MISSING, metadata={"help": "shards whose first utterances are scored"})
+    utterances: int = field(default=4, metadata={"help": "utterances scored by teacher-forced code accuracy"})
+
+
 def main(argv: list[str]) -> None:
-    args = dict(a.split("=", 1) for a in argv)
-    run = Path(args["run_dir"])
-    n = int(args.get("utterances", 4))
+    from higgs_train.cli import parse
+
+    args = parse(Args, argv, "python -m higgs_train.llm.report", __doc__)
+    run, n = Path(args.run_dir), args.utterances
     model = DualFFNModel.from_pretrained(run / "export")
     tok = load_text_tokenizer(run / "export")
     accs = []
-    for seg in read_segments(list_shards(args["shards"])):
+    for seg in read_segments(list_shards(args.shards)):
         s = tts_sample(tok, seg.text, seg.codes, num_codebooks=model.cfg.num_codebooks,
                        codebook_size=model.cfg.codebook_size)
         accs.append(teacher_forced_accuracy(model, s))

@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
+
+from omegaconf import MISSING
 
 from higgs_train.files import atomic_dir
 
@@ -132,13 +135,19 @@ def train_bpe(texts: Iterable[str], out_dir, vocab_size: int = 2000):
     return load_text_tokenizer(out)
 
 
+@dataclass
+class Args:
+    texts: str = field(default=MISSING, metadata={"help": ".jsonl manifest(s) or .txt file(s), comma-separated"})
+    out: str = field(default=MISSING, metadata={"help": "the tokenizer directory to write"})
+    vocab_size: int = field(default=2000, metadata={"help": "BPE vocabulary size (special tokens included)"})
+
+
 def main(argv: list[str]) -> None:
-    args = dict(a.split("=", 1) for a in argv)
-    unknown = set(args) - {"texts", "out", "vocab_size"}
-    if unknown or not {"texts", "out"} <= set(args):
-        sys.exit("usage: python -m higgs_train.llm.text_tokenizer texts=FILE[,FILE] out=DIR [vocab_size=N]")
-    tok = train_bpe(iter_texts(args["texts"]), args["out"], int(args.get("vocab_size", 2000)))
-    print(f"saved a {len(tok)}-token BPE tokenizer to {args['out']}")
+    from higgs_train.cli import parse
+
+    args = parse(Args, argv, "python -m higgs_train.llm.text_tokenizer", "Train a byte-level BPE on transcripts.")
+    tok = train_bpe(iter_texts(args.texts), args.out, args.vocab_size)
+    print(f"saved a {len(tok)}-token BPE tokenizer to {args.out}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Tiny random exports (LLM + text tokenizer, audio tokenizer) for tests, benchmarks and smoke runs.
+"""Tiny random exports (LLM + text tokenizer, audio tokenizer) for tests and benchmarks (a test helper,
+not part of the installed packages).
 
     llm_dir, tok_dir = make_tiny_exports(out_dir)   # out_dir/llm, out_dir/tokenizer
 """
@@ -10,7 +11,7 @@ import torch
 
 from higgs_train.config import model_size
 from higgs_train.llm.model import DualFFNConfig, DualFFNModel
-from higgs_train.llm.synthetic import WORDS
+from synthetic_llm import WORDS
 from higgs_train.llm.text_tokenizer import train_bpe
 from higgs_train.tokenizer import AudioTokenizer, TokenizerConfig
 
