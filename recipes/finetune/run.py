@@ -200,11 +200,14 @@ def check_stops(cfg: DictConfig, best: int | None) -> list[dict]:
         return []
     history = read_history(stops.history)
     if best is None and history:
-        rates = ", ".join(f"step {h['step']}: {h['stop_rate']:.2f}" for h in history)
+        best_cfg = cfg.callbacks.best
+        lo, hi = best_cfg.duration_range
+        rates = ", ".join(f"step {h['step']}: {h['stop_rate']:.2f} / {h['duration_ratio']:.2f}" for h in history)
         raise FinetuneError(
-            f"no checkpoint stops: at every validation the model ran past the cap ({stops.max_ratio:g}x the "
-            f"recording) on some held-out sentences (stop rates {rates}; needed {cfg.callbacks.best.min_stop_rate:g}). "
-            f"Nothing was exported to {Path(cfg.out_dir) / 'export'}; the last weights are in "
+            f"no checkpoint stops at a plausible length: at every validation the model ran past the cap "
+            f"({stops.max_ratio:g}x the recording) on some held-out sentences, or spoke them too short or too long "
+            f"(stop rate / duration ratio: {rates}; needed a stop rate >= {best_cfg.min_stop_rate:g} and a ratio "
+            f"in {lo:g}-{hi:g}). Nothing was exported to {Path(cfg.out_dir) / 'export'}; the last weights are in "
             f"{Path(cfg.run_dir) / 'export'}. Try a lower task.optim.lr, fewer steps, mode=lora, or more recordings.")
     return history
 

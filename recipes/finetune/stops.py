@@ -11,8 +11,9 @@ engine's default sampling with a fixed seed), and logs
 
 The cap is `max_ratio` times each recording (at least one second more), so a model that does
 not stop costs a bounded time. BestThatStops is the ModelCheckpoint of the lowest val/loss among
-the validations whose stop rate reaches `min_stop_rate`; when none does, no best checkpoint exists
-and the recipe says so instead of exporting (run.py).
+the validations whose stop rate reaches `min_stop_rate` and whose duration ratio lies in
+`duration_range` (a model that cuts its sentences short is as broken as one that never ends);
+when none does, no best checkpoint exists and the recipe says so instead of exporting (run.py).
 """
 from __future__ import annotations
 
@@ -140,19 +141,27 @@ class StopCheck(L.Callback):
             lg.log_metrics(metrics, step=trainer.global_step)
 
 
-class BestThatStops(ModelCheckpoint):
-    """ModelCheckpoint (monitor val/loss, mode min) that considers only validations whose
-    val/stop_rate is at least min_stop_rate (a validation without a stop rate counts as stopping)."""
+def candidate(stop_rate: float, duration_ratio: float, min_stop_rate: float, duration_range) -> bool:
+    """May a validation with these figures give the exported checkpoint? It stops often enough, and
+    what it says is neither cut short nor drawn out (mean duration ratio inside duration_range)."""
+    lo, hi = duration_range
+    return stop_rate >= min_stop_rate and lo <= duration_ratio <= hi
 
-    def __init__(self, *args, min_stop_rate: float = 1.0, **kw):
+
+class BestThatStops(ModelCheckpoint):
+    """ModelCheckpoint (monitor val/loss, mode min) that considers only the validations that are a
+    `candidate` (a validation without stop-check figures counts as one)."""
+
+    def __init__(self, *args, min_stop_rate: float = 1.0, duration_range=(0.0, math.inf), **kw):
         super().__init__(*args, **kw)
-        self.min_stop_rate = min_stop_rate
+        self.min_stop_rate, self.duration_range = min_stop_rate, tuple(duration_range)
 
     def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
         # every path to a best-checkpoint save (validation end, epoch end) comes through here
-        rate = monitor_candidates.get(STOP_RATE)
-        if rate is not None and float(rate) < self.min_stop_rate:
-            log.info("step %d: not a best-checkpoint candidate (stop rate %.2f < %.2f)", trainer.global_step,
-                     float(rate), self.min_stop_rate)
+        rate, ratio = monitor_candidates.get(STOP_RATE), monitor_candidates.get(DURATION_RATIO)
+        if rate is not None and not candidate(float(rate), float(ratio), self.min_stop_rate, self.duration_range):
+            log.info("step %d: not a best-checkpoint candidate (stop rate %.2f, needed %.2f; duration ratio %.2f, "
+                     "needed %g-%g)", trainer.global_step, float(rate), self.min_stop_rate, float(ratio),
+                     *self.duration_range)
             return
         super()._save_topk_checkpoint(trainer, monitor_candidates)
