@@ -6,7 +6,7 @@ Clips are espeak-ng sentences (3-20 s, a third with white noise) at 24 kHz, the 
 the pipeline hands to the quality stage. Rows:
   official per clip   speechmos.dnsmos.run on each clip: Microsoft's script as shipped in
                       the wheel (1 s hop, one session.run per 9.01 s window, P.808 too)
-  ours, 1 clip/run    QualityScorer.dnsmos one clip per call, batch_size=1, 1 s hop
+  ours, 1 clip/run    DNSMOS.dnsmos one clip per call, batch_size=1, 1 s hop
   ours, batched       all windows of all clips batched, 1 s hop (official windows)
   ours, batched, hop  the config default hop (configs/pipeline/quality/dnsmos.yaml)
   score() all scores  the whole stage: DNSMOS + SNR, clipping, bandwidth, loudness
@@ -30,7 +30,7 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_pipeline.stages.base import Segment  # noqa: E402
-from data_pipeline.stages.quality import DNSMOS_SR, QualityScorer, tile, window_starts  # noqa: E402
+from data_pipeline.stages.quality import DNSMOS, DNSMOS_SR, tile, window_starts  # noqa: E402
 from data_pipeline.stages.transcribe import word_error_rate  # noqa: E402
 from data_pipeline.stages.transcribe_pocketsphinx import PocketsphinxTranscriber  # noqa: E402
 from data_pipeline.synth import SENTENCES, VOICES, tts  # noqa: E402
@@ -77,7 +77,7 @@ def main() -> None:
     clips, texts = make_clips(args.minutes)
     audio_s = sum(len(c) for c in clips) / SR
     clips16 = [np.clip(soxr.resample(c, SR, DNSMOS_SR), -1, 1).astype(np.float32) for c in clips]
-    default_hop = float(OmegaConf.load(CONFIG).hop_seconds)
+    default_hop = float(OmegaConf.load(CONFIG).metrics.dnsmos.hop_seconds)
     print(f"{len(clips)} clips, {audio_s:.0f} s of audio (3-20 s each), 24 kHz in; default hop {default_hop} s")
 
     from speechmos import dnsmos
@@ -90,16 +90,16 @@ def main() -> None:
     official = np.array(official)
     rows.append(("DNSMOS official per clip (speechmos)", w, c, 0.0, windows(1.0)))
 
-    one = QualityScorer(batch_size=1, hop_seconds=1.0)
+    one = DNSMOS(batch_size=1, hop_seconds=1.0)
     one.dnsmos(clips16[:1])  # session built outside the timing (it is shared by all scorers)
     mos, w, c = timed(lambda: np.concatenate([one.dnsmos([x]) for x in clips16]))
     rows.append(("DNSMOS ours, 1 clip/run, 1 s hop", w, c, np.abs(mos[:, 2] - official).mean(), windows(1.0)))
 
-    batched = QualityScorer(hop_seconds=1.0)
+    batched = DNSMOS(hop_seconds=1.0)
     mos, w, c = timed(lambda: batched.dnsmos(clips16))
     rows.append(("DNSMOS ours, batched, 1 s hop", w, c, np.abs(mos[:, 2] - official).mean(), windows(1.0)))
 
-    fast = QualityScorer(hop_seconds=default_hop)
+    fast = DNSMOS(hop_seconds=default_hop)
     mos, w, c = timed(lambda: fast.dnsmos(clips16))
     rows.append((f"DNSMOS ours, batched, {default_hop:g} s hop", w, c, np.abs(mos[:, 2] - official).mean(),
                  windows(default_hop)))

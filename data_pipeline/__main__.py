@@ -11,18 +11,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from data_pipeline.config import config_args
 from data_pipeline.run import curate
 from higgs_train.config import CONFIG_DIR
-
-PIPELINE_CONFIGS = CONFIG_DIR / "pipeline"
-
-
-def config_args(argv: list[str]) -> list[str]:
-    """argv plus the search path that makes configs/pipeline/<stage>/ the `<stage>` group, so that
-    overrides read `vad=silero` rather than `pipeline/vad=silero`."""
-    if any(a.startswith("hydra.searchpath") for a in argv):
-        return argv
-    return [f"hydra.searchpath=[file://{PIPELINE_CONFIGS}]", *argv]
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="curate")

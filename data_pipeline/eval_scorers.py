@@ -87,8 +87,8 @@ class SpeakerSimilarity:
 
 
 class DNSMOSScorer:
-    def __init__(self, quality):
-        self.quality = quality   # data_pipeline.stages.quality.QualityScorer
+    def __init__(self, dnsmos):
+        self.dnsmos = dnsmos   # data_pipeline.stages.quality.DNSMOS, the curation's quality metric
 
     def __call__(self, audio: np.ndarray, sr: int, item) -> dict:
-        return {"dnsmos_ovrl": round(float(self.quality.dnsmos([audio], sr)[0, 2]), 4)}
+        return {"dnsmos_ovrl": round(float(self.dnsmos.dnsmos([audio], sr)[0, 2]), 4)}

@@ -27,10 +27,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from data_pipeline.config import build_stage, config_args
 from data_pipeline.filters import FilterConfig, filter_source
+from data_pipeline.records import PARTS, SLICES, load_record
 from data_pipeline.report import write_report
-from data_pipeline.run import PARTS, SLICES, _build, dumps, load_record
 from data_pipeline.stages.export import read_part
+from higgs_train.files import dumps
 
 log = logging.getLogger("data_pipeline")
 
@@ -136,7 +138,7 @@ def finalize(cfg: DictConfig, out_dir, sources: list[str], input_dir: str | None
         raise RuntimeError(f"{len(missing)} sources have no record in {out_dir / PARTS} "
                            f"(e.g. {missing[:3]}); rerun the curation for them")
     fcfg = FilterConfig(**OmegaConf.to_container(cfg.filter, resolve=True))
-    export = _build(cfg.export, 1)
+    export = build_stage(cfg.export, 1)
     state = hashlib.sha1(json.dumps({
         "records": [(r["source"], r["fingerprint"], r["sha1"]) for r in records],
         "filter": OmegaConf.to_container(cfg.filter, resolve=True),
@@ -194,7 +196,6 @@ def finalize(cfg: DictConfig, out_dir, sources: list[str], input_dir: str | None
 def main() -> None:
     import hydra
 
-    from data_pipeline.__main__ import config_args
     from higgs_train.config import CONFIG_DIR
 
     sys.argv[1:] = config_args(sys.argv[1:])

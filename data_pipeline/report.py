@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipeline.run import dumps
-from higgs_train.files import atomic_dir, atomic_path
+from data_pipeline.records import PARTS
+from higgs_train.files import atomic_dir, atomic_path, dumps
 
 CLIPS_PER_GROUP = 3
 CLIP_MAX_SECONDS = 15.0
@@ -223,7 +223,6 @@ def _from_tar(tar_path: Path, key: str) -> np.ndarray | None:
 
 def _clip_audio(row: dict, out_dir: Path, input_dir: Path | None) -> np.ndarray | None:
     """The segment's audio: from its shard, else its source's part file, else the source itself."""
-    from data_pipeline.run import PARTS
     from higgs_train.audio import AudioError, load_segment
 
     key = row.get("id")

@@ -2,7 +2,8 @@
 
     python -m data_pipeline input_dir=IN output_dir=OUT [workers=N] [num_shards=N shard_index=I] [stage overrides]
 
-Per source (one worker process each, models loaded once per worker):
+Per source (one worker process each, models loaded once per worker), the config's `stages:` in
+order, each `stage.run(src)` on one Source (data_pipeline/source.py) until one ends it; by default
     ingest (decode once: 16 kHz analysis copy in memory, 24 kHz copy in a temp file, sha1)
     -> vad -> diarization -> segment -> quality -> transcribe -> export part
 The result of a source is OUT/parts/<key>.tar (its candidate segments' FLAC + rows) and
@@ -44,70 +45,46 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from data_pipeline.stages.base import ANALYSIS_SR, Segment
+from data_pipeline.config import build_stage, register_resolvers
+from data_pipeline.records import (ATTEMPTS, PARTS, SHA1_DIR, SLICES, identity, is_done, load_record, new_record,
+                                   save_record, write_json)
+from data_pipeline.source import Source
 from data_pipeline.stages.ingest import source_key
-from data_pipeline.stages.transcribe import TranscriptError
 from higgs_train.audio import AudioError, audio_info
-from higgs_train.files import dumps, write_text_atomic
-from higgs_train.shards import SAMPLE_RATE as EXPORT_SR
+from higgs_train.files import write_text_atomic
 
 log = logging.getLogger("data_pipeline")
-
-PARTS, SLICES, SHA1_DIR, ATTEMPTS = "parts", "slices", ".sha1", ".attempts"
-# Config groups whose values change what a source's record holds (a change redoes the source).
-# filter and export are not here: they act at finalize, on the stored records.
-PROCESSING_GROUPS = ("ingest", "vad", "diarization", "segment", "quality", "transcribe")
-CHUNK_SECONDS = 600.0  # audio per quality/transcribe call (bounds memory on multi-hour sources)
-# Share of a source's processing time done after each stage, for the progress bar inside a long
-# file (benchmarks/README.md: DNSMOS ~85 % of the time without ASR; with ASR, quality and
-# transcription split what follows diarization).
-DONE_AFTER = {"ingest": 0.02, "vad": 0.04, "diarization": 0.14, "quality": 0.95, "transcribe": 0.95}
-DONE_AFTER_WITH_ASR = {**DONE_AFTER, "quality": 0.5}
-
-
-def register_resolvers() -> None:
-    if not OmegaConf.has_resolver("cpu_count"):
-        OmegaConf.register_new_resolver("cpu_count", lambda: len(os.sched_getaffinity(0)))
-
-
-register_resolvers()
-
 
 # Keys that say how a stage runs, not what it computes (up to float rounding): changing them
 # (a bigger batch on a GPU machine, more threads) keeps finished sources.
 EXECUTION_KEYS = ("batch_size", "threads", "device")
+# The stage whose settings (shard size) act only when finalize packs the shards: changing them
+# keeps finished sources. filter is no stage at all: it acts at finalize, on the stored records.
+PACKING_STAGE = "export"
+DEFAULT_COST = 0.05   # a stage's share of a source's time when its class does not say (`cost`)
+
+
+def _without_execution_keys(node):
+    if isinstance(node, dict):
+        return {k: _without_execution_keys(v) for k, v in node.items() if k not in EXECUTION_KEYS}
+    if isinstance(node, list):
+        return [_without_execution_keys(v) for v in node]
+    return node
 
 
 def processing_fingerprint(cfg: DictConfig) -> str:
-    groups = {}
-    for g in PROCESSING_GROUPS:
+    """What a source's record depends on: the stage list and each stage's settings (execution keys,
+    at any depth, and the packing settings aside). A change redoes the sources; a rerun with the
+    same keeps them."""
+    groups = {"stages": list(cfg.stages)}
+    for g in cfg.stages:
+        if g == PACKING_STAGE:
+            continue
         node = OmegaConf.to_container(cfg[g], resolve=True) if cfg.get(g) is not None else None
-        groups[g] = {k: v for k, v in node.items() if k not in EXECUTION_KEYS} if isinstance(node, dict) else node
+        groups[g] = _without_execution_keys(node)
     return hashlib.sha1(json.dumps(groups, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _write_json(path: Path, obj) -> None:
-    write_text_atomic(path, dumps(obj))
-
-
-def new_record(rel: str, ctx: "Context", ident: dict | None, transcribed: bool = False,
-               rejected: list | None = None) -> dict:
-    """A source's record before any stage has filled it in (the one shape every record has)."""
-    return {"source": rel, "key": source_key(rel), "fingerprint": ctx.fingerprint, "identity": ident,
-            "sha1": None, "duplicate_of": None, "audio": None, "transcribed": transcribed,
-            "rejected": rejected or [], "segments": [], "timings": {}}
-
-
-def identity(path: Path) -> dict | None:
-    """What says a file is still the one processed: size and mtime_ns (None: it cannot be stat'ed)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def slice_sources(sources: list[str], num_shards: int, shard_index: int) -> list[str]:
@@ -120,28 +97,23 @@ def slice_sources(sources: list[str], num_shards: int, shard_index: int) -> list
 
 # ---------------------------------------------------------------- the stages of one source
 
-@dataclass
-class Stages:
-    ingest: object
-    vad: object
-    diarization: object
-    segment: object
-    quality: object
-    transcribe: object | None  # None or .produces_text False (transcribe=none): text filters are off
-    export: object
-
-
-def _build(node, threads: int):
-    """instantiate a stage; a `threads: 0` key ("all cores") becomes this worker's share of them."""
-    if node is None or node.get("_target_") is None:
-        return None
-    if node.get("threads") == 0:
-        node = OmegaConf.merge(node, {"threads": threads})
-    return instantiate(node, _convert_="all")
+Stages = list  # [(name, stage)]: cfg.stages in order, each with run(src) (data_pipeline/source.py)
 
 
 def build_stages(cfg: DictConfig, threads: int = 1) -> Stages:
-    return Stages(**{g: _build(cfg.get(g), threads) for g in (*PROCESSING_GROUPS, "export")})
+    """cfg.stages, built in order; a stage whose config has no _target_ (transcribe=none) is left out."""
+    out = []
+    for name in cfg.stages:
+        if name not in cfg:
+            raise ValueError(f"stages lists {name!r}, but the config has no {name!r} key: add its config group "
+                             f"(configs/pipeline/{name}/X.yaml, then +{name}=X) or +{name}._target_=module.Class")
+        stage = build_stage(cfg[name], threads)
+        if stage is not None:
+            if not callable(getattr(stage, "run", None)):
+                raise TypeError(f"stage {name!r} ({type(stage).__name__}) has no run(src) method "
+                                "(the stage protocol: data_pipeline/source.py)")
+            out.append((name, stage))
+    return out
 
 
 @dataclass
@@ -165,7 +137,7 @@ def _claim_sha1(ctx: Context, sha1: str, key: str, rel: str) -> str | None:
     Finalize makes the same decision from the records, so a race here only costs time."""
     d = ctx.out_dir / SHA1_DIR / sha1
     d.mkdir(parents=True, exist_ok=True)
-    _write_json(d / key, rel)
+    write_json(d / key, rel)
     others = []
     for p in d.iterdir():
         if p.name != key and not p.name.startswith("."):
@@ -177,174 +149,55 @@ def _claim_sha1(ctx: Context, sha1: str, key: str, rel: str) -> str | None:
     return earlier[0] if earlier else None
 
 
-def _chunks(segments: list[Segment], seconds: float):
-    """Consecutive runs of segments with at most `seconds` of audio each (at least one segment)."""
-    chunk, total = [], 0.0
-    for s in segments:
-        if chunk and total + s.duration > seconds:
-            yield chunk
-            chunk, total = [], 0.0
-        chunk.append(s)
-        total += s.duration
-    if chunk:
-        yield chunk
-
-
-def _reject(rec: dict, stage: str, reason: str, detail: str | None = None, seg: Segment | None = None,
-            seg_id: str | None = None) -> dict:
-    row = {"source": rec["source"], "stage": stage, "reason": reason}
-    if detail:
-        row["detail"] = detail
-    if seg is not None:
-        row.update(start=seg.start, end=seg.end, speaker=seg.speaker, id=seg_id)
-    rec["rejected"].append(row)
-    return row
-
-
 def process_source(rel: str, stages: Stages, ctx: Context) -> dict:
-    """Run every stage on one source; write its part and record. Never raises for bad input:
-    whatever goes wrong becomes a rejection with a reason. Returns a small summary."""
+    """Run every stage on one source, in order, until one ends it; write its part and record.
+    Never raises for bad input: whatever goes wrong becomes a rejection with a reason. Returns a
+    small summary."""
     key = source_key(rel)
     parts = ctx.out_dir / PARTS
-    transcribed = stages.transcribe is not None and getattr(stages.transcribe, "produces_text", True)
     old = load_record(ctx.out_dir, rel)
-    rec = new_record(rel, ctx, identity(ctx.input_dir / rel), transcribed=transcribed)
-    timings = rec["timings"]
-    done_after = DONE_AFTER_WITH_ASR if transcribed else DONE_AFTER
-    stage = "ingest"
-    t = time.perf_counter()
+    transcribed = any(getattr(stage, "produces_text", False) for _, stage in stages)
+    rec = new_record(rel, ctx.fingerprint, identity(ctx.input_dir / rel), transcribed=transcribed)
 
-    def lap(name: str) -> None:
-        nonlocal t, stage
-        now = time.perf_counter()
-        timings[stage] = timings.get(stage, 0.0) + now - t
-        if stage in done_after:
-            ctx.report(rel, done_after[stage])
-        t, stage = now, name
-
-    def chunk_done(i: int, n: int) -> None:  # a chunk of quality or transcription, for the bar
-        lo = done_after["diarization" if stage == "quality" else "quality"]
-        ctx.report(rel, lo + (done_after[stage] - lo) * (i + 1) / n)
-
-    dec = None
-
-    def run() -> None:  # every stage in order; an early return ends the source with what rec holds
-        nonlocal dec
-        try:
-            dec = stages.ingest(ctx.input_dir / rel)
-        except AudioError as e:
-            _reject(rec, "ingest", "unreadable", e.reason)
-            return
-        rec["sha1"] = dec.sha1
-        if old and old.get("sha1") not in (None, dec.sha1):  # a replaced input: drop its old audio's claim
+    def claim(sha1: str) -> str | None:
+        if old and old.get("sha1") not in (None, sha1):  # a replaced input: drop its old audio's claim
             (ctx.out_dir / SHA1_DIR / old["sha1"] / key).unlink(missing_ok=True)
-        rec["audio"] = {"sample_rate": dec.sample_rate, "channels": dec.channels, "codec": dec.codec,
-                        "duration": round(dec.duration, 3)}
-        dup = _claim_sha1(ctx, dec.sha1, key, rel)
-        if dup is not None:
-            rec["duplicate_of"] = dup
-            _reject(rec, "ingest", "duplicate", f"same audio as {dup}")
-            return
-        lap("vad")
-        wav16 = dec.wav16
-        speech = stages.vad(wav16, ANALYSIS_SR)
-        if not speech:
-            _reject(rec, "vad", "no_speech")
-            return
-        lap("diarization")
-        turns = stages.diarization(wav16, ANALYSIS_SR, speech)
-        if not turns:
-            _reject(rec, "diarization", "no_speaker_turns")
-            return
-        lap("segment")
-        kept, dropped = stages.segment(turns, speech, wav16, ANALYSIS_SR)
-        # Ids follow time order over all pieces, so a segment keeps its id whatever the thresholds.
-        pieces = sorted([(s, None) for s in kept] + dropped, key=lambda p: (p[0].start, p[0].end))
-        ids = {id(s): f"{key}_{i:04d}" for i, (s, _) in enumerate(pieces)}
-        for s, why in dropped:
-            _reject(rec, "segment", why, seg=s, seg_id=ids[id(s)])
-        if not kept:
-            return
-        lap("quality")
-        # Scored (and transcribed) in chunks of <= CHUNK_SECONDS of audio: a stage batches inside a
-        # chunk, and the clips of a multi-hour source never all sit in memory at once.
-        chunks = list(_chunks(kept, CHUNK_SECONDS))
-        for i, chunk in enumerate(chunks):
-            for s, q in zip(chunk, stages.quality.score([dec.read24(s.start, s.end) for s in chunk], EXPORT_SR)):
-                s.quality = q
-            chunk_done(i, len(chunks))
-        if rec["transcribed"]:
-            lap("transcribe")
-            for i, chunk in enumerate(chunks):
-                clips16 = [wav16[int(round(s.start * ANALYSIS_SR)):int(round(s.end * ANALYSIS_SR))] for s in chunk]
-                try:
-                    transcripts = stages.transcribe.transcribe(clips16, ANALYSIS_SR, chunk, str(ctx.input_dir / rel))
-                except TranscriptError as e:  # e.g. no sidecar transcript for this file
-                    _reject(rec, "transcribe", "no_transcript", e.reason)
-                    return
-                for s, tr in zip(chunk, transcripts):
-                    s.text, s.language = tr.text.strip(), tr.language
-                chunk_done(i, len(chunks))
-        lap("export")
-        rows = [{"id": ids[id(s)], "source": rel, "start": s.start, "end": s.end, "duration": round(s.end - s.start, 3),
-                 "speaker": s.speaker, "text": s.text, "language": s.language, "quality": s.quality} for s in kept]
-        stages.export.write_part(parts, key, ((row["id"], dec.read24(s.start, s.end), row) for s, row in zip(kept, rows)))
-        rec["segments"] = rows
+        return _claim_sha1(ctx, sha1, key, rel)
 
+    src = Source(rel, ctx.input_dir / rel, rec, parts, claim)
+    costs = [float(getattr(stage, "cost", DEFAULT_COST)) for _, stage in stages]
+    total = sum(costs) or 1.0
+    done = 0.0   # share of the source done before the running stage
+    t = time.perf_counter()
     try:
-        run()
+        for (name, stage), cost in zip(stages, costs):
+            src.stage = name
+            src.progress = lambda f, lo=done, w=cost / total: ctx.report(rel, lo + w * min(max(f, 0.0), 1.0))
+            stage.run(src)
+            now = time.perf_counter()
+            rec["timings"][name] = rec["timings"].get(name, 0.0) + now - t
+            t, done = now, done + cost / total
+            ctx.report(rel, done)
+            if src.ended:
+                break
     except Exception as e:  # a bug or a model failure on this input: reject the source, keep going
         # Disk full, out of memory, ...: not this file's fault; the next run processes it again.
         transient = isinstance(e, (OSError, MemoryError))
-        log.warning("%s failed in stage %s%s:\n%s", rel, stage, " (retried on the next run)" if transient else "",
+        log.warning("%s failed in stage %s%s:\n%s", rel, src.stage, " (retried on the next run)" if transient else "",
                     traceback.format_exc())
+        rec["timings"][src.stage] = rec["timings"].get(src.stage, 0.0) + time.perf_counter() - t
         rec["segments"] = []
-        rec["rejected"] = [r for r in rec["rejected"] if r["stage"] == "ingest"]
+        first = stages[0][0] if stages else "ingest"
+        rec["rejected"] = [r for r in rec["rejected"] if r["stage"] == first]
         detail = f"{type(e).__name__}: {e}"[:500]
         if transient:
             rec["retry"] = True
-            _reject(rec, stage, "transient_error", f"{detail} (retried on the next run)")
-        else:
-            _reject(rec, stage, "error", detail)
+        src.end("transient_error" if transient else "error",
+                f"{detail} (retried on the next run)" if transient else detail)
     finally:
-        lap("done")
-        if dec is not None:
-            dec.cleanup()
-    return _save(rec, parts)
-
-
-def _save(rec: dict, parts: Path) -> dict:
-    for stale in parts.glob(f".{rec['key']}.json.*.tmp"):  # from a run killed while writing this record
-        stale.unlink(missing_ok=True)
-    if not rec["segments"]:  # no candidates: no part tar (drop one left by an earlier config)
-        (parts / f"{rec['key']}.tar").unlink(missing_ok=True)
-    _write_json(parts / f"{rec['key']}.json", rec)
-    dur = rec["audio"]["duration"] if rec["audio"] else 0.0
-    return {"source": rec["source"], "seconds": dur, "segments": len(rec["segments"])}
-
-
-def load_record(out_dir: Path, rel: str) -> dict | None:
-    p = Path(out_dir) / PARTS / f"{source_key(rel)}.json"
-    try:
-        return json.loads(p.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def is_done(rec: dict | None, fingerprint: str, input_dir: Path, out_dir: Path | None = None) -> bool:
-    """A record made with this config from this very file (same size and mtime), not marked for retry;
-    a duplicate's original must still be an input, unchanged and done."""
-    if rec is None or rec.get("fingerprint") != fingerprint or rec.get("retry"):
-        return False
-    if rec.get("identity") is None or rec["identity"] != identity(Path(input_dir) / rec["source"]):
-        return False
-    dup = rec.get("duplicate_of")
-    if dup is None:
-        return True
-    if out_dir is None:
-        return (Path(input_dir) / dup).is_file()
-    orig = load_record(out_dir, dup)
-    return orig is not None and orig.get("sha1") == rec.get("sha1") and is_done(orig, fingerprint, input_dir, out_dir)
+        if src.audio is not None:
+            src.audio.cleanup()
+    return save_record(rec, parts)
 
 
 # ---------------------------------------------------------------- workers
@@ -381,17 +234,17 @@ def _work(rel: str) -> dict:
 
 
 def _crash_record(rel: str, ctx: Context, crashes: int) -> dict:
-    rec = new_record(rel, ctx, identity(ctx.input_dir / rel), rejected=[
+    rec = new_record(rel, ctx.fingerprint, identity(ctx.input_dir / rel), rejected=[
         {"source": rel, "stage": "pipeline", "reason": "worker_crashed",
          "detail": f"the process died {crashes} times on this file alone (out of memory?)"}])
-    summary = _save(rec, ctx.out_dir / PARTS)
+    summary = save_record(rec, ctx.out_dir / PARTS)
     _attempts_path(ctx, rel).unlink(missing_ok=True)
     return summary
 
 
 def _folder_record(rel: str, reason: str, ctx: Context) -> None:
     """A folder under input_dir that could not be listed (rewritten by every run that meets it)."""
-    _save(new_record(rel, ctx, None, rejected=[
+    save_record(new_record(rel, ctx.fingerprint, None, rejected=[
         {"source": rel, "stage": "ingest", "reason": "unreadable_folder", "detail": reason}]), ctx.out_dir / PARTS)
 
 
@@ -583,7 +436,7 @@ def curate(cfg: DictConfig) -> dict:
     (out_dir / PARTS).mkdir(parents=True, exist_ok=True)
     (out_dir / SLICES).mkdir(parents=True, exist_ok=True)
     _clean_stale_temps()
-    ingest = _build(cfg.ingest, 1)
+    ingest = build_stage(cfg.ingest, 1)
     unreadable: list[tuple[str, str]] = []
     files = ingest.list_sources(input_dir, exclude=out_dir, unreadable=unreadable)
     # A folder that cannot be listed is a source of its own (name ending in /), rejected with its reason.
@@ -624,7 +477,7 @@ def curate(cfg: DictConfig) -> dict:
     wall = time.perf_counter() - t0
     slice_summary = {"num_shards": cfg.num_shards, "shard_index": cfg.shard_index, "fingerprint": fp,
                      "input_dir": str(input_dir), "sources": sources, "seconds": round(wall, 3)}
-    _write_json(slice_path(out_dir, cfg.num_shards, cfg.shard_index), slice_summary)
+    write_json(slice_path(out_dir, cfg.num_shards, cfg.shard_index), slice_summary)
     if cfg.num_shards > 1:
         log.info("slice %d/%d done; when all slices are, run: python -m data_pipeline.merge output_dir=%s",
                  cfg.shard_index, cfg.num_shards, out_dir)

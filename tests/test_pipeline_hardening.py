@@ -254,7 +254,7 @@ def test_a_full_disk_in_the_report_names_the_path_and_leaves_no_temp(tmp_path):
     from data_pipeline.merge import _write_jsonl
     from data_pipeline.report import _write_clip, write_report
 
-    link = tmp_path / ".clip.mp3.tmp"
+    link = tmp_path / f".clip.mp3.{os.getpid()}.tmp"   # higgs_train.files.atomic_path's temp name
     link.symlink_to("/dev/full")
     with pytest.raises(OSError) as e:
         _write_clip(np.zeros(16000, np.float32), tmp_path / "clip.mp3")

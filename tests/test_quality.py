@@ -12,7 +12,7 @@ import soxr
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from data_pipeline.stages.quality import (DNSMOS_SR, QualityScorer, bandwidth_hz, clipping_fraction,
+from data_pipeline.stages.quality import (DNSMOS, DNSMOS_SR, QualityScorer, default_metrics, bandwidth_hz, clipping_fraction,
                                           loudness_lufs, snr_db, window_starts)
 from data_pipeline.synth import SENTENCES, tts
 
@@ -42,7 +42,7 @@ def noisy(clean) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def scored(clean, noisy) -> list[dict]:
-    return QualityScorer(hop_seconds=9.01).score([clean, noisy], SR)
+    return QualityScorer(default_metrics(hop_seconds=9.01)).score([clean, noisy], SR)
 
 
 def test_window_placement_follows_official_formula():
@@ -60,7 +60,7 @@ def test_dnsmos_matches_official_script(clean):
 
     clip = soxr.resample(clean, SR, DNSMOS_SR).astype(np.float32)[:int(5.7 * DNSMOS_SR)]
     assert len(window_starts(len(np.tile(clip, 2)), 1.0)) == 2  # tiled to 11.4 s: two windows 1 s apart
-    ours = QualityScorer(hop_seconds=1.0, batch_size=1).dnsmos([clip])[0]  # one window per run call
+    ours = DNSMOS(hop_seconds=1.0, batch_size=1).dnsmos([clip])[0]  # one window per run call
     ref = dnsmos.run(clip, DNSMOS_SR)
     np.testing.assert_allclose(ours, [ref["sig_mos"], ref["bak_mos"], ref["ovrl_mos"]], atol=1e-3)
 
@@ -74,7 +74,7 @@ def test_noise_lowers_dnsmos_and_snr(scored):
 
 def test_scores_are_plain_floats_batching_and_odd_clips(clean, scored):
     tiny, empty = clean[:int(0.3 * SR)], np.zeros(0, np.float32)
-    out = QualityScorer(hop_seconds=9.01, batch_size=2).score([empty, tiny, clean], SR)
+    out = QualityScorer(default_metrics(hop_seconds=9.01, batch_size=2)).score([empty, tiny, clean], SR)
     assert len(out) == 3
     for row in out:
         assert set(row) == KEYS and all(type(v) is float and np.isfinite(v) for v in row.values()), row
@@ -94,7 +94,7 @@ def test_clipping_fraction(clean):
     # Resampling rings around the clipped plateaus; the 0.98 level still counts most of them.
     hot16 = soxr.resample(hot, SR, DNSMOS_SR)
     assert clipping_fraction(hot16, 0.98) > 0.7 * true_frac
-    scores = QualityScorer(hop_seconds=9.01).score([hot], SR)[0]
+    scores = QualityScorer(default_metrics(hop_seconds=9.01)).score([hot], SR)[0]
     assert scores["clipping"] > 100 * max(clipping_fraction(clean, 0.98), 1e-5)
 
 
@@ -121,7 +121,25 @@ def test_loudness_and_snr_measurements(clean):
 
 def test_config_builds_scorer_and_missing_model_is_named(tmp_path):
     scorer = instantiate(OmegaConf.load(CONFIG))
-    assert isinstance(scorer, QualityScorer) and scorer.model_path.is_file()
+    assert isinstance(scorer, QualityScorer) and scorer.metrics["dnsmos"].model_path.is_file()
+    assert list(scorer.metrics) == ["dnsmos", "snr", "clipping", "bandwidth", "loudness"]
     missing = tmp_path / "no_such_model.onnx"
     with pytest.raises(FileNotFoundError, match="no_such_model.onnx"):
-        QualityScorer(model_path=str(missing))
+        DNSMOS(model_path=str(missing))
+
+
+def test_a_metric_is_one_entry_of_the_map(clean):
+    """The scorer map: a metric added by config alone lands beside the others; one set to null is gone."""
+    cfg = OmegaConf.load(CONFIG)
+    cfg.metrics.peak = {"_target_": "test_quality.Peak"}
+    cfg.metrics.loudness = None
+    scores = instantiate(cfg, _convert_="all").score([clean, 0.5 * clean], SR)
+    assert scores[0]["peak"] == pytest.approx(float(np.abs(clean).max()), rel=1e-6)
+    assert scores[1]["peak"] == pytest.approx(0.5 * scores[0]["peak"], rel=1e-6)
+    assert {"dnsmos_ovrl", "snr_db", "clipping", "bandwidth_hz", "peak"} <= set(scores[0])
+    assert "loudness_lufs" not in scores[0]
+
+
+class Peak:
+    def __call__(self, clips, sr):
+        return [{"peak": float(np.abs(c).max())} for c in clips]

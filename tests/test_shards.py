@@ -84,3 +84,18 @@ def test_a_non_utf8_source_name_survives_the_shard(tmp_path):
     [s] = list(iter_shard(list_shards(tmp_path)[0]))
     assert s["row"]["source"] == row["source"]
     assert __import__("os").fsencode(s["row"]["source"]) == b"caf\xe9.wav"
+
+
+def test_rows_stamped_with_their_shard_name_across_rollovers(tmp_path):
+    """shard_key: each KEY.json names the shard that holds it, also for the sample that rolls over."""
+    flac = encode_flac(np.zeros(24000, np.float32))
+    names = []
+    with ShardWriter(tmp_path, max_bytes=3 * (len(flac) + 3000)) as w:
+        for i in range(10):
+            names.append(w.write(f"k{i}", flac, {"id": f"k{i}", "text": "x" * (i * 50)}, shard_key="shard",
+                                 shard_prefix="shards/"))
+    shards = list_shards(tmp_path)
+    assert len(shards) >= 3 and len(set(names)) == len(shards)
+    for p in shards:
+        for s in iter_shard(p):
+            assert s["row"]["shard"] == "shards/" + p.rsplit("/", 1)[-1], (s["key"], s["row"]["shard"], p)

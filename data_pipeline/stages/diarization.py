@@ -42,7 +42,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from data_pipeline.stages.base import ANALYSIS_SR, Turn
+from data_pipeline.stages.base import ANALYSIS_SR, Diarizer, Turn
 
 FPS = 100            # mel frames per second (resemblyzer: 25 ms window, 10 ms hop, 40 mel bands)
 CELL = 10            # frames per decision cell (0.1 s)
@@ -51,7 +51,7 @@ TARGET_DBFS = -30.0  # speech level resemblyzer's preprocessing normalises to
 MAX_PIECES = 2000    # pieces clustered at most (~1.7 h of speech); the rest are labelled by the Viterbi pass
 
 
-class EmbeddingClusterDiarizer:
+class EmbeddingClusterDiarizer(Diarizer):
     """diarizer(wav16, sr, speech) -> list[Turn] (see data_pipeline/stages/base.py).
 
     window, hop:      embedding window and its hop, seconds (the encoder was trained on 1.6 s)

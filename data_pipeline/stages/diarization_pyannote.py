@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_pipeline.stages.base import ANALYSIS_SR, Turn
+from data_pipeline.stages.base import ANALYSIS_SR, Diarizer, Turn
 
 # pyannote.audio 4 sends usage metrics unless told not to (read when it is first imported).
 os.environ["PYANNOTE_METRICS_ENABLED"] = "0"
@@ -79,7 +79,7 @@ def _hub_defaults(name: str | None) -> list[str]:
     return out
 
 
-class PyannoteDiarizer:
+class PyannoteDiarizer(Diarizer):
     """diarizer(wav16, sr, speech) -> list[Turn] with a local pyannote.audio pipeline. Every part is
     checked to be a local file first (check_pipeline_dir), so pyannote takes its local-folder path
     and never calls a hub.

@@ -11,7 +11,6 @@ deterministic set of shards:
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -26,6 +25,17 @@ class WebDatasetExport:
     def __init__(self, max_shard_bytes: int = 1_000_000_000):
         self.max_shard_bytes = int(max_shard_bytes)
         self.sample_rate = SAMPLE_RATE
+
+    cost = 0.05
+
+    def run(self, src) -> None:
+        """The kept segments' audio and rows -> OUT/parts/<key>.tar; the rows into the record."""
+        rows = [{"id": s.id, "source": src.rel, "start": s.start, "end": s.end, "duration": round(s.end - s.start, 3),
+                 "speaker": s.speaker, "text": s.text, "language": s.language, "quality": s.quality}
+                for s in src.segments]
+        self.write_part(src.parts, src.key, ((row["id"], src.audio.read24(s.start, s.end), row)
+                                             for s, row in zip(src.segments, rows)))
+        src.rec["segments"] = rows
 
     def write_part(self, parts_dir, key: str, items: Iterable[tuple[str, np.ndarray, dict]]) -> Path:
         """items: (segment_id, wav24 [T] float32, row). Returns the part's path."""
@@ -50,16 +60,8 @@ class WebDatasetExport:
             shutil.rmtree(shards_dir)
         with ShardWriter(shards_dir, max_bytes=self.max_shard_bytes) as w:
             for seg_id, flac, row in samples:
-                row = {**row, "shard": prefix + w.current_name}
-                # The writer's own rule (ShardWriter.write): roll over before a sample that
-                # would overflow a non-empty shard. Decided here so the row names the right shard.
-                nbytes = len(flac) + 1024 + len(json.dumps(row, ensure_ascii=False).encode()) + 1024
-                if w.tar is not None and w.size > 0 and w.size + nbytes > w.max_bytes:
-                    w.close_shard()
-                    row["shard"] = prefix + w.current_name
-                name = w.write(seg_id, flac, row)
-                assert prefix + name == row["shard"], (name, row["shard"])
-                yield row
+                name = w.write(seg_id, flac, row, shard_key="shard", shard_prefix=prefix)
+                yield {**row, "shard": prefix + name}
 
 
 def read_part(path) -> Iterator[tuple[str, bytes, dict]]:

@@ -123,6 +123,24 @@ class Ingest:
                     out.append(Path(dirpath, name).relative_to(root).as_posix())
         return sorted(out)
 
+    cost = 0.02
+
+    def run(self, src) -> None:
+        """src.audio; an unreadable file, or the same audio as an earlier input, ends the source."""
+        try:
+            dec = self(src.path)
+        except AudioError as e:
+            src.end("unreadable", e.reason)
+            return
+        src.audio = dec
+        src.rec["sha1"] = dec.sha1
+        src.rec["audio"] = {"sample_rate": dec.sample_rate, "channels": dec.channels, "codec": dec.codec,
+                            "duration": round(dec.duration, 3)}
+        dup = src.claim(dec.sha1)
+        if dup is not None:
+            src.rec["duplicate_of"] = dup
+            src.end("duplicate", f"same audio as {dup}")
+
     def __call__(self, path) -> Decoded:
         """Raises AudioError (with a reason) for anything that is not usable audio."""
         path = Path(path)

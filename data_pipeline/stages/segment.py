@@ -79,6 +79,19 @@ class Segmenter:
             s = e = self._quietest(a, b, wav16, sr)
         return self._split(a, s, inner, wav16, sr) + self._split(e, b, inner, wav16, sr)
 
+    cost = 0.0
+
+    def run(self, src) -> None:
+        kept, dropped = self(src.turns, src.speech, src.audio.wav16, ANALYSIS_SR)
+        # Ids follow time order over all pieces, so a segment keeps its id whatever the thresholds.
+        for i, s in enumerate(sorted([*kept, *(s for s, _ in dropped)], key=lambda s: (s.start, s.end))):
+            s.id = f"{src.key}_{i:04d}"
+        src.segments = kept
+        for s, why in dropped:
+            src.drop(s, why)
+        if not kept:
+            src.end()
+
     def __call__(self, turns: list[Turn], speech: list[tuple[float, float]], wav16: np.ndarray | None = None,
                  sr: int = ANALYSIS_SR) -> tuple[list[Segment], list[tuple[Segment, str]]]:
         kept: list[Segment] = []

@@ -25,16 +25,7 @@ from pathlib import Path
 import jiwer
 import numpy as np
 
-from data_pipeline.stages.base import Segment, Transcript
-
-
-class TranscriptError(Exception):
-    """A source this backend cannot transcribe; `reason` goes into rejected.jsonl."""
-
-    def __init__(self, path, reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{path}: {reason}")
+from data_pipeline.stages.base import Segment, Transcript, Transcriber, TranscriptError  # noqa: F401 (re-exported)
 
 
 # ---------------------------------------------------------------- text helpers
@@ -108,7 +99,7 @@ def assign_words(utterances: list[dict], segments: list[Segment]) -> list[str]:
     return [" ".join(w) for w in words]
 
 
-class SidecarTranscriber:
+class SidecarTranscriber(Transcriber):
     """Reads `<stem>.json` or `<stem>.txt` beside the source audio.
 
     Timed JSON: each segment gets the words whose time falls inside it (assign_words).
@@ -116,6 +107,8 @@ class SidecarTranscriber:
     exactly one segment, as in one-utterance-per-file corpora; splitting it across several
     segments would need forced alignment, so such a source is rejected with that reason.
     """
+
+    cost = 0.0   # reads a file: no time worth a share of the bar
 
     def __init__(self, language: str = "en"):
         self.language = language  # used when the sidecar does not name its language

@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import soxr
 
-from data_pipeline.stages.base import Segment, Transcript
+from data_pipeline.stages.base import Segment, Transcript, Transcriber
 
 PS_SR = 16_000
 
 _DECODERS: dict = {}  # config -> Decoder, one per process, built lazily (after fork)
 
 
-class PocketsphinxTranscriber:
+class PocketsphinxTranscriber(Transcriber):
     """One pocketsphinx utterance per segment. `hmm`/`lm`/`dict` point at another language's
     model files (all three together); null uses the wheel's en-us model."""
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import soxr
 
-from data_pipeline.stages.base import Segment, Transcript
+from data_pipeline.stages.base import Segment, Transcript, Transcriber
 
 WHISPER_SR = 16_000
 _MODELS: dict = {}  # (path, device) -> loaded model, one per process
@@ -41,7 +41,7 @@ def _load_faster_whisper(path: Path, device: str):
     return WhisperModel(str(path), device=device)
 
 
-class WhisperTranscriber:
+class WhisperTranscriber(Transcriber):
     def __init__(self, model_path: str | None, language: str | None = None, device: str = "cpu",
                  beam_size: int = 1, batch_size: int = 8, max_new_tokens: int | None = None):
         if not model_path:

@@ -30,6 +30,13 @@ class SileroVAD:
             warnings.simplefilter("ignore", DeprecationWarning)
             self.model = load_silero_vad(sequence=True)  # ONNX file inside the silero-vad wheel: no download
 
+    cost = 0.02
+
+    def run(self, src) -> None:
+        src.speech = self(src.audio.wav16, ANALYSIS_SR)
+        if not src.speech:
+            src.end("no_speech")
+
     def probabilities(self, wav16: np.ndarray) -> np.ndarray:
         """[ceil(T / 512)] speech probability per 32 ms frame."""
         return self.model.audio_forward(np.asarray(wav16, np.float32), sampling_rate=ANALYSIS_SR)
