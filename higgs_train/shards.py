@@ -89,16 +89,29 @@ class ShardWriter:
         self.tar = tarfile.open(self.tmp, "w")
         self.size = 0
 
-    def write(self, key: str, flac: bytes, row: dict, codes: np.ndarray | None = None) -> str:
-        """Add one sample; returns the final file name of the shard that holds it."""
+    def write(self, key: str, flac: bytes, row: dict, codes: np.ndarray | None = None,
+              shard_key: str | None = None, shard_prefix: str = "") -> str:
+        """Add one sample; returns the final file name of the shard that holds it.
+
+        shard_key: the row is written with row[shard_key] = shard_prefix + that name, so the
+        KEY.json inside a shard can be a manifest row that says where its sample lives."""
         if "." in key or "/" in key:
             raise ValueError(f"WebDataset keys may not contain '.' or '/': {key!r}")
-        parts = [(f"{key}.flac", flac), (f"{key}.json", dumps(row).encode())]
-        if codes is not None:
-            parts.append((f"{key}.codes.npy", encode_codes(codes)))
+
+        def encoded() -> list[tuple[str, bytes]]:
+            r = {**row, shard_key: shard_prefix + self.current_name} if shard_key else row
+            parts = [(f"{key}.flac", flac), (f"{key}.json", dumps(r).encode())]
+            if codes is not None:
+                parts.append((f"{key}.codes.npy", encode_codes(codes)))
+            return parts
+
+        parts = encoded()
         nbytes = sum(len(d) + 1024 for _, d in parts)
+        # roll over before a sample that would overflow a non-empty shard (shard names all have
+        # one length, so the stamped row's size does not change with the shard it lands in)
         if self.tar is not None and self.size > 0 and self.size + nbytes > self.max_bytes:
             self.close_shard()
+            parts = encoded()
         if self.tar is None:
             self._open()
         for name, data in parts:
