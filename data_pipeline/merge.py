@@ -32,7 +32,7 @@ from data_pipeline.filters import FilterConfig, filter_source
 from data_pipeline.records import PARTS, SLICES, load_record
 from data_pipeline.report import write_report
 from data_pipeline.stages.export import read_part
-from higgs_train.files import dumps
+from higgs_train.files import atomic_path, dumps, write_text_atomic
 
 log = logging.getLogger("data_pipeline")
 
@@ -62,16 +62,21 @@ def complete_slices(out_dir: Path) -> tuple[list[str], str]:
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    os.replace(_jsonl_tmp(path, rows), path)
+    with atomic_path(path) as tmp:
+        _write_rows(tmp, rows)
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(dumps(r) + "\n")
 
 
 def _jsonl_tmp(path: Path, rows: list[dict]) -> Path:
     """`rows` written whole to a temp name beside `path` (returned; the caller renames it)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")   # atomic_path's name, renamed by the caller
     try:
-        with open(tmp, "w") as f:
-            for r in rows:
-                f.write(dumps(r) + "\n")
+        _write_rows(tmp, rows)
     except BaseException:  # disk full, a row that is not JSON: no temp file left behind
         tmp.unlink(missing_ok=True)
         raise
@@ -183,7 +188,7 @@ def finalize(cfg: DictConfig, out_dir, sources: list[str], input_dir: str | None
         pack_s = time.perf_counter() - t0
         stats = run_stats(records, rejected, fcfg, input_dir, wall_seconds and wall_seconds + pack_s, pack_s)
         summary = json.loads((write_report(out_dir, manifest, rejected, stats) / "summary.json").read_text())
-        state_path.write_text(state)
+        write_text_atomic(state_path, state)
     if cfg.get("tokenizer"):
         from data_pipeline.tokenize import tokenize_shards
 

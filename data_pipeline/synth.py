@@ -54,6 +54,7 @@ from omegaconf import MISSING
 from scipy.signal import lfilter
 
 from higgs_train.audio import save_audio
+from higgs_train.files import write_text_atomic
 
 ESPEAK_SR = 22050
 SPEECH_RMS_DB = -20.0  # per-utterance level before the voice's own gain
@@ -338,10 +339,7 @@ def write_sidecar(audio_path, utts: list[dict], kind: str = "txt") -> Path:
 
 
 def _write_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, text)
 
 
 def _pick_voices(rng: np.random.Generator, n_speakers: int, voices) -> list[Voice]:

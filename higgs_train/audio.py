@@ -21,6 +21,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from higgs_train.files import atomic_path
+
 BLOCK_SECONDS = 30.0
 
 
@@ -309,26 +311,23 @@ def save_audio(path, wav: np.ndarray, sample_rate: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     wav = np.clip(np.asarray(wav, dtype=np.float32).reshape(-1), -1.0, 1.0)
     ext = path.suffix.lower()
-    tmp = path.with_name(f".{path.name}.tmp{ext}")
-    if ext in _SF_FORMATS:
-        fmt, sub = _SF_FORMATS[ext]
-        # Written in blocks: libsndfile's Vorbis encoder crashes (segfault) when
-        # handed ~40 s or more in one call.
-        try:
-            with sf.SoundFile(str(tmp), "w", sample_rate, 1, format=fmt, subtype=sub) as f:
-                for i in range(0, len(wav), 1 << 16):
-                    f.write(wav[i:i + (1 << 16)])
-        except (sf.LibsndfileError, RuntimeError, ValueError) as e:
-            tmp.unlink(missing_ok=True)
-            raise AudioError(path, f"could not write {ext}: {e}") from None
-    else:
-        if shutil.which("ffmpeg") is None:
-            raise AudioError(path, f"writing {ext} needs ffmpeg, which is not installed")
-        proc = subprocess.run(
-            ["ffmpeg", "-v", "error", "-nostdin", "-y", "-f", "f32le", "-ar", str(sample_rate), "-ac", "1",
-             "-i", "-", str(tmp)], input=wav.tobytes(), capture_output=True)
-        if proc.returncode != 0:
-            tmp.unlink(missing_ok=True)
-            raise AudioError(path, f"ffmpeg could not write {ext}: {proc.stderr.decode(errors='replace')[-300:]}")
-    tmp.replace(path)
+    if ext not in _SF_FORMATS and shutil.which("ffmpeg") is None:
+        raise AudioError(path, f"writing {ext} needs ffmpeg, which is not installed")
+    with atomic_path(path, keep_ext=True) as tmp:
+        if ext in _SF_FORMATS:
+            fmt, sub = _SF_FORMATS[ext]
+            # Written in blocks: libsndfile's Vorbis encoder crashes (segfault) when
+            # handed ~40 s or more in one call.
+            try:
+                with sf.SoundFile(str(tmp), "w", sample_rate, 1, format=fmt, subtype=sub) as f:
+                    for i in range(0, len(wav), 1 << 16):
+                        f.write(wav[i:i + (1 << 16)])
+            except (sf.LibsndfileError, RuntimeError, ValueError) as e:
+                raise AudioError(path, f"could not write {ext}: {e}") from None
+        else:
+            proc = subprocess.run(
+                ["ffmpeg", "-v", "error", "-nostdin", "-y", "-f", "f32le", "-ar", str(sample_rate), "-ac", "1",
+                 "-i", "-", str(tmp)], input=wav.tobytes(), capture_output=True)
+            if proc.returncode != 0:
+                raise AudioError(path, f"ffmpeg could not write {ext}: {proc.stderr.decode(errors='replace')[-300:]}")
     return path

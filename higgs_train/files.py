@@ -9,11 +9,12 @@ from pathlib import Path
 
 
 @contextmanager
-def atomic_path(path):
-    """A temp name beside `path` (`.NAME.PID.tmp`) for any writer; renamed over `path` when the
-    block ends normally, removed when it raises."""
+def atomic_path(path, keep_ext: bool = False):
+    """A temp name beside `path` (`.NAME.PID.tmp`; keep_ext: `.NAME.PID.tmp.EXT`, for writers that
+    choose the format by extension: matplotlib, soundfile, ffmpeg) for any writer; renamed over
+    `path` when the block ends normally, removed when it raises."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp" + (path.suffix if keep_ext else ""))
     try:
         yield tmp
         os.replace(tmp, path)

@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 from higgs_train.evaluate.metrics import numeric
+from higgs_train.files import atomic_path
 
 MAX_BARS = 40
 
@@ -42,8 +43,7 @@ def plot_metrics(rows: list[dict], metrics: list[str], out_png) -> Path | None:
         ax.axis("off")
     fig.tight_layout()
     out_png = Path(out_png)
-    tmp = out_png.with_name(f".{out_png.stem}.tmp.png")
-    fig.savefig(tmp, dpi=90)
+    with atomic_path(out_png, keep_ext=True) as tmp:
+        fig.savefig(tmp, dpi=90)
     plt.close(fig)
-    tmp.replace(out_png)
     return out_png

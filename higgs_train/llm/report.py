@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from omegaconf import MISSING
 
+from higgs_train.files import atomic_path
 from higgs_train.llm.data import collate, read_segments
 from higgs_train.llm.model import DualFFNModel
 from higgs_train.llm.prompt import tts_sample
@@ -53,9 +54,8 @@ def plot_losses(run_dir, out_png) -> int:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = Path(out_png).with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    tmp.replace(out_png)
+    with atomic_path(out_png, keep_ext=True) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return len(steps)
 
