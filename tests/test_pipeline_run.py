@@ -185,7 +185,7 @@ def test_killed_slice_resumed_then_merged_equals_the_single_run(inputs, clean_ru
     shards = sorted(p.name for p in (clean_run / "shards").iterdir())
     assert sorted(p.name for p in (out / "shards").iterdir()) == shards
     assert all((out / "shards" / n).read_bytes() == (clean_run / "shards" / n).read_bytes() for n in shards)
-    leftovers = [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    leftovers = [p for p in out.rglob("*") if p.name.endswith(".tmp") or ".tmp." in p.name]
     assert not leftovers, leftovers
 
 
