@@ -236,96 +236,118 @@ class EmbeddingClusterDiarizer(Diarizer):
     # ------------------------------------------------------------------ main
 
     def __call__(self, wav16: np.ndarray, sr: int, speech: list[tuple[float, float]]) -> list[Turn]:
+        """Embed sliding windows, cluster the pieces they form, decode a speaker path over 0.1 s
+        cells, then place each change at the best pause (steps below, in that order)."""
         wav = np.asarray(wav16, dtype=np.float32).reshape(-1)
         if sr != ANALYSIS_SR:
             raise ValueError(f"EmbeddingClusterDiarizer expects {ANALYSIS_SR} Hz analysis audio, got {sr}")
         regions = _clean_regions(speech, len(wav) / sr)
         if not regions:
             return []
+        mels, win = self._windows(wav, sr, regions)
+        lengths = np.asarray([len(m) for m in mels])
+        P, piece_of, piece_weight = self._pieces(win, lengths)
+        piece_labels = self._piece_labels(P, piece_weight)
+        K = int(piece_labels.max()) + 1
+        C, scores, first = self._cell_scores(win, piece_labels[piece_of], K, lengths)
+        penalty = np.full(first[-1], self.switch_penalty)
+        penalty[first[1:-1]] = 0.0  # a change between regions (across a pause) is free
+        path = self._viterbi(scores, penalty) if K > 1 else np.zeros(first[-1], int)
+        if K > 1:
+            self._absorb_short_regions(path, scores, regions, lengths, first)
+        return self._turns(path, regions, lengths, first, mels, C)
 
-        # One gain for the file, so that speech sits at the level the encoder was trained on.
+    def _windows(self, wav: np.ndarray, sr: int, regions) -> tuple[list[np.ndarray], dict]:
+        """Log-mels per region (at one gain for the file, so speech sits at the level the encoder
+        was trained on) and the sliding windows' region, frame span and embedding E [N, 256]."""
         power = sum(float(np.sum(wav[int(a * sr):int(b * sr)].astype(np.float64) ** 2)) for a, b in regions)
         power /= max(1, sum(int(b * sr) - int(a * sr) for a, b in regions))
         gain = np.float32(10 ** (TARGET_DBFS / 20) / np.sqrt(power)) if power > 0 else np.float32(1)
-
         mels = []
         for a, b in regions:
             m = self._mel(wav[int(round(a * sr)):int(round(b * sr))] * gain)
             mels.append(m[:max(1, int(round((b - a) * FPS)))])  # centred frames: drop the one past the end
         starts = [self._starts(len(m)) for m in mels]
-        win_region = np.repeat(np.arange(len(mels)), [len(s) for s in starts])    # [N]
-        win_f0 = np.concatenate([np.asarray(s) for s in starts])                   # [N] frame in region
-        win_f1 = np.minimum(win_f0 + self.win, np.asarray([len(mels[r]) for r in win_region]))
-        E = self._embed(mels[r][f0:f1] for r, f0, f1 in zip(win_region, win_f0, win_f1))  # [N, 256]
+        region = np.repeat(np.arange(len(mels)), [len(s) for s in starts])       # [N]
+        f0 = np.concatenate([np.asarray(s) for s in starts])                      # [N] frame in region
+        f1 = np.minimum(f0 + self.win, np.asarray([len(mels[r]) for r in region]))
+        E = self._embed(mels[r][a:b] for r, a, b in zip(region, f0, f1))          # [N, 256]
+        return mels, {"region": region, "f0": f0, "f1": f1, "E": E}
 
-        # Pieces: a region of L frames is cut into ceil(L / piece) equal stretches; a window belongs
-        # to the stretch holding its centre. Piece embedding = normalised sum of its windows.
-        n_cuts = np.asarray([max(1, -(-len(m) // self.piece)) for m in mels])
-        lengths = np.asarray([len(m) for m in mels])
-        centre = (win_f0 + win_f1) / 2
-        local = np.minimum(n_cuts[win_region] - 1, (centre * n_cuts[win_region] / lengths[win_region]).astype(int))
+    def _pieces(self, win: dict, lengths: np.ndarray):
+        """A region of L frames is cut into ceil(L / piece) equal stretches; a window belongs to the
+        stretch holding its centre. -> (piece embeddings P: normalised sums of their windows,
+        piece of each window, frames per piece)."""
+        region, E = win["region"], win["E"]
+        n_cuts = np.asarray([max(1, -(-n // self.piece)) for n in lengths])
+        centre = (win["f0"] + win["f1"]) / 2
+        local = np.minimum(n_cuts[region] - 1, (centre * n_cuts[region] / lengths[region]).astype(int))
         first_cut = np.concatenate([[0], np.cumsum(n_cuts)])
-        _, piece_of = np.unique(first_cut[win_region] + local, return_inverse=True)   # [N] -> piece
+        _, piece_of = np.unique(first_cut[region] + local, return_inverse=True)   # [N] -> piece
         n_pieces = piece_of.max() + 1
         P = np.zeros((n_pieces, E.shape[1]))
         np.add.at(P, piece_of, E)
         P /= np.linalg.norm(P, axis=1, keepdims=True)
         piece_region = np.zeros(n_pieces, int)
-        piece_region[piece_of] = win_region
-        piece_weight = (lengths / n_cuts)[piece_region]                           # frames per piece
+        piece_region[piece_of] = region
+        return P, piece_of, (lengths / n_cuts)[piece_region]
 
-        reliable = piece_weight >= self.min_piece
+    def _piece_labels(self, P: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        """Speaker of each piece by clustering the reliable ones (>= min_piece frames; an even
+        spread of MAX_PIECES of them on hours of speech: AHC needs n^2 memory); -1 for the rest."""
+        reliable = weight >= self.min_piece
         if not reliable.any():
             reliable[:] = True
-        if reliable.sum() > MAX_PIECES:  # hours of speech: cluster an even spread (AHC needs n^2 memory)
+        if reliable.sum() > MAX_PIECES:
             chosen = np.flatnonzero(reliable)[np.linspace(0, reliable.sum() - 1, MAX_PIECES).astype(int)]
             reliable[:] = False
             reliable[chosen] = True
-        piece_labels = np.full(n_pieces, -1)
-        piece_labels[reliable] = self._cluster(P[reliable], piece_weight[reliable])
-        K = int(piece_labels.max()) + 1
+        labels = np.full(len(P), -1)
+        labels[reliable] = self._cluster(P[reliable], weight[reliable])
+        return labels
 
-        # Centroids from the reliable pieces' windows; every window scored against every centroid,
-        # relative to its mean over speakers (the contrast matters, not the shared level).
-        win_labels = piece_labels[piece_of]
+    def _cell_scores(self, win: dict, win_labels: np.ndarray, K: int, lengths: np.ndarray):
+        """Centroids C from the reliable pieces' windows; every window scored against every centroid,
+        relative to its mean over speakers (the contrast matters, not the shared level); then 0.1 s
+        cells over all regions in time order, a cell's score the mean of the windows covering it,
+        in similarity x seconds. -> (C [K, 256], scores [cells, K], first cell of each region)."""
+        E = win["E"]
         C = np.stack([E[win_labels == k].mean(0) for k in range(K)])
         C /= np.linalg.norm(C, axis=1, keepdims=True)
         S = E @ C.T
         S -= S.mean(1, keepdims=True)                                             # [N, K]
-
-        # 0.1 s cells over all regions in time order; a cell's score is the mean of the windows
-        # covering it, in similarity x seconds.
         n_cells = -(-lengths // CELL)
         first = np.concatenate([[0], np.cumsum(n_cells)])
         scores = np.zeros((first[-1], K))
         cover = np.zeros(first[-1])
-        for r, f0, f1, s in zip(win_region, win_f0, win_f1, S):
+        for r, f0, f1, s in zip(win["region"], win["f0"], win["f1"], S):
             c0, c1 = first[r] + f0 // CELL, first[r] - (-f1 // CELL)
             scores[c0:c1] += s
             cover[c0:c1] += 1
         scores *= (CELL / FPS) / np.maximum(cover, 1)[:, None]
-        penalty = np.full(first[-1], self.switch_penalty)
-        penalty[first[1:-1]] = 0.0  # a change between regions (across a pause) is free
-        path = self._viterbi(scores, penalty) if K > 1 else np.zeros(first[-1], int)
+        return C, scores, first
 
-        # A region too short to cluster (< min_piece) whose own embedding is not clearly for one
-        # speaker (margin < `sure`) takes the speaker of its nearer neighbour when one pause is
-        # clearly the shorter: a short burst next to a turn is most likely part of it, and its
-        # tiled 1.6 s window is wrong about one time in twenty.
-        if K > 1:
-            bounds = [(-np.inf, -np.inf)] + regions + [(np.inf, np.inf)]
-            for r, (a, b) in enumerate(regions):
-                if lengths[r] >= self.min_piece:
-                    continue
-                mean = np.sort(scores[first[r]:first[r + 1]].sum(0))[::-1] / (lengths[r] / FPS)
-                if mean[0] - mean[1] >= self.sure:
-                    continue
-                gap_prev, gap_next = a - bounds[r][1], bounds[r + 2][0] - b
-                if gap_prev < 0.8 * gap_next:
-                    path[first[r]:first[r + 1]] = path[first[r] - 1]
-                elif gap_next < 0.8 * gap_prev:
-                    path[first[r]:first[r + 1]] = path[first[r + 1]]
+    def _absorb_short_regions(self, path, scores, regions, lengths, first) -> None:
+        """A region too short to cluster (< min_piece) whose own embedding is not clearly for one
+        speaker (margin < `sure`) takes the speaker of its nearer neighbour when one pause is
+        clearly the shorter: a short burst next to a turn is most likely part of it, and its tiled
+        1.6 s window is wrong about one time in twenty. Changes `path` in place."""
+        bounds = [(-np.inf, -np.inf)] + regions + [(np.inf, np.inf)]
+        for r, (a, b) in enumerate(regions):
+            if lengths[r] >= self.min_piece:
+                continue
+            mean = np.sort(scores[first[r]:first[r + 1]].sum(0))[::-1] / (lengths[r] / FPS)
+            if mean[0] - mean[1] >= self.sure:
+                continue
+            gap_prev, gap_next = a - bounds[r][1], bounds[r + 2][0] - b
+            if gap_prev < 0.8 * gap_next:
+                path[first[r]:first[r + 1]] = path[first[r] - 1]
+            elif gap_next < 0.8 * gap_prev:
+                path[first[r]:first[r + 1]] = path[first[r + 1]]
 
+    def _turns(self, path, regions, lengths, first, mels, C) -> list[Turn]:
+        """The path's changes, each moved to its best pause (_refine), as turns named S0, S1, ...
+        in order of first appearance."""
         turns: list[tuple[float, float, int]] = []
         for r, (a, b) in enumerate(regions):
             p = path[first[r]:first[r + 1]]
@@ -335,8 +357,7 @@ class EmbeddingClusterDiarizer(Diarizer):
                 cuts = self._refine(mels[r], cuts, labels, C)
             for j, k in enumerate(labels):
                 turns.append((a + cuts[j] / FPS, min(b, a + cuts[j + 1] / FPS), int(k)))
-
-        names: dict[int, str] = {}  # S0, S1, ... in order of first appearance
+        names: dict[int, str] = {}
         out = []
         for a, b, k in turns:
             if b > a:
