@@ -25,7 +25,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from higgs_train.llm.layouts import Checkpoint, ShardWriter, export_plan, layout_config, native_shapes  # noqa: E402
+from higgs_train.llm.checkpoints import Checkpoint, ShardWriter  # noqa: E402
+from higgs_train.llm.layouts import export_plan, layout_config, native_shapes  # noqa: E402
 from higgs_train.llm.model import DualFFNConfig  # noqa: E402
 
 GB = 1e9

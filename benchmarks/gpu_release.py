@@ -29,7 +29,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from higgs_train.llm.layouts import ShardWriter, export_plan, layout_config, native_shapes  # noqa: E402
+from higgs_train.llm.checkpoints import ShardWriter  # noqa: E402
+from higgs_train.llm.layouts import export_plan, layout_config, native_shapes  # noqa: E402
 from higgs_train.llm.model import DualFFNConfig, DualFFNModel  # noqa: E402
 
 TINY = dict(vocab_size=2048, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,

@@ -31,7 +31,7 @@ sys.path[:] = [str(_here.parent), str(_here.parent / "tests")] + [p for p in sys
 import torch  # noqa: E402
 
 from higgs_train.llm.delay import revert_delay  # noqa: E402
-from higgs_train.llm.layouts import save_llm  # noqa: E402
+from higgs_train.llm.checkpoints import save_llm  # noqa: E402
 from higgs_train.llm.model import DualFFNConfig, DualFFNModel  # noqa: E402
 from higgs_train.tokenizer import AudioTokenizer, TokenizerConfig  # noqa: E402
 from inference.engine import Engine, Reference, _Row  # noqa: E402

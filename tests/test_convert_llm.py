@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from higgs_train.convert import convert
-from higgs_train.llm.layouts import read_config, save_llm
+from higgs_train.llm.checkpoints import save_llm
+from higgs_train.llm.layouts import read_config
 from higgs_train.llm.model import DualFFNConfig, DualFFNModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py

@@ -329,7 +329,7 @@ RELEASE_TARGETS = ["self_attn.q_proj", "self_attn.v_proj", "audio_mlp.up_proj", 
 @pytest.fixture(scope="module")
 def release_base(inputs, tmp_path_factory):
     """The tiny base in the original release's layout (what the hub folder holds), tokenizer beside it."""
-    from higgs_train.llm.layouts import save_llm
+    from higgs_train.llm.checkpoints import save_llm
 
     d = tmp_path_factory.mktemp("release_base")
     save_llm(DualFFNModel.from_pretrained(inputs["llm"]), d, "original", tokenizer_dir=inputs["llm"])
@@ -342,7 +342,8 @@ def test_release_base_lora_targets_and_export_layouts(release_base, tmp_path):
 
     from recipes.finetune import FinetuneError
     from recipes.finetune.run import _check_targets
-    from higgs_train.llm.layouts import load_llm, read_config
+    from higgs_train.llm.checkpoints import load_llm
+    from higgs_train.llm.layouts import read_config
     from higgs_train.llm.text_tokenizer import load_text_tokenizer, special_token_ids
 
     cfg, layout = read_config(release_base)

@@ -234,7 +234,7 @@ def test_greedy_frames_equal_the_port_generate(tmp_path):
     from transformers import HiggsAudioV2ForConditionalGeneration
 
     from higgs_train.llm.delay import revert_delay
-    from higgs_train.llm.layouts import save_llm
+    from higgs_train.llm.checkpoints import save_llm
 
     engine = _tiny_engine(tmp_path / "tok")
     engine.tok.save_pretrained(str(tmp_path / "tok"))        # with the delay token the export states
@@ -264,7 +264,7 @@ def test_summed_codebook_loss_equals_the_port_loss(tmp_path):
     """codebook_reduction=sum on our labels is the port's loss on the same (unshifted) labels."""
     from transformers import HiggsAudioV2ForConditionalGeneration
 
-    from higgs_train.llm.layouts import save_llm
+    from higgs_train.llm.checkpoints import save_llm
     from higgs_train.llm.prompt import clone_sample
 
     engine = _tiny_engine(tmp_path / "tok")

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from higgs_train.llm.layouts import (MAX_SHARD_BYTES, Checkpoint, ShardWriter, copy_aux, export_plan,
-                                     layout_config, native_sources, read_config, read_native, token_ids,
-                                     write_json)
+from higgs_train.llm.checkpoints import Checkpoint, ShardWriter, copy_aux, native_sources, read_native, write_json
+from higgs_train.llm.layouts import MAX_SHARD_BYTES, export_plan, layout_config, read_config, token_ids
 
 
 def convert(src, dst, src_layout: str, to: str, max_shard_bytes: int = MAX_SHARD_BYTES) -> None:

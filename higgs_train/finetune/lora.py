@@ -139,7 +139,7 @@ class FinetuneModule(LLMModule):
 
     def export(self, out_dir) -> None:
         """The best validation checkpoint, merged, in self.export_layout + the text tokenizer."""
-        from higgs_train.llm.layouts import save_llm
+        from higgs_train.llm.checkpoints import save_llm
 
         best = self.best_checkpoint()
         if best:

@@ -384,7 +384,7 @@ class DualFFNModel(nn.Module):
     def from_pretrained(cls, model_dir, dtype=None, device=None) -> "DualFFNModel":
         """Load a directory in any layout: ours, the transformers port or the original release
         (higgs_train.llm.layouts; detected from config.json)."""
-        from higgs_train.llm.layouts import load_llm
+        from higgs_train.llm.checkpoints import load_llm
 
         return load_llm(model_dir, dtype=dtype, device=device)[0]
 
