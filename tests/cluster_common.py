@@ -13,10 +13,11 @@ def llm_corpus(tmp_path_factory):
     return d
 
 
-TINY_LLM = ["model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=2", "model.num_heads=2",
-            "model.num_kv_heads=1", "model.head_dim=16", "model.dual_layers=[1]", "data.max_tokens=600",
-            "data.max_len=300", "data.buffer=16", "data.num_workers=0", "++trainer.enable_progress_bar=false",
-            "trainer.log_every_n_steps=1", "task.optim.warmup_steps=2"]
+# smaller than configs/model/llm/tiny.yaml (the project's tiny size), for test speed
+MICRO_LLM = ["model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=2", "model.num_heads=2",
+             "model.num_kv_heads=1", "model.head_dim=16", "model.dual_layers=[1]", "data.max_tokens=600",
+             "data.max_len=300", "data.buffer=16", "data.num_workers=0", "++trainer.enable_progress_bar=false",
+             "trainer.log_every_n_steps=1", "task.optim.warmup_steps=2"]
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +41,6 @@ def tokenizer_corpus(tmp_path_factory):
 
 # GAN from step 1 (step 0 is reconstruction only), so both optimizers step under DDP
 # k-means on step 1's 10 frames, so the EMA codebooks move (and must stay in sync) from step 1
-TINY_TOKENIZER = ["model=tokenizer/tiny", "model.kmeans_frames=8", "task.data.crop_seconds=0.2", "task.data.batch_size=2",
-                  "task.data.num_workers=0", "task.data.shuffle_buffer=2", "task.loss.gan_start_step=1",
-                  "task.disc_channels=8", "++trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1"]
+MICRO_TOKENIZER = ["model=tokenizer/tiny", "model.kmeans_frames=8", "task.data.crop_seconds=0.2", "task.data.batch_size=2",
+                    "task.data.num_workers=0", "task.data.shuffle_buffer=2", "task.loss.gan_start_step=1",
+                    "task.disc_channels=8", "++trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cluster_common import TINY_LLM, TINY_TOKENIZER, llm_corpus, tokenizer_corpus  # noqa: F401  (fixtures)
+from cluster_common import MICRO_LLM, MICRO_TOKENIZER, llm_corpus, tokenizer_corpus  # noqa: F401  (fixtures)
 from cluster_probe import sha1
 from higgs_train.tokenizer import AudioTokenizer
 
@@ -33,7 +33,7 @@ def launch(run_dir, task, inner, *overrides):
 
 def train(run_dir, corpus, *extra):
     launch(run_dir, "llm", "higgs_train.llm.lit.build", "trainer.strategy=ddp", f"data.shards={corpus / 'shards'}",
-           f"text_tokenizer={corpus / 'tok'}", "checkpoint_every_n_steps=2", *TINY_LLM, *extra)
+           f"text_tokenizer={corpus / 'tok'}", "checkpoint_every_n_steps=2", *MICRO_LLM, *extra)
 
 
 def probe(run_dir, rank):
@@ -61,7 +61,7 @@ def test_two_process_gloo_trains_in_sync_checkpoints_and_resumes(llm_corpus, tmp
 def test_two_process_gloo_tokenizer_gan_in_sync_checkpoints_and_resumes(tokenizer_corpus, tmp_path):
     run = tmp_path / "run"
     common = ["trainer.strategy=ddp_find_unused_parameters_true", f"data.shards={tokenizer_corpus}",
-              "checkpoint_every_n_steps=2", *TINY_TOKENIZER]
+              "checkpoint_every_n_steps=2", *MICRO_TOKENIZER]
     launch(run, "tokenizer", "higgs_train.tokenizer.lit.build", "trainer.max_steps=2", *common)
     ckpt = torch.load(run / "checkpoints/last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 2 and len(ckpt["optimizer_states"]) == 2

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cluster_common import TINY_LLM, llm_corpus  # noqa: F401  (fixture)
+from cluster_common import MICRO_LLM, llm_corpus  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = ROOT / "slurm/train.sbatch"
@@ -169,7 +169,7 @@ def test_train_sbatch_preempt_requeue_resume_for_real(fake, tmp_path, llm_corpus
     env = {**env, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT / "tests"), "OMP_NUM_THREADS": "1",
            "RUN_DIR": str(run_dir), "TRAINER": "cpu"}
     args = ["task=llm", f"data.shards={llm_corpus / 'shards'}", f"text_tokenizer={llm_corpus / 'tok'}",
-            "trainer.max_steps=4", "checkpoint_every_n_steps=100", *TINY_LLM,
+            "trainer.max_steps=4", "checkpoint_every_n_steps=100", *MICRO_LLM,
             "task.build._target_=cluster_probe.build", "+task.build.inner=higgs_train.llm.lit.build"]
     r = run(TRAIN, env, *args, "+task.build.preempt_at=2", cwd=tmp_path, **slurm_job(1, 1))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]

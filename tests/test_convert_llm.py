@@ -20,15 +20,16 @@ pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 TOK = {"audio_bos": 100, "audio_eos": 101, "audio_out_bos": 102, "audio_delay": 103, "audio_in": 104,
        "audio_out": 105, "pad": 0}
-TINY = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_layers=3, num_heads=4, num_kv_heads=2,
-            head_dim=8, rope_scaling={"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                                      "original_max_position_embeddings": 16},
-            num_codebooks=4, codebook_size=30, special_tokens=TOK)
+# smaller than configs/model/llm/tiny.yaml (the project's tiny size), for test speed
+MICRO = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_layers=3, num_heads=4, num_kv_heads=2,
+             head_dim=8, rope_scaling={"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                       "original_max_position_embeddings": 16},
+             num_codebooks=4, codebook_size=30, special_tokens=TOK)
 
 
 def tiny(seed=0, **kw) -> DualFFNModel:
     torch.manual_seed(seed)
-    m = DualFFNModel(DualFFNConfig(**{**TINY, **kw})).eval()
+    m = DualFFNModel(DualFFNConfig(**{**MICRO, **kw})).eval()
     with torch.no_grad():
         for n, p in m.named_parameters():
             if "norm" in n:      # away from 1: a swapped norm shows

@@ -10,15 +10,16 @@ from higgs_train.llm.model import count_parameters
 pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
-TINY = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_layers=3, num_heads=4, num_kv_heads=2,
-            head_dim=16, rope_theta=500000.0, num_codebooks=8, codebook_size=1024,
-            rope_scaling={"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                          "original_max_position_embeddings": 16})
+# smaller than configs/model/llm/tiny.yaml (the project's tiny size), for test speed
+MICRO = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_layers=3, num_heads=4, num_kv_heads=2,
+             head_dim=16, rope_theta=500000.0, num_codebooks=8, codebook_size=1024,
+             rope_scaling={"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                           "original_max_position_embeddings": 16})
 
 
 def tiny_model(seed=0, **kw) -> DualFFNModel:
     torch.manual_seed(seed)
-    m = DualFFNModel(DualFFNConfig(**{**TINY, **kw})).eval()
+    m = DualFFNModel(DualFFNConfig(**{**MICRO, **kw})).eval()
     with torch.no_grad():  # norms away from 1 so a mis-mapped norm shows
         for n, p in m.named_parameters():
             if "norm" in n:
@@ -28,7 +29,7 @@ def tiny_model(seed=0, **kw) -> DualFFNModel:
 
 def mixed_batch(B=2, T=24, seed=1):
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, TINY["vocab_size"], (B, T), generator=g)
+    ids = torch.randint(0, MICRO["vocab_size"], (B, T), generator=g)
     codes = torch.randint(0, 1026, (B, T, 8), generator=g)
     mask = torch.zeros(B, T, dtype=torch.bool)
     mask[:, 6:15] = True
