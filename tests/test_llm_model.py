@@ -4,6 +4,7 @@ import torch
 
 from higgs_train.llm import DualFFNConfig, DualFFNModel
 from higgs_train.llm.delay import apply_delay, audio_stream, revert_delay, strip_stream
+from higgs_train.llm.llama_init import from_hf_llama
 from higgs_train.llm.model import count_parameters
 
 
@@ -52,7 +53,7 @@ def test_parity_with_transformers_llama(tmp_path, tied):
         for p in hf.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     hf.save_pretrained(tmp_path)
-    ours = DualFFNModel.from_hf_llama(tmp_path, dual_layers=[0, 2]).eval()
+    ours = from_hf_llama(tmp_path, dual_layers=[0, 2]).eval()
     ids = torch.randint(0, 97, (2, 40))  # 40 > original_max_position_embeddings: scaling matters
     with torch.no_grad():
         want = hf(input_ids=ids).logits
@@ -67,7 +68,7 @@ def test_parity_with_transformers_llama(tmp_path, tied):
 
 def test_from_hf_llama_names_missing_dir(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
-        DualFFNModel.from_hf_llama(tmp_path / "nope")
+        from_hf_llama(tmp_path / "nope")
 
 
 def test_dualffn_isolation():

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from higgs_train.convert import convert
 from higgs_train.llm.layouts import LayoutError, export_plan, native_shapes, read_config
+from higgs_train.llm.llama_init import from_hf_llama
 from higgs_train.llm.model import DualFFNConfig, DualFFNModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
@@ -255,4 +256,4 @@ def test_cli_train_init_and_evaluation_entry_points_take_the_release_layouts(lay
 
 def test_from_hf_llama_points_a_higgs_directory_to_from_pretrained():
     with pytest.raises(ValueError, match="Higgs Audio LLM.*from_pretrained"):
-        DualFFNModel.from_hf_llama(FIX / "model")
+        from_hf_llama(FIX / "model")

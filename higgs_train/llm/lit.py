@@ -80,8 +80,10 @@ class LLMModule(L.LightningModule):
         cfg_file = src / "config.json"
         if cfg_file.is_file() and json.loads(cfg_file.read_text()).get("model_type") == "llama":
             # a plain Llama: text weights, audio FFNs as copies, fresh audio embedding and head
-            model = DualFFNModel.from_hf_llama(src, dual_layers=cfg.dual_layers, num_codebooks=cfg.num_codebooks,
-                                               codebook_size=cfg.codebook_size, vocab_size=cfg.vocab_size)
+            from higgs_train.llm.llama_init import from_hf_llama
+
+            model = from_hf_llama(src, dual_layers=cfg.dual_layers, num_codebooks=cfg.num_codebooks,
+                                  codebook_size=cfg.codebook_size, vocab_size=cfg.vocab_size)
         else:   # a Higgs model in any layout: ours, the transformers port, the original release
             model = DualFFNModel.from_pretrained(src)
         if model.cfg != cfg:
