@@ -11,29 +11,44 @@ from __future__ import annotations
 
 import shlex
 import sys
+from dataclasses import dataclass, fields
+from typing import Optional
 
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from higgs_train.config import CONFIG_DIR
 
-LAUNCH_KEYS = {"nodes": "1", "gpus_per_node": "8", "partition": None, "time": "48:00:00", "trainer": "deepspeed",
-               "run_dir": None, "sweep": "false"}
 SBATCH = "slurm/train.sbatch"
 
 
-def split_args(argv: list[str]) -> tuple[dict, list[str]]:
-    """(launch settings, training overrides)."""
-    launch, overrides = dict(LAUNCH_KEYS), []
-    for a in argv:
-        key, eq, value = a.partition("=")
-        if eq and key in LAUNCH_KEYS:
-            launch[key] = value
-        else:
-            overrides.append(a)
+@dataclass
+class Launch:
+    """The launch keys (every other argument is a training override, checked by Hydra's compose)."""
+    nodes: int = 1
+    gpus_per_node: int = 8
+    partition: Optional[str] = None
+    time: str = "48:00:00"          # Slurm [D-]HH:MM:SS
+    trainer: str = "deepspeed"
+    run_dir: Optional[str] = None
+    sweep: bool = False             # a Hydra multirun over the comma lists of the overrides
+
+
+LAUNCH_KEYS = {f.name for f in fields(Launch)}
+
+
+def split_args(argv: list[str]) -> tuple[Launch, list[str]]:
+    """(launch settings, typed by OmegaConf as every entry point's config is, training overrides)."""
+    mine = [a for a in argv if a.partition("=")[1] and a.partition("=")[0] in LAUNCH_KEYS]
+    overrides = [a for a in argv if a not in mine]
+    try:
+        launch = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Launch), OmegaConf.from_dotlist(mine)))
+    except OmegaConfBaseException as e:
+        raise SystemExit(f"error: {str(e).splitlines()[0]}") from None
     for k in ("nodes", "gpus_per_node"):
-        if not launch[k].isdigit() or int(launch[k]) < 1:
-            raise SystemExit(f"{k} must be a positive integer, got {launch[k]!r}")
+        if getattr(launch, k) < 1:
+            raise SystemExit(f"{k} must be a positive integer, got {getattr(launch, k)!r}")
     return launch, overrides
 
 
@@ -44,25 +59,25 @@ def minutes(t: str) -> int:
     return int(days or 0) * 1440 + h * 60 + m + (s > 0)
 
 
-def commands(launch: dict, overrides: list[str]) -> dict:
+def commands(launch: Launch, overrides: list[str]) -> dict:
     """The shell lines for these settings (strings) and the overrides every task adds."""
-    n, g = launch["nodes"], launch["gpus_per_node"]
+    n, g = launch.nodes, launch.gpus_per_node
     q = shlex.join
-    if launch["sweep"] == "true":
+    if launch.sweep:
         hl = ["hydra/launcher=slurm", f"hydra.launcher.nodes={n}", f"hydra.launcher.gpus_per_node={g}",
-              f"hydra.launcher.timeout_min={minutes(launch['time'])}"]
-        hl += [f"hydra.launcher.partition={launch['partition']}"] if launch["partition"] else []
-        task = [f"trainer={launch['trainer']}", "++trainer.num_nodes=${hydra:launcher.nodes}",
+              f"hydra.launcher.timeout_min={minutes(launch.time)}"]
+        hl += [f"hydra.launcher.partition={launch.partition}"] if launch.partition else []
+        task = [f"trainer={launch.trainer}", "++trainer.num_nodes=${hydra:launcher.nodes}",
                 "trainer.devices=${hydra:launcher.gpus_per_node}",
-                f"run_dir={launch['run_dir'] or '${hydra:sweep.dir}/${hydra:sweep.subdir}'}"]
+                f"run_dir={launch.run_dir or '${hydra:sweep.dir}/${hydra:sweep.subdir}'}"]
         return {"sweep": q(["python", "-m", "higgs_train.train", "-m", *hl, *task, *overrides]),
-                "task_overrides": [f"trainer={launch['trainer']}", f"++trainer.num_nodes={n}",
-                                   f"trainer.devices={g}", "run_dir=" + (launch["run_dir"] or "<sweep dir>/<job num>")]}
-    env = [f"TRAINER={launch['trainer']}"] + ([f"RUN_DIR={launch['run_dir']}"] if launch["run_dir"] else [])
-    opts = [f"--nodes={n}", f"--ntasks-per-node={g}", f"--gpus-per-node={g}", f"--time={launch['time']}"]
-    opts += [f"--partition={launch['partition']}"] if launch["partition"] else []
-    run_dir = launch["run_dir"] or "runs/higgs-train-<job id>"
-    task = [f"trainer={launch['trainer']}", f"++trainer.num_nodes={n}", f"trainer.devices={g}",
+                "task_overrides": [f"trainer={launch.trainer}", f"++trainer.num_nodes={n}",
+                                   f"trainer.devices={g}", "run_dir=" + (launch.run_dir or "<sweep dir>/<job num>")]}
+    env = [f"TRAINER={launch.trainer}"] + ([f"RUN_DIR={launch.run_dir}"] if launch.run_dir else [])
+    opts = [f"--nodes={n}", f"--ntasks-per-node={g}", f"--gpus-per-node={g}", f"--time={launch.time}"]
+    opts += [f"--partition={launch.partition}"] if launch.partition else []
+    run_dir = launch.run_dir or "runs/higgs-train-<job id>"
+    task = [f"trainer={launch.trainer}", f"++trainer.num_nodes={n}", f"trainer.devices={g}",
             f"run_dir={run_dir}", "resume=true"]
     return {"sbatch": " ".join(env) + " " + q(["sbatch", *opts, SBATCH, *overrides]),
             "srun": q(["srun", "--kill-on-bad-exit=1", "python", "-m", "higgs_train.train", *task, *overrides]),
@@ -79,7 +94,7 @@ def resolved_config(overrides: list[str], task_overrides: list[str]) -> str:
 def main(argv: list[str]) -> None:
     launch, overrides = split_args(argv)
     cmds = commands(launch, overrides)
-    n, g = int(launch["nodes"]), int(launch["gpus_per_node"])
+    n, g = launch.nodes, launch.gpus_per_node
     print(f"# {n} node(s) x {g} GPU(s) = {n * g} ranks, one Slurm task per GPU")
     if "sweep" in cmds:
         print("# submit the sweep (one Slurm job per point, hydra-submitit-launcher):")

@@ -82,6 +82,9 @@ def test_launch_prints_the_commands_a_job_runs():
     assert minutes("2:00:00") == 120 and minutes("45:00") == 45
     with pytest.raises(SystemExit, match="nodes must be a positive integer"):
         split_args(["nodes=0"])
+    with pytest.raises(SystemExit, match="'two' of type 'str' could not be converted to Integer"):
+        split_args(["nodes=two"])     # typed by OmegaConf, as every entry point's config is
+    assert split_args(["sweep=true"])[0].sweep is True
 
 
 def test_launch_cli_resolves_the_task_config(tmp_path):
