@@ -25,7 +25,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from higgs_train.llm.checkpoints import Checkpoint, ShardWriter  # noqa: E402
+from higgs_train.llm.checkpoints import Checkpoint, SafetensorsShardWriter  # noqa: E402
 from higgs_train.llm.layouts import export_plan, layout_config, native_shapes  # noqa: E402
 from higgs_train.llm.model import DualFFNConfig  # noqa: E402
 
@@ -38,7 +38,7 @@ def write_random_release(d: Path, layers: int) -> DualFFNConfig:
     shapes = native_shapes(cfg)
     plan = export_plan(cfg, "original")
     total = sum(2 * torch.Size(shapes[s]).numel() for _, s in plan)
-    w = ShardWriter(d, total, RELEASE_SHARD)
+    w = SafetensorsShardWriter(d, total, RELEASE_SHARD)
     g = torch.Generator().manual_seed(0)
     for name, src in plan:
         t = torch.empty(shapes[src], dtype=torch.bfloat16)

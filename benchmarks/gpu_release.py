@@ -29,7 +29,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from higgs_train.llm.checkpoints import ShardWriter  # noqa: E402
+from higgs_train.llm.checkpoints import SafetensorsShardWriter  # noqa: E402
 from higgs_train.llm.layouts import export_plan, layout_config, native_shapes  # noqa: E402
 from higgs_train.llm.model import DualFFNConfig, DualFFNModel  # noqa: E402
 
@@ -43,7 +43,7 @@ def write_release(d: Path, cfg: DualFFNConfig, device) -> float:
     shapes = native_shapes(cfg)
     plan = export_plan(cfg, "original")
     total = sum(2 * torch.Size(shapes[s]).numel() for _, s in plan)
-    w = ShardWriter(d, total, int(4.6e9))
+    w = SafetensorsShardWriter(d, total, int(4.6e9))
     g = torch.Generator(device=device).manual_seed(0)
     for name, src in plan:
         t = torch.empty(shapes[src], dtype=torch.bfloat16, device=device)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from higgs_train.llm.checkpoints import Checkpoint, ShardWriter, copy_aux, native_sources, read_native, write_json
+from higgs_train.llm.checkpoints import (Checkpoint, SafetensorsShardWriter, copy_aux, native_sources, read_native,
+                                         write_json)
 from higgs_train.llm.layouts import MAX_SHARD_BYTES, export_plan, layout_config, read_config, token_ids
 
 
@@ -33,7 +34,7 @@ def convert(src, dst, src_layout: str, to: str, max_shard_bytes: int = MAX_SHARD
     order = {name: i for i, name in enumerate(sorted(ck.where, key=lambda n: (ck.where[n], n)))}
     plan.sort(key=lambda p: order[sources[p[1]][0]])
     total = sum(sum(ck.nbytes(p) for p in sources[s]) for _, s in plan)
-    writer = ShardWriter(dst, total, max_shard_bytes)
+    writer = SafetensorsShardWriter(dst, total, max_shard_bytes)
     dtype = None
     for name, native in plan:
         t = read_native(ck, sources[native])

@@ -4,7 +4,7 @@
     save_llm(model, DIR, layout="native", tokenizer_dir=None)
 
 Reading goes tensor by tensor (Checkpoint), writing into shards of at most MAX_SHARD_BYTES
-(ShardWriter), config.json last: a directory with a config.json is whole.
+(SafetensorsShardWriter), config.json last: a directory with a config.json is whole.
 """
 from __future__ import annotations
 
@@ -130,7 +130,7 @@ def load_llm(model_dir, dtype=None, device=None) -> tuple[DualFFNModel, str]:
     return model, layout
 
 
-class ShardWriter:
+class SafetensorsShardWriter:
     """Writes tensors into safetensors shards of at most max_bytes (one file if they fit), each
     shard written whole and renamed, then model.safetensors.index.json when there are several."""
 
@@ -214,7 +214,7 @@ def save_llm(model: DualFFNModel, out_dir, layout: str = "native", tokenizer_dir
     plan = export_plan(model.cfg, layout)
     out = Path(out_dir)
     total = sum(sd[s].numel() * sd[s].element_size() for _, s in plan)
-    w = ShardWriter(out, total, max_shard_bytes)
+    w = SafetensorsShardWriter(out, total, max_shard_bytes)
     used = set()
     for name, src in plan:   # a fill copy is a tensor of its own (safetensors refuses shared memory)
         w.add(name, sd[src].clone() if src in used else sd[src])
