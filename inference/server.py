@@ -97,6 +97,59 @@ class Gatekeeper:
         return await self.app(scope, receive, send)
 
 
+async def respond(http: HTTPRequest, engine: Engine, s: ServerSettings, batcher: Batcher, speech_requests: Speech,
+                  uploads: asyncio.Semaphore) -> Response:
+    """POST /v1/audio/speech: read and check the body (a large one waits for an upload slot before
+    the rest of it is read), then stream the audio as it is made, or wait for the whole of it
+    (cancelled when the client goes away) and encode it."""
+    slot = []
+
+    async def take_slot():   # the rest of the body waits in the socket (TCP holds the sender back)
+        await uploads.acquire()
+        slot.append(1)
+
+    try:
+        body = parse(SpeechRequest, await read_json(http, s.max_body_bytes, take_slot))
+        req = await speech_requests.to_request(body)
+        body.reference_audio = None   # the base64 text is not kept while the request waits for the engine
+    finally:
+        if slot:
+            uploads.release()
+    fmt = body.response_format
+    if body.stream:
+        chunks = batcher.stream(req)
+        try:   # the first chunk decides the status code: request errors are still 4xx here
+            first = await run_in_threadpool(next, chunks, None)
+        except RequestError as e:
+            raise ClientError(str(e), "input") from None
+
+        def body_iter():
+            if fmt == "wav":
+                yield wav_stream_header(engine.sample_rate)
+            if first is not None:
+                yield pcm16(first)
+            for c in chunks:
+                yield pcm16(c)
+
+        return StreamingResponse(body_iter(), media_type=MEDIA[fmt])
+    future = batcher.submit(req)
+    waiting = asyncio.wrap_future(future)
+    while not (await asyncio.wait({waiting}, timeout=POLL_S))[0]:
+        if await http.is_disconnected():   # nobody will read the audio: free the engine
+            future.cancel()
+            log.info("client went away; its request was cancelled")
+            return Response(status_code=499)
+    try:
+        result = waiting.result()
+    except RequestError as e:
+        raise ClientError(str(e), "input") from None
+    audio = result.audio
+    if body.speed != 1.0:
+        audio = await run_in_threadpool(change_speed, audio, result.sample_rate, body.speed)
+    data = await run_in_threadpool(encode_audio, audio, result.sample_rate, fmt)
+    return Response(data, media_type=MEDIA[fmt])
+
+
 def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAPI:
     s = settings or ServerSettings()
     batcher = Batcher(engine, s.max_batch, s.batch_wait_ms / 1000)
@@ -155,52 +208,7 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
 
     @app.post("/v1/audio/speech")
     async def speech(http: HTTPRequest):
-        slot = []
-
-        async def take_slot():   # the rest of the body waits in the socket (TCP holds the sender back)
-            await uploads.acquire()
-            slot.append(1)
-
-        try:
-            body = parse(SpeechRequest, await read_json(http, s.max_body_bytes, take_slot))
-            req = await speech_requests.to_request(body)
-            body.reference_audio = None   # the base64 text is not kept while the request waits for the engine
-        finally:
-            if slot:
-                uploads.release()
-        fmt = body.response_format
-        if body.stream:
-            chunks = batcher.stream(req)
-            try:   # the first chunk decides the status code: request errors are still 4xx here
-                first = await run_in_threadpool(next, chunks, None)
-            except RequestError as e:
-                raise ClientError(str(e), "input") from None
-
-            def body_iter():
-                if fmt == "wav":
-                    yield wav_stream_header(engine.sample_rate)
-                if first is not None:
-                    yield pcm16(first)
-                for c in chunks:
-                    yield pcm16(c)
-
-            return StreamingResponse(body_iter(), media_type=MEDIA[fmt])
-        future = batcher.submit(req)
-        waiting = asyncio.wrap_future(future)
-        while not (await asyncio.wait({waiting}, timeout=POLL_S))[0]:
-            if await http.is_disconnected():   # nobody will read the audio: free the engine
-                future.cancel()
-                log.info("client went away; its request was cancelled")
-                return Response(status_code=499)
-        try:
-            result = waiting.result()
-        except RequestError as e:
-            raise ClientError(str(e), "input") from None
-        audio = result.audio
-        if body.speed != 1.0:
-            audio = await run_in_threadpool(change_speed, audio, result.sample_rate, body.speed)
-        data = await run_in_threadpool(encode_audio, audio, result.sample_rate, fmt)
-        return Response(data, media_type=MEDIA[fmt])
+        return await respond(http, engine, s, batcher, speech_requests, uploads)
 
     return app
 
