@@ -89,6 +89,19 @@ def _begin_alone(ctx: Context, rel: str, max_crashes: int) -> bool:
     return True
 
 
+def _undo_attempt(ctx: Context, rel: str) -> None:
+    """Take back the lone attempt _begin_alone counted for an attempt that never started."""
+    p = _attempts_path(ctx, rel)
+    try:
+        n = int(p.read_text())
+    except (OSError, ValueError):
+        return
+    if n <= 1:
+        p.unlink(missing_ok=True)
+    else:
+        write_text_atomic(p, str(n - 1))
+
+
 def _end_alone(ctx: Context, rel: str) -> None:
     _attempts_path(ctx, rel).unlink(missing_ok=True)
 
@@ -130,17 +143,25 @@ def run_sources(todo: list[tuple[str, float]], cfg: DictConfig, ctx: Context, wo
         broken = False
         try:
             while pending or suspects or inflight:
+                # A file leaves its list only once submitted: submit() itself raises BrokenProcessPool
+                # when a worker has just died, and the file must then still be waiting, not lost.
                 if suspects:  # alone: a death now is this file's doing
                     if not inflight:
-                        rel = suspects.pop(0)
+                        rel = suspects[0]
                         if not _begin_alone(ctx, rel, max_crashes):
+                            suspects.pop(0)
                             on_done(_crash_record(rel, ctx, max_crashes))
                             continue
-                        inflight[pool.submit(_work, rel)] = rel
+                        try:
+                            inflight[pool.submit(_work, rel)] = rel
+                        except BrokenProcessPool:   # the pool broke before this attempt began
+                            _undo_attempt(ctx, rel)
+                            raise
+                        suspects.pop(0)
                 else:
                     while pending and len(inflight) < workers:  # at most one source per worker in flight
-                        rel = pending.pop(0)
-                        inflight[pool.submit(_work, rel)] = rel
+                        inflight[pool.submit(_work, pending[0])] = pending[0]
+                        pending.pop(0)
                 done, _ = wait(inflight, return_when=FIRST_COMPLETED)
                 # finished results first: a broken one below must not discard them
                 for f in sorted(done, key=lambda f: isinstance(f.exception(), BrokenProcessPool)):
