@@ -166,20 +166,27 @@ def build(cfg: DictConfig):
     return build_llm(cfg, module_cls=FinetuneModule, lora=lora, export_layout=cfg.export_layout)
 
 
-@torch.no_grad()
-def held_out_loss(export_dir, cfg: DictConfig) -> float:
-    """The validation loss of an export on cfg.data.val_shards: the same batches and the same
-    batch-size-weighted mean as the val/loss the training loop logs."""
-    from omegaconf import OmegaConf
-
-    from higgs_train.llm.lit import LLMDataModule
+def load_export(export_dir):
+    """An LLM export for measuring it (eval mode): on the GPU in bf16 when there is one (a 3B model
+    fits a 16 GB card), else on the CPU in fp32."""
     from higgs_train.llm.model import DualFFNModel
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32   # bf16: a 3B model fits a 16 GB card
-    model = DualFFNModel.from_pretrained(export_dir, dtype=dtype, device=device).eval()
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    return DualFFNModel.from_pretrained(export_dir, dtype=dtype, device=device).eval()
+
+
+@torch.no_grad()
+def held_out_loss(model, text_tokenizer, cfg: DictConfig) -> float:
+    """The validation loss of a model (load_export) on cfg.data.val_shards: the same batches and the
+    same batch-size-weighted mean as the val/loss the training loop logs."""
+    from omegaconf import OmegaConf
+
+    from higgs_train.llm.lit import LLMDataModule
+
+    device = model.text_embed.weight.device
     data = OmegaConf.to_container(cfg.data, resolve=True)
-    dm = LLMDataModule(data.pop("shards"), load_text_tokenizer(export_dir), data, seed=cfg.seed,
+    dm = LLMDataModule(data.pop("shards"), text_tokenizer, data, seed=cfg.seed,
                        num_codebooks=model.cfg.num_codebooks, codebook_size=model.cfg.codebook_size,
                        val_shards=data.pop("val_shards"))
     total, rows = 0.0, 0

@@ -193,10 +193,16 @@ def train(cfg: DictConfig, base_cfg: dict, out: Path, rows: list[dict]) -> tuple
     return fit(cfg), rec, preset
 
 
+def stop_check(cfg: DictConfig):
+    """The stop check's config (callbacks.stops), or None when it is off (removed, or sentences=0)."""
+    stops = cfg.callbacks.get("stops")
+    return stops if stops and int(stops.sentences) >= 1 else None
+
+
 def check_stops(cfg: DictConfig, best: int | None) -> list[dict]:
     """The stop check's history; FinetuneError when it ran and no validation stopped (no best checkpoint)."""
-    stops = cfg.callbacks.get("stops")
-    if not stops or int(stops.sentences) < 1:
+    stops = stop_check(cfg)
+    if stops is None:
         return []
     history = read_history(stops.history)
     if best is None and history:
@@ -222,21 +228,26 @@ def _best_step(run_dir: Path) -> tuple[int | None, int | None]:
     return step_of(run_dir / "checkpoints/best.ckpt"), step_of(run_dir / "checkpoints/last.ckpt")
 
 
-def export_stops(cfg: DictConfig, export_dir, preset_dir) -> dict | None:
-    """The stop check (stops.speak) on an export: what `python -m inference voice=NAME` does with it."""
-    stops = cfg.callbacks.get("stops")
-    if not stops or int(stops.sentences) < 1:
-        return None
-    from higgs_train.llm.model import DualFFNModel
+def measure_exports(cfg: DictConfig, exports: dict, preset_dir) -> dict:
+    """{name: {"loss": held-out loss, "stops": the stop check (stops.speak) or None when it is off}}
+    for each export in `exports` {name: dir}: what `python -m inference voice=NAME` does with it.
+    Each model is loaded once for both; the codec, sentences and reference once for all."""
+    from higgs_train.finetune.lora import held_out_loss, load_export
     from higgs_train.llm.text_tokenizer import load_text_tokenizer
     from higgs_train.tokenizer import AudioTokenizer
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = DualFFNModel.from_pretrained(export_dir, dtype=dtype, device=device)
-    codec = AudioTokenizer.from_pretrained(cfg.tokenizer, device=device)
-    return speak(model, codec, load_text_tokenizer(export_dir), held_out_sentences(stops.val_shards, stops.sentences),
-                 read_reference(preset_dir), float(stops.max_ratio))
+    stops = stop_check(cfg)
+    codec = sentences = reference = None
+    out = {}
+    for name, d in exports.items():
+        model, tok = load_export(d), load_text_tokenizer(d)
+        if stops is not None and codec is None:
+            codec = AudioTokenizer.from_pretrained(cfg.tokenizer, device=model.text_embed.weight.device)
+            sentences, reference = held_out_sentences(stops.val_shards, stops.sentences), read_reference(preset_dir)
+        out[name] = {"loss": held_out_loss(model, tok, cfg),
+                     "stops": speak(model, codec, tok, sentences, reference, float(stops.max_ratio)) if stops else None}
+        del model
+    return out
 
 
 def next_command(cfg: DictConfig, export: Path) -> str:
@@ -272,18 +283,17 @@ def finetune(cfg: DictConfig) -> Path:
     times["train"] = time.perf_counter() - t
 
     step(4, "export: the best checkpoint, merged into the base's weights")
-    from higgs_train.finetune.lora import held_out_loss
-
     t = time.perf_counter()
     best, last = _best_step(Path(cfg.run_dir))
     history = check_stops(cfg, best)
-    base_loss, loss = held_out_loss(cfg.base, cfg), held_out_loss(merged, cfg)
+    measured = measure_exports(cfg, {"base": cfg.base, "finetuned": merged}, out / "split" / "preset")
+    base_loss, loss = measured["base"]["loss"], measured["finetuned"]["loss"]
     print(f"best checkpoint: step {best} of {last}; held-out loss: base {base_loss:.4f} -> fine-tuned {loss:.4f}",
           flush=True)
     if not loss < base_loss:
         log.warning("fine-tuning did not lower the held-out loss (base %.4f, fine-tuned %.4f): try another "
                     "task.optim.lr, more data, or mode=full", base_loss, loss)
-    stops = {k: export_stops(cfg, d, out / "split" / "preset") for k, d in (("base", cfg.base), ("finetuned", merged))}
+    stops = {k: v["stops"] for k, v in measured.items()}
     if stops["finetuned"]:
         b, f = stops["base"], stops["finetuned"]
         n = len(f["items"])
