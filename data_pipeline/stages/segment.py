@@ -86,9 +86,9 @@ class Segmenter:
         # Ids follow time order over all pieces, so a segment keeps its id whatever the thresholds.
         for i, s in enumerate(sorted([*kept, *(s for s, _ in dropped)], key=lambda s: (s.start, s.end))):
             s.id = f"{src.key}_{i:04d}"
-        src.segments = kept
-        for s, why in dropped:
+        for s, why in dropped:   # before the kept ones are set: drop() then has no list to filter
             src.drop(s, why)
+        src.segments = kept
         if not kept:
             src.end()
 
