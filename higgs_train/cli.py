@@ -47,6 +47,28 @@ def _default(f):
     return f.default_factory() if f.default_factory is not DC_MISSING else f.default
 
 
+class BadValue(ValueError):
+    """A key=value the schema refuses (unknown key, wrong type); str() is the reason in one line."""
+
+
+def typed(schema: type[T], dotlist: list[str], extend: tuple[str, list] | None = None) -> T:
+    """key=value strings -> a `schema` instance (OmegaConf structured config: types checked, unknown
+    keys refused, required fields present); extend=(field, values) appends to a list field. BadValue,
+    its reason in one line, for any refusal."""
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist(dotlist))
+        if extend:
+            cfg[extend[0]] = list(cfg[extend[0]]) + extend[1]
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:
+            raise BadValue(f"missing {', '.join(f'{k}=...' for k in missing)}")
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as e:
+        if isinstance(e, ConfigKeyError):
+            raise BadValue(f"unknown option {e.full_key!r}") from None
+        raise BadValue(str(e).splitlines()[0]) from None
+
+
 def parse(schema: type[T], argv: list[str], prog: str, doc: str | None = None, positional: str | None = None) -> T:
     """argv -> a `schema` instance; `--help` prints help_text and exits 0; a bad command line
     prints the reason and the usage line to stderr and exits 2."""
@@ -60,18 +82,9 @@ def parse(schema: type[T], argv: list[str], prog: str, doc: str | None = None, p
     if extra and not positional:
         _fail(f"{extra[0]!r} is not key=value", usage)
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist(dotlist))
-        if extra:
-            cfg[positional] = list(cfg[positional]) + extra
-        missing = sorted(OmegaConf.missing_keys(cfg))
-        if missing:
-            _fail(f"missing {', '.join(f'{k}=...' for k in missing)}", usage)
-        return OmegaConf.to_object(cfg)
-    except OmegaConfBaseException as e:   # unknown key, wrong type
-        reason = str(e).splitlines()[0]
-        if isinstance(e, ConfigKeyError):
-            reason = f"unknown option {e.full_key!r}"
-        _fail(reason, usage + "\n(--help lists the options)")
+        return typed(schema, dotlist, (positional, extra) if extra else None)
+    except BadValue as e:
+        _fail(str(e), usage + ("" if str(e).startswith("missing") else "\n(--help lists the options)"))
 
 
 def _fail(reason: str, usage: str):

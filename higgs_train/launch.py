@@ -16,8 +16,8 @@ from typing import Optional
 
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
+from higgs_train.cli import BadValue, typed
 from higgs_train.config import CONFIG_DIR
 
 SBATCH = "slurm/train.sbatch"
@@ -43,9 +43,9 @@ def split_args(argv: list[str]) -> tuple[Launch, list[str]]:
     mine = [a for a in argv if a.partition("=")[1] and a.partition("=")[0] in LAUNCH_KEYS]
     overrides = [a for a in argv if a not in mine]
     try:
-        launch = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Launch), OmegaConf.from_dotlist(mine)))
-    except OmegaConfBaseException as e:
-        raise SystemExit(f"error: {str(e).splitlines()[0]}") from None
+        launch = typed(Launch, mine)
+    except BadValue as e:
+        raise SystemExit(f"error: {e}") from None
     for k in ("nodes", "gpus_per_node"):
         if getattr(launch, k) < 1:
             raise SystemExit(f"{k} must be a positive integer, got {getattr(launch, k)!r}")
