@@ -10,6 +10,7 @@ submodule back in the train/eval mode it was in.
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -20,6 +21,20 @@ from higgs_train.evaluate.evalset import load_eval_set
 from higgs_train.evaluate.harness import evaluate
 
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def measuring(model: torch.nn.Module):
+    """Run something on a model mid-training without disturbing the training: no gradients, its own
+    RNG state, and every submodule back in the train/eval mode it was in (generation puts the
+    model in eval mode)."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        for m, training in modes.items():
+            m.train(training)
 
 
 class EvalCallback(L.Callback):
@@ -48,15 +63,10 @@ class EvalCallback(L.Callback):
         if any(hasattr(p, "ds_id") for p in model.parameters()):
             log.warning("eval callback: parameters are partitioned (ZeRO-3); skipped at step %d", step)
             return None
-        modes = {m: m.training for m in model.modules()}
-        try:
-            with torch.no_grad(), torch.random.fork_rng(devices=[]):
-                synth = self.make_synthesizer(model=model, text_tokenizer=pl_module.tokenizer_dir)
-                result = evaluate(synth, self.scorers, self.items, self.out_dir / f"step-{step}", self.bad,
-                                  progress=False, meta={"step": step})
-        finally:
-            for m, training in modes.items():
-                m.train(training)
+        with measuring(model):
+            synth = self.make_synthesizer(model=model, text_tokenizer=pl_module.tokenizer_dir)
+            result = evaluate(synth, self.scorers, self.items, self.out_dir / f"step-{step}", self.bad,
+                              progress=False, meta={"step": step})
         metrics = {f"eval/{k}": v for k, v in result.summary["means"].items()}
         metrics["eval/ok"] = result.summary["ok"]
         for lg in trainer.loggers:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from higgs_train.evaluate.callback import measuring
 from higgs_train.files import write_text_atomic
 from higgs_train.shards import iter_shard, list_shards
 
@@ -119,13 +120,8 @@ class StopCheck(L.Callback):
             return
         model = pl_module.model.get_base_model() if hasattr(pl_module.model, "get_base_model") else pl_module.model
         sentences, reference, codec, tok = self._load(model.text_embed.weight.device)
-        modes = {m: m.training for m in model.modules()}
-        try:
-            with torch.no_grad(), torch.random.fork_rng(devices=[]):
-                res = speak(model, codec, tok, sentences, reference, self.max_ratio)
-        finally:
-            for m, training in modes.items():
-                m.train(training)
+        with measuring(model):
+            res = speak(model, codec, tok, sentences, reference, self.max_ratio)
         loss = trainer.callback_metrics.get("val/loss")
         row = {"step": trainer.global_step, "val_loss": float(loss) if loss is not None else None,
                "stop_rate": res["stop_rate"], "duration_ratio": res["duration_ratio"]}
