@@ -74,32 +74,36 @@ def _attempts_path(ctx: Context, rel: str) -> Path:
     return ctx.out_dir / ATTEMPTS / source_key(rel)
 
 
+def _lone_attempts(ctx: Context, rel: str) -> int:
+    """Lone attempts at `rel` counted and not ended (0 when none are on record)."""
+    try:
+        return int(_attempts_path(ctx, rel).read_text())
+    except (OSError, ValueError):
+        return 0
+
+
+def _set_lone_attempts(ctx: Context, rel: str, n: int) -> None:
+    p = _attempts_path(ctx, rel)
+    if n <= 0:
+        p.unlink(missing_ok=True)
+        return
+    p.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(p, str(n))
+
+
 def _begin_alone(ctx: Context, rel: str, max_crashes: int) -> bool:
     """Count one lone attempt at `rel` (ended by _end_alone when it finishes, whatever its outcome);
     False when `max_crashes` earlier lone attempts never finished: the file kills its process."""
-    p = _attempts_path(ctx, rel)
-    try:
-        n = int(p.read_text())
-    except (OSError, ValueError):
-        n = 0
+    n = _lone_attempts(ctx, rel)
     if n >= max_crashes:
         return False
-    p.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(p, str(n + 1))
+    _set_lone_attempts(ctx, rel, n + 1)
     return True
 
 
 def _undo_attempt(ctx: Context, rel: str) -> None:
     """Take back the lone attempt _begin_alone counted for an attempt that never started."""
-    p = _attempts_path(ctx, rel)
-    try:
-        n = int(p.read_text())
-    except (OSError, ValueError):
-        return
-    if n <= 1:
-        p.unlink(missing_ok=True)
-    else:
-        write_text_atomic(p, str(n - 1))
+    _set_lone_attempts(ctx, rel, _lone_attempts(ctx, rel) - 1)
 
 
 def _end_alone(ctx: Context, rel: str) -> None:
