@@ -3,7 +3,7 @@ same random weights, in one process on this CPU (issue 16).
 
     python benchmarks/inference_vs_port.py [--frames 200] [--repeats 3] [--rows all|fp32-b1-t1,bf16-b4-t2,...]
     # on a GPU (benchmarks/gpu_check.sh): the release's shape, random weights
-    python benchmarks/inference_vs_port.py --device cuda --size release --rows bf16-b1-t1,bf16-b4-t1,bf16-b8-t1
+    python benchmarks/inference_vs_port.py --device cuda --size release --rows bf16-b1-t1,bf16-b1-t1-graphs,...
 
 Model: hidden 512, intermediate 1536, 8 layers, 8 heads / 4 KV heads, head_dim 64, every layer
 dual, a 2k BPE vocabulary; the port loads our weights through save_llm(model, dir, "hf", tok_dir).
@@ -14,6 +14,12 @@ of the LLM loop (sampling and delay bookkeeping included, no codec), time to the
 frame (prefill + K steps), the 1-minute load average. On a shared machine the wall-clock ratio
 moves with the others' load; the CPU-time ratio (process CPU seconds, port / ours) moves less. fp32 rows also count the codes on which the
 two agree (equal weights; they may part on a near-tie, then the histories differ).
+A row ending in -graphs replays our decode steps from CUDA graphs (inference.decode_graphs; on
+CUDA only); without it ours runs eagerly. The port always runs its generate() eagerly.
+"matmul floor": the time of one decode step's matrix multiplies alone (every projection of every
+layer, the audio FFN of dual layers, the audio head, on a [batch, 1, hidden] input, in the
+model's order, median of 20), as frames/s and as the ratio to the port it would allow: on a CPU
+those weights stream from memory at every step on both sides, so no decode loop beats that ratio.
 """
 from __future__ import annotations
 
@@ -76,6 +82,30 @@ def ours(engine, prompt, batch, frames, first_only=False):
     return time.perf_counter() - t0, time.process_time() - c0, out
 
 
+def matmul_floor(model, batch: int, steps: int = 20) -> float:
+    """Seconds of one audio-only decode step's matrix multiplies alone (see the module doc)."""
+    p = model.text_embed.weight
+    x = torch.randn(batch, 1, model.cfg.hidden_size, dtype=p.dtype, device=p.device)
+    mats = []
+    for block in model.layers:
+        a, mlp = block.attn, block.audio_mlp if block.dual else block.mlp
+        mats += [(a.q_proj, x), (a.k_proj, x), (a.v_proj, x), (a.o_proj, torch.randn_like(a.q_proj(x))),
+                 (mlp.gate_proj, x), (mlp.up_proj, x), (mlp.down_proj, torch.randn_like(mlp.up_proj(x)))]
+    mats.append((model.audio_head, x))
+    times = []
+    with torch.no_grad():
+        for _ in range(steps + 2):
+            if p.device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for lin, inp in mats:
+                lin(inp)
+            if p.device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times[2:])
+
+
 def port_run(port, prompt, batch, frames, K=8):
     """(wall s, CPU s, frames [B][K, F]); frames=1: to the first complete frame."""
     ids, codes, amask = prompt
@@ -101,13 +131,13 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--frames", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--rows", default="all", help="comma list of DTYPE-bB-tT, e.g. fp32-b1-t1,bf16-b4-t2")
+    ap.add_argument("--rows", default="all", help="comma list of DTYPE-bB-tT[-graphs], e.g. fp32-b1-t1,bf16-b4-t2")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--size", choices=("small", "release"), default="small")
     a = ap.parse_args(argv)
-    rows = [(d, b, t) for d in ("fp32", "bf16") for b in (1, 4) for t in (1, 2)]
+    rows = [(d, b, t, False) for d in ("fp32", "bf16") for b in (1, 4) for t in (1, 2)]
     if a.rows != "all":
-        rows = [(d, int(b[1:]), int(t[1:])) for d, b, t in (r.split("-") for r in a.rows.split(","))]
+        rows = [(d, int(b[1:]), int(t[1:]), g == ["graphs"]) for d, b, t, *g in (r.split("-") for r in a.rows.split(","))]
     tmp = tempfile.TemporaryDirectory()
     # the release shape is built in bf16 (14.6 GB in fp32)
     engine, port, prompt = build(Path(tmp.name), a.size, torch.float32 if a.size == "small" else torch.bfloat16)
@@ -117,14 +147,14 @@ def main(argv=None) -> None:
     print(f"prompt {len(prompt[0])} positions, {a.frames} frames forced, median of {a.repeats}; "
           f"{sum(p.numel() for p in engine.model.parameters()) / 1e6:.1f} M parameters")
     print("| dtype, batch, threads | ours frames/s | port frames/s | ours / port | ours / port (CPU time) "
-          "| first frame ours / port ms "
-          ""
+          "| first frame ours / port ms | matmul floor frames/s (ours / port at most) "
           "| fp32 codes equal | load avg |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for dname, batch, threads in rows:
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for dname, batch, threads, graphs in rows:
         torch.set_num_threads(threads)
         dtype = torch.float32 if dname == "fp32" else torch.bfloat16
         engine.model.to(dtype)
+        engine.cfg.cuda_graphs = graphs
         engine._caches.clear()
         port.to(dtype)
         ours(engine, prompt, batch, 4)           # warm-up (cache allocation, first-call costs)
@@ -153,8 +183,11 @@ def main(argv=None) -> None:
             else:
                 same = f"shapes {tuple(o.shape)} vs {tuple(p.shape)}"
         cpu = statistics.median(c_port) / statistics.median(c_ours)
-        print(f"| {dname} b{batch} t{threads} | {fo:.1f} | {fp:.1f} | {fo / fp:.2f} | {cpu:.2f} | "
-              f"{first_o * 1000:.0f} / {first_p * 1000:.0f} | {same} | {os.getloadavg()[0]:.2f} |", flush=True)
+        floor = batch / matmul_floor(engine.model, batch)
+        name = f"{dname} b{batch} t{threads}" + (" graphs" if graphs else "")
+        print(f"| {name} | {fo:.1f} | {fp:.1f} | {fo / fp:.2f} | {cpu:.2f} | "
+              f"{first_o * 1000:.0f} / {first_p * 1000:.0f} | {floor:.1f} ({floor / fp:.2f}) | {same} | "
+              f"{os.getloadavg()[0]:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ early keep feeding EOS frames, which no other row attends to.
 Decode steps are audio only (the engine never emits text: its stream runs from the prompt's
 <|audio_out_bos|> to the all-EOS frame, and a text chunk is a new prompt), so they run the model's
 fast paths: audio_only (dual layers skip the text norms/FFN and the split), text_head=False, and
-attention over the first EngineConfig.attend_step multiple of slots that holds the sequence.
+attention over the first EngineConfig.attend_step multiple of slots that holds the sequence; on
+CUDA each step is replayed from a CUDA graph per multiple (inference.decode_graphs).
 use_cache=False is the reference: full recomputation of every position by the plain forward.
 """
 from __future__ import annotations
@@ -40,6 +41,7 @@ from higgs_train.llm.model import DualFFNModel, KVCache
 from higgs_train.llm.prompt import Message, encode_chat, system_message
 from higgs_train.llm.text_tokenizer import load_text_tokenizer, special_token_ids
 from higgs_train.tokenizer import AudioTokenizer
+from inference.decode_graphs import DecodeSteps, cuda_capture
 from inference.sampling import SamplingConfig, sample_frame
 from inference.streaming import StreamDecoder
 from inference.text import speaker_ids, split_text
@@ -59,6 +61,7 @@ class EngineConfig:
     # attention reads the first multiple of attend_step slots that holds every written slot, not the
     # whole bucket: a static shape per multiple (one CUDA graph each), ~P + frames slots read per step
     attend_step: int = 128
+    cuda_graphs: bool = True         # on CUDA, decode steps replayed from CUDA graphs (inference.decode_graphs)
     chunk_words: int = 40            # long text is spoken in chunks of whole sentences up to this many words
     context_chunks: int = 2          # earlier generated chunks fed back as context (keeps the voice)
     max_reference_seconds: float = 30.0
@@ -129,7 +132,7 @@ class Engine:
                 raise ValueError(f"text tokenizer ids differ from the model config's special_tokens "
                                  f"(config, tokenizer): {bad}")
         self.device = model.text_embed.weight.device
-        self._caches: dict[tuple[int, int], KVCache] = {}
+        self._caches: dict[tuple[int, int], DecodeSteps] = {}   # (batch, bucket) -> its cache's steps
         self._voice_cache: dict[str, Reference] = {}
 
     @classmethod
@@ -289,7 +292,8 @@ class Engine:
                 progress(1)
         return last
 
-    def _cache(self, batch: int, need: int) -> KVCache:
+    def _cache(self, batch: int, need: int) -> DecodeSteps:
+        """The decode steps on a reset KV cache of the smallest bucket that holds `need` slots."""
         fit = [b for b in sorted(self.cfg.buckets) if b >= need]
         if not fit:
             raise RequestError(f"prompt + generation need {need} positions, more than the largest KV-cache "
@@ -298,10 +302,15 @@ class Engine:
         if key not in self._caches:
             if len(self._caches) >= 2:   # keep memory bounded: the two most recent shapes
                 self._caches.pop(next(iter(self._caches)))
-            self._caches[key] = self.model.allocate_cache(batch, fit[0])
-        cache = self._caches[key]
-        cache.reset()
-        return cache
+            self._caches[key] = DecodeSteps(self.model, self.model.allocate_cache(batch, fit[0]), self._capture())
+        steps = self._caches[key]
+        steps.cache.reset()
+        return steps
+
+    def _capture(self):
+        """How a new cache's decode steps are captured: CUDA graphs on CUDA unless
+        EngineConfig.cuda_graphs is off; None (eager) elsewhere."""
+        return cuda_capture() if self.cfg.cuda_graphs and self.device.type == "cuda" else None
 
     def _attend(self, n: int, cache: KVCache) -> int:
         """Slots attention reads when slots 0..n-1 may be written: n rounded up to attend_step."""
@@ -345,7 +354,8 @@ class Engine:
         done = [False] * B
 
         if use_cache:
-            cache = self._cache(B, P + L)
+            steps = self._cache(B, P + L)
+            cache = steps.cache
             for s in range(0, P, self.cfg.prefill_chunk):
                 e = min(P, s + self.cfg.prefill_chunk)
                 out = self.model(ids[:, s:e], codes[:, s:e], amask[:, s:e], cache=cache,
@@ -353,10 +363,11 @@ class Engine:
                                  last_only=True, attend=self._attend(e, cache), text_head=False)
         else:
             out = self.model(ids, codes, amask, last_only=True)
+        audio_logits = out.audio_logits
         j = 0
         while not all(done):
             j += 1
-            logits = out.audio_logits[:, -1].float().cpu()                           # [B, K, A]
+            logits = audio_logits[:, -1].float().cpu()                               # [B, K, A]
             frame = torch.full((B, K), self.eos, dtype=torch.long)
             for b, r in enumerate(rows):
                 if done[b]:
@@ -373,15 +384,14 @@ class Engine:
             yield [self._complete(stream[b], j, eos_frame[b]) for b in range(B)]
             if all(done):
                 break
-            x_ids = torch.full((B, 1), self.placeholder, dtype=torch.long, device=dev)
-            x_codes, x_mask = frame[:, None].to(dev), torch.ones(B, 1, dtype=torch.bool, device=dev)
             if use_cache:
-                out = self.model(x_ids, x_codes, x_mask, cache=cache, positions=torch.tensor([P - 1 + j], device=dev),
-                                 attend=self._attend(P + j, cache), audio_only=True, text_head=False)
+                audio_logits = steps(frame[:, None], P - 1 + j, self._attend(P + j, cache))
             else:
+                x_ids = torch.full((B, 1), self.placeholder, dtype=torch.long, device=dev)
+                x_codes, x_mask = frame[:, None].to(dev), torch.ones(B, 1, dtype=torch.bool, device=dev)
                 ids, codes, amask = torch.cat([ids, x_ids], 1), torch.cat([codes, x_codes], 1), \
                     torch.cat([amask, x_mask], 1)
-                out = self.model(ids, codes, amask, last_only=True)
+                audio_logits = self.model(ids, codes, amask, last_only=True).audio_logits
 
     def _complete(self, stream: Tensor, j: int, eos_frame: float) -> Tensor:
         """Code frames [K, F] whose every codebook is known after position j (delay reverted)."""

@@ -108,3 +108,64 @@ def test_bf16_decode_attention_groups_query_heads():
         want = att.o_proj(y.transpose(1, 2).reshape(2, 1, -1))
     assert (got.float() - want.float()).abs().max() <= 2e-2
     assert (got.float() - want.float()).abs().mean() <= 1e-3
+
+
+class _Recorder:
+    """A stand-in for cuda_capture on CPU: keeps the recorded step and runs it at every replay, as a
+    graph replays its kernels on whatever the fixed buffers hold then (a step that captured its
+    inputs by value would replay stale frames). `spoil` makes replays wrong, `fail` makes capture raise."""
+
+    def __init__(self, spoil=False, fail=False):
+        self.spoil, self.fail, self.captured, self.replays = spoil, fail, 0, 0
+
+    def __call__(self, step):
+        if self.fail:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        self.captured += 1
+
+        def replay():
+            self.replays += 1
+            out = step()
+            return out + 1.0 if self.spoil else out
+        return replay
+
+
+def _graphed(tmp_path, monkeypatch, recorder):
+    engine = _engine(tmp_path, None)
+    monkeypatch.setattr(engine, "_capture", lambda: recorder)
+    return engine
+
+
+def test_replayed_decode_steps_keep_the_frames(tmp_path, monkeypatch):
+    """Decode steps replayed from one recording per attention length (what CUDA graphs do) give the
+    recorded frames; one recording per attend multiple of each cache, replays for every later step."""
+    rec = _Recorder()
+    engine = _graphed(tmp_path, monkeypatch, rec)
+    batched = engine.generate_codes(_rows(engine, TEXTS))
+    assert [_digest(f) for f in batched] == BEFORE["all_dual"]
+    [steps] = engine._caches.values()
+    lengths = sorted(steps.graphs)
+    assert lengths == list(range(lengths[0], lengths[-1] + 1, 16)) and len(lengths) >= 3   # attend_step 16
+    assert rec.captured == len(lengths)
+    # stream positions 1..48 (40 frames, the EOS frame, its 7-position delay tail): a step after each
+    # but the last, and one check replay per recording
+    assert rec.replays == 47 + len(lengths)
+    single = engine.generate_codes(_rows(engine, TEXTS[:1]))[0]   # a second cache (batch 1), its own recordings
+    assert _digest(single) == BEFORE["all_dual"][0]
+    assert rec.captured > len(lengths)
+
+
+@pytest.mark.parametrize("fault", ["spoil", "fail"])
+def test_a_bad_recording_turns_graphs_off(tmp_path, monkeypatch, caplog, fault):
+    """A step that fails to capture, or whose replay differs from the eager step, is caught by the
+    check on its first replay: graphs go off for that cache with a warning, and the frames stay."""
+    rec = _Recorder(**{fault: True})
+    engine = _graphed(tmp_path, monkeypatch, rec)
+    with caplog.at_level("WARNING", logger="inference.decode_graphs"):
+        batched = engine.generate_codes(_rows(engine, TEXTS))
+    assert [_digest(f) for f in batched] == BEFORE["all_dual"]
+    [steps] = engine._caches.values()
+    assert steps.capture is None and not steps.graphs
+    assert rec.replays <= 1
+    [msg] = [r.getMessage() for r in caplog.records]
+    assert "CUDA graphs off" in msg and ("differs" if fault == "spoil" else "capture failed") in msg
