@@ -4,20 +4,33 @@
 # Full-size training throughput (4-layer full-width subset, extrapolated), inference RTF
 # at batch 1 and 8 with random weights, and peak memory (torch.cuda.max_memory_allocated); then a
 # release-shaped random checkpoint through the converter and peak GPU memory at 8k context; then
-# our engine against the transformers port on the same release-shaped random weights.
+# our engine against the transformers port on the same release-shaped random weights, with and
+# without CUDA graphs.
 # The GPU image has torch/transformers/tokenizers/safetensors/yaml; nothing is installed.
-set -euo pipefail
+set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
+OUT=${OUT:-/tmp}
+failed=()
+# each part runs whatever happens to the others (a device session is short: one failure must not
+# cost the rest); the exit status says which failed
+part() {  # part NAME COMMAND...
+  local name=$1; shift
+  echo "== $name"
+  "$@" 2>&1 | tee "$OUT/$name.md"
+  local rc=${PIPESTATUS[0]}
+  [ "$rc" = 0 ] || { echo "== $name FAILED (rc $rc)"; failed+=("$name"); }
+}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-python3 benchmarks/gpu_bench.py --size full "$@" 2>&1 | tee "${OUT:-/tmp}/gpu_check.md"
+part gpu_check python3 benchmarks/gpu_bench.py --size full "$@"
 # The release's shape through the converter path: a random bf16 checkpoint in the original layout
 # (11.5 GB on disk, twice during the conversion), converted in a fresh process (time, peak RSS),
 # loaded onto the GPU, then peak GPU memory with an 8k-slot KV cache after an 8k prefill.
 # CPU smoke test: python benchmarks/gpu_release.py --size tiny --device cpu --context 256
-python3 benchmarks/gpu_release.py --context 8192 2>&1 | tee "${OUT:-/tmp}/gpu_release.md"
+part gpu_release python3 benchmarks/gpu_release.py --context 8192
 # Our engine against the transformers port's generate() on the same random release-shaped weights
-# (issue 16): bf16, batch 1/4/8, greedy, 200 frames forced. Our engine has no CUDA-graph capture
-# yet, so these rows are without graphs on both sides. CPU version: python benchmarks/inference_vs_port.py
-python3 benchmarks/inference_vs_port.py --device cuda --size release --rows bf16-b1-t1,bf16-b4-t1,bf16-b8-t1 \
-  2>&1 | tee "${OUT:-/tmp}/inference_vs_port.md"
+# (issue 16): bf16, batch 1/4/8, greedy, 200 frames forced; ours eager and with its decode steps
+# replayed from CUDA graphs (-graphs), the port eager. CPU version: python benchmarks/inference_vs_port.py
+part inference_vs_port python3 benchmarks/inference_vs_port.py --device cuda --size release \
+  --rows bf16-b1-t1,bf16-b1-t1-graphs,bf16-b4-t1,bf16-b4-t1-graphs,bf16-b8-t1,bf16-b8-t1-graphs
+[ ${#failed[@]} = 0 ] || { echo "failed parts: ${failed[*]}"; exit 1; }
