@@ -72,28 +72,29 @@ class DecodeSteps:
         self.position.fill_(position)
         if self.capture is None:
             return self._eager(attend)
-        replay = self.graphs.get(attend) or self._record(attend)
-        return replay()
+        replay = self.graphs.get(attend)
+        return replay() if replay is not None else self._record(attend)
 
     def _eager(self, attend: int) -> Tensor:
         return self.model(self.ids, self.codes, None, cache=self.cache, positions=self.position,
                           attend=attend, audio_only=True, text_head=False).audio_logits
 
-    def _record(self, attend: int) -> Step:
+    def _record(self, attend: int) -> Tensor:
+        """This step's logits, from a new graph for `attend` if its first replay matches the eager step."""
         want = self._eager(attend).clone()
         try:
             replay = self.capture(lambda: self._eager(attend))
             got = replay()
         except Exception as e:   # noqa: BLE001 - any capture failure: decode eagerly instead
-            return self._give_up(attend, f"capture failed: {type(e).__name__}: {e}")
-        if got.shape != want.shape or not torch.allclose(got.float(), want.float(), rtol=1e-3, atol=1e-3):
-            diff = (got.float() - want.float()).abs().max().item() if got.shape == want.shape else got.shape
-            return self._give_up(attend, f"the replayed step differs from the eager one (max |diff| {diff})")
+            return self._give_up(want, attend, f"capture failed: {type(e).__name__}: {e}")
+        if not torch.allclose(got.float(), want.float(), rtol=1e-3, atol=1e-3):
+            diff = (got.float() - want.float()).abs().max().item()
+            return self._give_up(want, attend, f"the replayed step differs from the eager one (max |diff| {diff})")
         self.graphs[attend] = replay
-        return replay
+        return got
 
-    def _give_up(self, attend: int, why: str) -> Step:
+    def _give_up(self, logits: Tensor, attend: int, why: str) -> Tensor:
         log.warning("CUDA graphs off for this KV cache (attend=%d): %s; decoding eagerly", attend, why)
         self.capture = None
         self.graphs.clear()
-        return lambda: self._eager(attend)
+        return logits

@@ -138,7 +138,7 @@ def _graphed(tmp_path, monkeypatch, recorder):
 
 def test_replayed_decode_steps_keep_the_frames(tmp_path, monkeypatch):
     """Decode steps replayed from one recording per attention length (what CUDA graphs do) give the
-    recorded frames; one recording per attend multiple of each cache, replays for every later step."""
+    recorded frames; one recording per attend multiple of each cache, one replay per step."""
     rec = _Recorder()
     engine = _graphed(tmp_path, monkeypatch, rec)
     batched = engine.generate_codes(_rows(engine, TEXTS))
@@ -148,8 +148,8 @@ def test_replayed_decode_steps_keep_the_frames(tmp_path, monkeypatch):
     assert lengths == list(range(lengths[0], lengths[-1] + 1, 16)) and len(lengths) >= 3   # attend_step 16
     assert rec.captured == len(lengths)
     # stream positions 1..48 (40 frames, the EOS frame, its 7-position delay tail): a step after each
-    # but the last, and one check replay per recording
-    assert rec.replays == 47 + len(lengths)
+    # but the last, each one replay (a recording's check replay is its first step's)
+    assert rec.replays == 47
     single = engine.generate_codes(_rows(engine, TEXTS[:1]))[0]   # a second cache (batch 1), its own recordings
     assert _digest(single) == BEFORE["all_dual"][0]
     assert rec.captured > len(lengths)
