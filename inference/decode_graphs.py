@@ -6,6 +6,7 @@ replays it with one launch. A step's shapes are fixed by (batch, cache bucket, a
 why the engine rounds attention up to EngineConfig.attend_step slots: one graph per multiple.
 
     steps = DecodeSteps(model, cache, capture=cuda_capture())   # capture=None: eager, same buffers
+    steps = DecodeSteps(model, cache, packs=PackedLinears.for_decode(model, batch))   # CPU: packed GEMMs
     logits = steps(frame[:, None], position, attend)             # [B, 1, K, A], valid until the next call
 
 The contract a captured step relies on (held on CPU by tests/test_inference_speed_paths.py, with
@@ -21,12 +22,14 @@ stand-ins for `capture`):
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from typing import Callable
 
 import torch
 from torch import Tensor
 
 from higgs_train.llm.model import DualFFNModel, KVCache
+from inference.packed_gemm import PackedLinears
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +61,10 @@ def cuda_capture() -> Callable[[Step], Step]:
 class DecodeSteps:
     """Audio-only decode steps of `model` on `cache` from fixed input buffers, eager or replayed."""
 
-    def __init__(self, model: DualFFNModel, cache: KVCache, capture: Callable[[Step], Step] | None = None):
+    def __init__(self, model: DualFFNModel, cache: KVCache, capture: Callable[[Step], Step] | None = None,
+                 packs: PackedLinears | None = None):
         B, dev = cache.k.shape[1], cache.k.device
-        self.model, self.cache, self.capture = model, cache, capture
+        self.model, self.cache, self.capture, self.packs = model, cache, capture, packs
         self.ids = torch.zeros(B, 1, dtype=torch.long, device=dev)   # only its shape is read (audio_only)
         self.codes = torch.zeros(B, 1, model.cfg.num_codebooks, dtype=torch.long, device=dev)
         self.position = torch.zeros(1, dtype=torch.long, device=dev)
@@ -76,8 +80,9 @@ class DecodeSteps:
         return replay() if replay is not None else self._record(attend)
 
     def _eager(self, attend: int) -> Tensor:
-        return self.model(self.ids, self.codes, None, cache=self.cache, positions=self.position,
-                          attend=attend, audio_only=True, text_head=False).audio_logits
+        with self.packs.active() if self.packs is not None else nullcontext():
+            return self.model(self.ids, self.codes, None, cache=self.cache, positions=self.position,
+                              attend=attend, audio_only=True, text_head=False).audio_logits
 
     def _record(self, attend: int) -> Tensor:
         """This step's logits, from a new graph for `attend` if its first replay matches the eager step."""

@@ -20,7 +20,8 @@ Decode steps are audio only (the engine never emits text: its stream runs from t
 <|audio_out_bos|> to the all-EOS frame, and a text chunk is a new prompt), so they run the model's
 fast paths: audio_only (dual layers skip the text norms/FFN and the split), text_head=False, and
 attention over the first EngineConfig.attend_step multiple of slots that holds the sequence; on
-CUDA each step is replayed from a CUDA graph per multiple (inference.decode_graphs).
+CUDA each step is replayed from a CUDA graph per multiple (inference.decode_graphs); on CPU in
+fp32 a batch of 4 or more multiplies by weights MKL packed for it (inference.packed_gemm).
 use_cache=False is the reference: full recomputation of every position by the plain forward.
 """
 from __future__ import annotations
@@ -42,6 +43,7 @@ from higgs_train.llm.prompt import Message, encode_chat, system_message
 from higgs_train.llm.text_tokenizer import load_text_tokenizer, special_token_ids
 from higgs_train.tokenizer import AudioTokenizer
 from inference.decode_graphs import DecodeSteps, cuda_capture
+from inference.packed_gemm import PackedLinears
 from inference.sampling import SamplingConfig, sample_frame
 from inference.streaming import StreamDecoder
 from inference.text import speaker_ids, split_text
@@ -62,6 +64,7 @@ class EngineConfig:
     # whole bucket: a static shape per multiple (one CUDA graph each), ~P + frames slots read per step
     attend_step: int = 128
     cuda_graphs: bool = True         # on CUDA, decode steps replayed from CUDA graphs (inference.decode_graphs)
+    packed_gemm: bool = True         # on CPU in fp32, batches of 4+ multiply by MKL-packed weights (inference.packed_gemm)
     chunk_words: int = 40            # long text is spoken in chunks of whole sentences up to this many words
     context_chunks: int = 2          # earlier generated chunks fed back as context (keeps the voice)
     max_reference_seconds: float = 30.0
@@ -302,7 +305,9 @@ class Engine:
         if key not in self._caches:
             if len(self._caches) >= 2:   # keep memory bounded: the two most recent shapes
                 self._caches.pop(next(iter(self._caches)))
-            self._caches[key] = DecodeSteps(self.model, self.model.allocate_cache(batch, fit[0]), self._capture())
+            packs = PackedLinears.for_decode(self.model, batch) if self.cfg.packed_gemm else None
+            self._caches[key] = DecodeSteps(self.model, self.model.allocate_cache(batch, fit[0]), self._capture(),
+                                            packs)
         steps = self._caches[key]
         steps.cache.reset()
         return steps

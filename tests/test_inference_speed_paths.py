@@ -4,7 +4,8 @@ text/audio split in every dual layer, both heads, attention over every position)
 
 Fast paths held to it: decode and prefill attend over the smallest slot bucket that holds the
 current length (EngineConfig.attend_step; small here so one generation crosses many buckets),
-audio-only steps run only the audio norms/FFN of dual layers and only the audio head."""
+audio-only steps run only the audio norms/FFN of dual layers and only the audio head, CPU fp32
+batches of 4+ multiply by MKL-packed weights."""
 from __future__ import annotations
 
 import hashlib
@@ -15,8 +16,9 @@ import torch
 
 from higgs_train.llm.model import DualFFNConfig, DualFFNModel
 from inference.engine import Engine, EngineConfig, Request
+from inference.packed_gemm import PackedLinears
 from inference.sampling import SamplingConfig
-from tiny_exports import make_tiny_exports
+from tiny_exports import TINY_LLM, make_tiny_exports
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
@@ -57,7 +59,6 @@ def test_model_fast_paths_equal_the_plain_call():
     """Decode steps of a tiny model: attend= / audio_only= / text_head=False against the plain
     cached call (whole cache, split, both heads) from the same prefill."""
     torch.manual_seed(0)
-    from tiny_exports import TINY_LLM
 
     m = DualFFNModel(DualFFNConfig(vocab_size=97, **{**TINY_LLM, "dual_layers": [0, 2]})).eval()
     B, P, K = 2, 21, 8
@@ -83,21 +84,21 @@ def test_model_fast_paths_equal_the_plain_call():
             assert torch.equal(a.audio_logits.argmax(-1), b.audio_logits.argmax(-1))
 
 
-def test_bf16_decode_attention_groups_query_heads():
-    """A bf16 decode step on CPU (query heads of a KV head as query rows) equals grouped-query SDPA."""
+@pytest.mark.parametrize("dtype,max_diff,mean_diff", [(torch.bfloat16, 2e-2, 1e-3), (torch.float32, 1e-6, 1e-7)])
+def test_decode_attention_groups_query_heads(dtype, max_diff, mean_diff):
+    """A decode step on CPU (query heads of a KV head as query rows) equals grouped-query SDPA."""
     import torch.nn.functional as F
 
     from higgs_train.llm.model import Attention, KVCache
-    from tiny_exports import TINY_LLM
 
     torch.manual_seed(0)
     cfg = DualFFNConfig(vocab_size=97, **TINY_LLM)
-    att = Attention(cfg, 0).to(torch.bfloat16)
-    cache = KVCache(cfg, 2, 16, torch.bfloat16, "cpu")
+    att = Attention(cfg, 0).to(dtype)
+    cache = KVCache(cfg, 2, 16, dtype, "cpu")
     cache.k.normal_()
     cache.v.normal_()
-    x = torch.randn(2, 1, cfg.hidden_size, dtype=torch.bfloat16)
-    one = torch.ones(1, cfg.head_dim, dtype=torch.bfloat16)
+    x = torch.randn(2, 1, cfg.hidden_size, dtype=dtype)
+    one = torch.ones(1, cfg.head_dim, dtype=dtype)
     mask = torch.rand(2, 1, 1, 12) < 0.7
     mask[..., 9] = True                                             # the position written now
     with torch.no_grad():
@@ -106,8 +107,8 @@ def test_bf16_decode_attention_groups_query_heads():
         y = F.scaled_dot_product_attention(q, cache.k[0, :, :, :12], cache.v[0, :, :, :12], attn_mask=mask,
                                            enable_gqa=True)
         want = att.o_proj(y.transpose(1, 2).reshape(2, 1, -1))
-    assert (got.float() - want.float()).abs().max() <= 2e-2
-    assert (got.float() - want.float()).abs().mean() <= 1e-3
+    assert (got.float() - want.float()).abs().max() <= max_diff
+    assert (got.float() - want.float()).abs().mean() <= mean_diff
 
 
 class _Recorder:
@@ -169,3 +170,61 @@ def test_a_bad_recording_turns_graphs_off(tmp_path, monkeypatch, caplog, fault):
     assert rec.replays <= 1
     [msg] = [r.getMessage() for r in caplog.records]
     assert "CUDA graphs off" in msg and ("differs" if fault == "spoil" else "capture failed") in msg
+
+
+@pytest.mark.parametrize("name,dual_layers", [("all_dual", None), ("some_dual", [1, 3])])
+def test_packed_decode_keeps_the_frames(tmp_path, monkeypatch, name, dual_layers):
+    """A batch of five (padded to eight rows for MKL's packed GEMM) decodes every row to the frames
+    recorded before the fast paths; every decode-step linear ran from its pack."""
+    if PackedLinears.for_decode(DualFFNModel(DualFFNConfig(vocab_size=97, **TINY_LLM)), 5) is None:
+        pytest.skip("no MKL packed GEMM in this torch build")
+    calls = []
+    real = PackedLinears._linear
+    monkeypatch.setattr(PackedLinears, "_linear", lambda self, *a, **k: calls.append(self.rows) or real(self, *a, **k))
+    engine = _engine(tmp_path, dual_layers)
+    order = [0, 1, 1, 0, 1]
+    batched = engine.generate_codes(_rows(engine, [TEXTS[i] for i in order]))
+    assert [_digest(f) for f in batched] == [BEFORE[name][i] for i in order]
+    [steps] = engine._caches.values()
+    n_linears = 7 * engine.model.cfg.num_layers + 1
+    # a step after each stream position but the last (as in the replay test), its length set by the
+    # longer row: 40 frames + EOS + the 7-position delay tail
+    assert calls and set(calls) == {8} and len(calls) == n_linears * 47
+    assert steps.packs is not None and not any("forward" in vars(m) for m in steps.packs.linears)
+
+    off = _engine(tmp_path / "off", dual_layers, packed_gemm=False)
+    calls.clear()
+    assert [_digest(f) for f in off.generate_codes(_rows(off, [TEXTS[i] for i in order]))] == \
+        [BEFORE[name][i] for i in order]
+    assert not calls
+
+
+def test_packed_linears_equal_f_linear_and_follow_the_weights():
+    """Packed products equal F.linear's at padded, exact and larger row counts; a weight changed in
+    place is packed again; a model no longer in fp32 runs F.linear and gets no packs."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    m = DualFFNModel(DualFFNConfig(vocab_size=97, **TINY_LLM)).eval()
+    assert PackedLinears.for_decode(m, 3) is None                    # too few rows to gain
+    packs = PackedLinears.for_decode(m, 5)
+    if packs is None:
+        pytest.skip("no MKL packed GEMM in this torch build")
+    assert packs.rows == 8
+    lin = m.audio_head
+    with torch.no_grad():
+        for batch in (5, 8, 11):                                    # padded; exact; more rows: F.linear
+            x = torch.randn(batch, 1, m.cfg.hidden_size)
+            with packs.active():
+                got = lin(x)
+            assert got.shape == (batch, 1, lin.out_features)
+            assert (got - F.linear(x, lin.weight)).abs().max() <= 1e-5
+        lin.weight.mul_(2)                                          # changed in place: packed again
+        with packs.active():
+            got = lin(x[:5])
+        assert (got - F.linear(x[:5], lin.weight)).abs().max() <= 1e-5
+        m.to(torch.bfloat16)                                        # no longer fp32: plain F.linear
+        with packs.active():
+            assert "forward" not in vars(lin)
+            lin(x[:5].bfloat16())
+    assert PackedLinears.for_decode(m, 8) is None

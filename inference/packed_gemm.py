@@ -1,0 +1,116 @@
+"""Decode-step matrix multiplies from weights MKL has packed once for the step's batch (CPU, fp32).
+
+Why: a decode step multiplies B rows by every weight it reads (attention and the audio FFN of each
+layer, the audio head), and at a few rows MKL's sgemm spends much of each call repacking the
+weight. Packed once (cblas_sgemm_pack, through torch.ops.mkl._mkl_reorder_linear_weight, as
+inductor does for the linears of a frozen CPU graph) the same products run 1.1-2x faster at 4, 8,
+12 or 16 rows on one thread, but up to 2x slower at 3, 5 or 6 rows and no faster at 1-2
+(`benchmarks/packed_gemm.py`). So a batch of 4 or more is padded to a multiple of 4 rows, and
+smaller batches keep F.linear.
+
+    packs = PackedLinears.for_decode(model, batch)   # None where it does not apply
+    with packs.active():                              # the model's decode linears use the packs
+        model(..., audio_only=True)
+
+Cost: one packed copy of every weight a decode step reads (about their size) per batch size in
+use; not made (F.linear as before) when it would take more than a quarter of the free memory.
+Numerics: another summation order (|diff| ~1e-6 of F.linear's); the fp32 frames stay those of
+tests/test_inference_speed_paths.py.
+"""
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from functools import partial
+from typing import Iterator
+
+import psutil
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from higgs_train.llm.model import DualFFNModel
+
+log = logging.getLogger(__name__)
+
+MIN_ROWS = 4     # below this packing is no faster; rows are padded to a multiple of it
+
+
+def decode_linears(model: DualFFNModel) -> list[nn.Linear]:
+    """The linears an audio-only decode step runs, in order."""
+    out: list[nn.Linear] = []
+    for block in model.layers:
+        a, mlp = block.attn, block.audio_mlp if block.dual else block.mlp
+        out += [a.q_proj, a.k_proj, a.v_proj, a.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+    return out + [model.audio_head]
+
+
+def _available() -> bool:
+    return torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
+
+
+class PackedLinears:
+    """Packed weights of `linears` for `rows` input rows (a multiple of MIN_ROWS)."""
+
+    def __init__(self, linears: list[nn.Linear], rows: int):
+        self.linears, self.rows = linears, rows
+        self._pack()
+
+    @classmethod
+    def for_decode(cls, model: DualFFNModel, batch: int) -> "PackedLinears | None":
+        """Packs for a decode step of `batch` rows, or None: not a CPU fp32 model, fewer than
+        MIN_ROWS rows, no MKL, or the copy would take more than a quarter of the free memory."""
+        linears = decode_linears(model)
+        if batch < MIN_ROWS or not _available() or not cls._packable(linears):
+            return None
+        size = sum(m.weight.numel() * 4 for m in linears)
+        free = psutil.virtual_memory().available
+        if size > free / 4:
+            log.info("decode weights not packed: %.1f GB would exceed a quarter of the %.1f GB free",
+                     size / 1e9, free / 1e9)
+            return None
+        return cls(linears, -(-batch // MIN_ROWS) * MIN_ROWS)
+
+    @staticmethod
+    def _packable(linears: list[nn.Linear]) -> bool:
+        return all(m.weight.dtype == torch.float32 and m.weight.device.type == "cpu" and m.bias is None
+                   for m in linears)
+
+    def _signature(self) -> list[tuple[int, int]]:
+        return [(m.weight.data_ptr(), m.weight._version) for m in self.linears]
+
+    def _pack(self) -> None:
+        with torch.no_grad():
+            packed = [torch.ops.mkl._mkl_reorder_linear_weight(m.weight.detach(), self.rows)
+                      for m in self.linears]
+        # each linear's packed forward, installed by active(); straight into the module's __dict__
+        # (nn.Module.__setattr__ costs ~10 us a call, 57 calls a step)
+        self._forwards = [(vars(m), partial(self._linear, packed=p, weight=m.weight))
+                          for m, p in zip(self.linears, packed)]
+        self.signature = self._signature()
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """Within: each linear multiplies by its pack (weights changed since packing are packed
+        again; weights no longer CPU fp32 run F.linear)."""
+        if self._signature() != self.signature:
+            if not self._packable(self.linears):
+                yield
+                return
+            self._pack()
+        for attrs, fn in self._forwards:
+            attrs["forward"] = fn
+        try:
+            yield
+        finally:
+            for attrs, _ in self._forwards:
+                del attrs["forward"]       # back to nn.Linear.forward
+
+    def _linear(self, x: Tensor, packed: Tensor, weight: Tensor) -> Tensor:
+        n = x.numel() // x.shape[-1]
+        if n == self.rows:                        # a decode step of a batch that is a multiple of 4
+            return torch.ops.mkl._mkl_linear(x, packed, weight, None, n)
+        if n > self.rows:
+            return F.linear(x, weight)
+        flat = F.pad(x.reshape(n, x.shape[-1]), (0, 0, 0, self.rows - n))   # padding rows: what makes it fast
+        return torch.ops.mkl._mkl_linear(flat, packed, weight, None, self.rows)[:n].view(*x.shape[:-1], -1)
