@@ -70,6 +70,12 @@ class DecodeSteps:
         self.position = torch.zeros(1, dtype=torch.long, device=dev)
         self.graphs: dict[int, Step] = {}
 
+    def reset(self) -> None:
+        """Before a generation: an empty cache, and packs of the weights as they are now."""
+        self.cache.reset()
+        if self.packs is not None:
+            self.packs.refresh()
+
     def __call__(self, codes: Tensor, position: int, attend: int) -> Tensor:
         """codes [B, 1, K] of the frame at slot `position`; attention reads slots 0..attend-1."""
         self.codes.copy_(codes)

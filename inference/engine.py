@@ -136,6 +136,7 @@ class Engine:
                                  f"(config, tokenizer): {bad}")
         self.device = model.text_embed.weight.device
         self._caches: dict[tuple[int, int], DecodeSteps] = {}   # (batch, bucket) -> its cache's steps
+        self._allowed_masks: dict[tuple[int, ...], Tensor] = {}  # Engine._allowed's, by pattern
         self._voice_cache: dict[str, Reference] = {}
 
     @classmethod
@@ -309,7 +310,7 @@ class Engine:
             self._caches[key] = DecodeSteps(self.model, self.model.allocate_cache(batch, fit[0]), self._capture(),
                                             packs)
         steps = self._caches[key]
-        steps.cache.reset()
+        steps.reset()
         return steps
 
     def _capture(self):
@@ -322,19 +323,25 @@ class Engine:
         step = self.cfg.attend_step
         return min(cache.max_len, -(-n // step) * step)
 
-    def _allowed(self, j: int, eos_frame: int, max_frames: int) -> Tensor:
-        """[K, A] bool: what codebook k may hold at stream position j (its frame is j - k)."""
-        A = self.model.cfg.audio_vocab
-        allowed = torch.zeros(self.K, A, dtype=torch.bool)
-        for k in range(self.K):
-            f = j - k
-            if f <= 0:
-                allowed[k, self.bos] = True
-            elif f >= eos_frame or f > max_frames:
-                allowed[k, self.eos] = True
-            else:
-                allowed[k, :self.bos] = True
-                allowed[k, self.eos] = f >= 2     # at least one real frame
+    def _allowed(self, j: int, eos_frame: float, max_frames: int) -> Tensor:
+        """[K, A] bool: what codebook k may hold at stream position j (its frame is j - k); one
+        tensor per pattern, made once (a step asks for one per row; read only)."""
+        # per codebook: 0 BOS only (before the stream), 1 EOS only (past its end), 2 any code or
+        # EOS, 3 any code (EOS needs at least one real frame before it)
+        key = tuple(0 if f <= 0 else 1 if f >= eos_frame or f > max_frames else 2 if f >= 2 else 3
+                    for f in range(j, j - self.K, -1))
+        allowed = self._allowed_masks.get(key)
+        if allowed is None:
+            allowed = torch.zeros(self.K, self.model.cfg.audio_vocab, dtype=torch.bool)
+            for k, state in enumerate(key):
+                if state == 0:
+                    allowed[k, self.bos] = True
+                elif state == 1:
+                    allowed[k, self.eos] = True
+                else:
+                    allowed[k, :self.bos] = True
+                    allowed[k, self.eos] = state == 2
+            self._allowed_masks[key] = allowed
         return allowed
 
     def _decode_frames(self, rows: list[_Row], use_cache: bool = True) -> Iterator[list[Tensor]]:

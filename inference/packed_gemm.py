@@ -9,6 +9,7 @@ inductor does for the linears of a frozen CPU graph) the same products run 1.1-2
 smaller batches keep F.linear.
 
     packs = PackedLinears.for_decode(model, batch)   # None where it does not apply
+    packs.refresh()                                   # per generation: repack weights changed since
     with packs.active():                              # the model's decode linears use the packs
         model(..., audio_only=True)
 
@@ -89,15 +90,17 @@ class PackedLinears:
                           for m, p in zip(self.linears, packed)]
         self.signature = self._signature()
 
+    def refresh(self) -> None:
+        """Pack every weight again if any changed since packing (an engine calls this once per
+        generation, not per step); weights no longer CPU fp32 leave the linears on F.linear."""
+        if self._signature() != self.signature:
+            self._forwards = []
+            if self._packable(self.linears):
+                self._pack()
+
     @contextmanager
     def active(self) -> Iterator[None]:
-        """Within: each linear multiplies by its pack (weights changed since packing are packed
-        again; weights no longer CPU fp32 run F.linear)."""
-        if self._signature() != self.signature:
-            if not self._packable(self.linears):
-                yield
-                return
-            self._pack()
+        """Within: each linear multiplies by its pack."""
         for attrs, fn in self._forwards:
             attrs["forward"] = fn
         try:

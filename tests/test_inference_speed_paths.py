@@ -220,10 +220,12 @@ def test_packed_linears_equal_f_linear_and_follow_the_weights():
             assert got.shape == (batch, 1, lin.out_features)
             assert (got - F.linear(x, lin.weight)).abs().max() <= 1e-5
         lin.weight.mul_(2)                                          # changed in place: packed again
+        packs.refresh()
         with packs.active():
             got = lin(x[:5])
         assert (got - F.linear(x[:5], lin.weight)).abs().max() <= 1e-5
         m.to(torch.bfloat16)                                        # no longer fp32: plain F.linear
+        packs.refresh()
         with packs.active():
             assert "forward" not in vars(lin)
             lin(x[:5].bfloat16())
