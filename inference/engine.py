@@ -20,8 +20,9 @@ Decode steps are audio only (the engine never emits text: its stream runs from t
 <|audio_out_bos|> to the all-EOS frame, and a text chunk is a new prompt), so they run the model's
 fast paths: audio_only (dual layers skip the text norms/FFN and the split), text_head=False, and
 attention over the first EngineConfig.attend_step multiple of slots that holds the sequence; on
-CUDA each step is replayed from a CUDA graph per multiple (inference.decode_graphs); on CPU in
-fp32 a batch of 4 or more multiplies by weights MKL packed for it (inference.packed_gemm).
+CUDA each step is replayed from a CUDA graph per multiple (inference.decode_graphs); on CPU the
+decode linears multiply by weights packed for the batch (inference.packed_gemm: bf16 at any batch,
+fp32 at 4 or more rows).
 use_cache=False is the reference: full recomputation of every position by the plain forward.
 """
 from __future__ import annotations
@@ -64,7 +65,7 @@ class EngineConfig:
     # whole bucket: a static shape per multiple (one CUDA graph each), ~P + frames slots read per step
     attend_step: int = 128
     cuda_graphs: bool = True         # on CUDA, decode steps replayed from CUDA graphs (inference.decode_graphs)
-    packed_gemm: bool = True         # on CPU in fp32, batches of 4+ multiply by MKL-packed weights (inference.packed_gemm)
+    packed_gemm: bool = True         # on CPU decode steps multiply by packed weights (inference.packed_gemm)
     chunk_words: int = 40            # long text is spoken in chunks of whole sentences up to this many words
     context_chunks: int = 2          # earlier generated chunks fed back as context (keeps the voice)
     max_reference_seconds: float = 30.0

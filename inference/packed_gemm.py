@@ -1,12 +1,16 @@
-"""Decode-step matrix multiplies from weights MKL has packed once for the step's batch (CPU, fp32).
+"""Decode-step matrix multiplies from weights packed once for the step's batch (CPU, fp32 or bf16).
 
 Why: a decode step multiplies B rows by every weight it reads (attention and the audio FFN of each
-layer, the audio head), and at a few rows MKL's sgemm spends much of each call repacking the
-weight. Packed once (cblas_sgemm_pack, through torch.ops.mkl._mkl_reorder_linear_weight, as
-inductor does for the linears of a frozen CPU graph) the same products run 1.1-2x faster at 4, 8,
-12 or 16 rows on one thread, but up to 2x slower at 3, 5 or 6 rows and no faster at 1-2
-(`benchmarks/packed_gemm.py`). So a batch of 4 or more is padded to a multiple of 4 rows, and
-smaller batches keep F.linear.
+layer, the audio head), and at a few rows the GEMM libraries spend much of each call repacking the
+weight into their blocked layout. Packed once, as inductor does for the linears of a frozen CPU
+graph, the same products run faster (`benchmarks/packed_gemm.py`, one thread):
+- fp32: MKL's cblas_sgemm_pack (torch.ops.mkl._mkl_reorder_linear_weight / _mkl_linear), 1.1-2x
+  at 4, 8, 12 or 16 rows but up to 2x slower at 3, 5 or 6 and no faster at 1-2; so a batch of 4 or
+  more is padded to a multiple of 4 rows, and smaller batches keep F.linear. Another summation
+  order (|diff| ~1e-6 of F.linear's); the fp32 frames stay those of
+  tests/test_inference_speed_paths.py.
+- bf16: oneDNN's blocked weights (torch.ops.mkldnn._reorder_linear_weight / _linear_pointwise),
+  1.1-2x at every row count, equal to F.linear's products (which run oneDNN too) on this CPU.
 
     packs = PackedLinears.for_decode(model, batch)   # None where it does not apply
     packs.refresh()                                   # per generation: repack weights changed since
@@ -15,8 +19,6 @@ smaller batches keep F.linear.
 
 Cost: one packed copy of every weight a decode step reads (about their size) per batch size in
 use; not made (F.linear as before) when it would take more than a quarter of the free memory.
-Numerics: another summation order (|diff| ~1e-6 of F.linear's); the fp32 frames stay those of
-tests/test_inference_speed_paths.py.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from higgs_train.llm.model import DualFFNModel
 
 log = logging.getLogger(__name__)
 
-MIN_ROWS = 4     # below this packing is no faster; rows are padded to a multiple of it
+MIN_ROWS = 4     # fp32: below this packing is no faster; rows are padded to a multiple of it
 
 
 def decode_linears(model: DualFFNModel) -> list[nn.Linear]:
@@ -46,56 +48,69 @@ def decode_linears(model: DualFFNModel) -> list[nn.Linear]:
     return out + [model.audio_head]
 
 
-def _available() -> bool:
-    return torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
+def _kernel_available(dtype: torch.dtype) -> bool:
+    if dtype == torch.float32:
+        return torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
+    if dtype == torch.bfloat16:
+        return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return False
 
 
 class PackedLinears:
-    """Packed weights of `linears` for `rows` input rows (a multiple of MIN_ROWS)."""
+    """Packed weights of `linears` (all of `dtype`) for `rows` input rows (fp32: a multiple of
+    MIN_ROWS, fewer rows are padded to it; bf16: any count is exact)."""
 
-    def __init__(self, linears: list[nn.Linear], rows: int):
-        self.linears, self.rows = linears, rows
+    def __init__(self, linears: list[nn.Linear], rows: int, dtype: torch.dtype):
+        self.linears, self.rows, self.dtype = linears, rows, dtype
         self._pack()
 
     @classmethod
     def for_decode(cls, model: DualFFNModel, batch: int) -> "PackedLinears | None":
-        """Packs for a decode step of `batch` rows, or None: not a CPU fp32 model, fewer than
-        MIN_ROWS rows, no MKL, or the copy would take more than a quarter of the free memory."""
+        """Packs for a decode step of `batch` rows, or None: not a CPU fp32/bf16 model without
+        biases, fp32 with fewer than MIN_ROWS rows, no kernel in this torch build, or the copy would
+        take more than a quarter of the free memory."""
         linears = decode_linears(model)
-        if batch < MIN_ROWS or not _available() or not cls._packable(linears):
+        dtype = linears[0].weight.dtype
+        if not _kernel_available(dtype) or not cls._packable(linears, dtype):
             return None
-        size = sum(m.weight.numel() * 4 for m in linears)
+        if dtype == torch.float32:
+            if batch < MIN_ROWS:
+                return None
+            batch = -(-batch // MIN_ROWS) * MIN_ROWS
+        size = sum(m.weight.numel() * m.weight.element_size() for m in linears)
         free = psutil.virtual_memory().available
         if size > free / 4:
             log.info("decode weights not packed: %.1f GB would exceed a quarter of the %.1f GB free",
                      size / 1e9, free / 1e9)
             return None
-        return cls(linears, -(-batch // MIN_ROWS) * MIN_ROWS)
+        return cls(linears, batch, dtype)
 
     @staticmethod
-    def _packable(linears: list[nn.Linear]) -> bool:
-        return all(m.weight.dtype == torch.float32 and m.weight.device.type == "cpu" and m.bias is None
-                   for m in linears)
+    def _packable(linears: list[nn.Linear], dtype: torch.dtype) -> bool:
+        return all(m.weight.dtype == dtype and m.weight.device.type == "cpu" and m.bias is None for m in linears)
 
     def _signature(self) -> list[tuple[int, int]]:
         return [(m.weight.data_ptr(), m.weight._version) for m in self.linears]
 
     def _pack(self) -> None:
+        reorder, linear = ((torch.ops.mkl._mkl_reorder_linear_weight, self._mkl_linear)
+                           if self.dtype == torch.float32 else
+                           (torch.ops.mkldnn._reorder_linear_weight, self._onednn_linear))
         with torch.no_grad():
-            packed = [torch.ops.mkl._mkl_reorder_linear_weight(m.weight.detach(), self.rows)
-                      for m in self.linears]
+            packed = [reorder(m.weight.detach(), self.rows) for m in self.linears]
         # each linear's packed forward, installed by active(); straight into the module's __dict__
         # (nn.Module.__setattr__ costs ~10 us a call, 57 calls a step)
-        self._forwards = [(vars(m), partial(self._linear, packed=p, weight=m.weight))
+        self._forwards = [(vars(m), partial(linear, packed=p, weight=m.weight))
                           for m, p in zip(self.linears, packed)]
         self.signature = self._signature()
 
     def refresh(self) -> None:
         """Pack every weight again if any changed since packing (an engine calls this once per
-        generation, not per step); weights no longer CPU fp32 leave the linears on F.linear."""
+        generation, not per step); weights no longer CPU in the packed dtype leave the linears on
+        F.linear."""
         if self._signature() != self.signature:
             self._forwards = []
-            if self._packable(self.linears):
+            if self._packable(self.linears, self.dtype):
                 self._pack()
 
     @contextmanager
@@ -109,7 +124,7 @@ class PackedLinears:
             for attrs, _ in self._forwards:
                 del attrs["forward"]       # back to nn.Linear.forward
 
-    def _linear(self, x: Tensor, packed: Tensor, weight: Tensor) -> Tensor:
+    def _mkl_linear(self, x: Tensor, packed: Tensor, weight: Tensor) -> Tensor:
         n = x.numel() // x.shape[-1]
         if n == self.rows:                        # a decode step of a batch that is a multiple of 4
             return torch.ops.mkl._mkl_linear(x, packed, weight, None, n)
@@ -117,3 +132,6 @@ class PackedLinears:
             return F.linear(x, weight)
         flat = F.pad(x.reshape(n, x.shape[-1]), (0, 0, 0, self.rows - n))   # padding rows: what makes it fast
         return torch.ops.mkl._mkl_linear(flat, packed, weight, None, self.rows)[:n].view(*x.shape[:-1], -1)
+
+    def _onednn_linear(self, x: Tensor, packed: Tensor, weight: Tensor) -> Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")

@@ -172,15 +172,22 @@ def test_a_bad_recording_turns_graphs_off(tmp_path, monkeypatch, caplog, fault):
     assert "CUDA graphs off" in msg and ("differs" if fault == "spoil" else "capture failed") in msg
 
 
+# the packed kernels inference.packed_gemm uses, where this torch build and CPU have them
+needs_mkl = pytest.mark.skipif(not (torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")),
+                               reason="no MKL packed GEMM in this torch build")
+needs_onednn_bf16 = pytest.mark.skipif(not (torch.backends.mkldnn.is_available()
+                                            and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+                                       reason="no oneDNN bf16 on this CPU or in this torch build")
+
+
+@needs_mkl
 @pytest.mark.parametrize("name,dual_layers", [("all_dual", None), ("some_dual", [1, 3])])
 def test_packed_decode_keeps_the_frames(tmp_path, monkeypatch, name, dual_layers):
     """A batch of five (padded to eight rows for MKL's packed GEMM) decodes every row to the frames
     recorded before the fast paths; every decode-step linear ran from its pack."""
-    if PackedLinears.for_decode(DualFFNModel(DualFFNConfig(vocab_size=97, **TINY_LLM)), 5) is None:
-        pytest.skip("no MKL packed GEMM in this torch build")
     calls = []
-    real = PackedLinears._linear
-    monkeypatch.setattr(PackedLinears, "_linear", lambda self, *a, **k: calls.append(self.rows) or real(self, *a, **k))
+    real = PackedLinears._mkl_linear
+    monkeypatch.setattr(PackedLinears, "_mkl_linear", lambda self, *a, **k: calls.append(self.rows) or real(self, *a, **k))
     engine = _engine(tmp_path, dual_layers)
     order = [0, 1, 1, 0, 1]
     batched = engine.generate_codes(_rows(engine, [TEXTS[i] for i in order]))
@@ -199,17 +206,18 @@ def test_packed_decode_keeps_the_frames(tmp_path, monkeypatch, name, dual_layers
     assert not calls
 
 
+@needs_mkl
+@needs_onednn_bf16
 def test_packed_linears_equal_f_linear_and_follow_the_weights():
-    """Packed products equal F.linear's at padded, exact and larger row counts; a weight changed in
-    place is packed again; a model no longer in fp32 runs F.linear and gets no packs."""
+    """Packed products equal F.linear's at padded, exact and larger row counts (fp32 within 1e-5,
+    bf16 exactly); a weight changed in place is packed again; a model whose dtype changed runs
+    F.linear on the old packs, and new ones come in its dtype."""
     import torch.nn.functional as F
 
     torch.manual_seed(0)
     m = DualFFNModel(DualFFNConfig(vocab_size=97, **TINY_LLM)).eval()
-    assert PackedLinears.for_decode(m, 3) is None                    # too few rows to gain
+    assert PackedLinears.for_decode(m, 3) is None                    # fp32: too few rows to gain
     packs = PackedLinears.for_decode(m, 5)
-    if packs is None:
-        pytest.skip("no MKL packed GEMM in this torch build")
     assert packs.rows == 8
     lin = m.audio_head
     with torch.no_grad():
@@ -229,4 +237,32 @@ def test_packed_linears_equal_f_linear_and_follow_the_weights():
         with packs.active():
             assert "forward" not in vars(lin)
             lin(x[:5].bfloat16())
-    assert PackedLinears.for_decode(m, 8) is None
+        bf = PackedLinears.for_decode(m, 3)                         # bf16: any row count, exact
+        assert bf.rows == 3 and bf.dtype == torch.bfloat16
+        for batch in (1, 3, 7):
+            x = torch.randn(batch, 1, m.cfg.hidden_size).bfloat16()
+            with bf.active():
+                got = lin(x)
+            assert "forward" not in vars(lin) and torch.equal(got, F.linear(x, lin.weight))
+
+
+@needs_onednn_bf16
+@pytest.mark.parametrize("order", [[1], [0, 1, 1]])
+def test_packed_bf16_decode_makes_the_unpacked_frames(tmp_path, monkeypatch, order):
+    """In bf16 every decode-step linear runs from its oneDNN pack, at batch 1 and 3, and the frames
+    are those of the same engine without packs."""
+    calls = []
+    real = PackedLinears._onednn_linear
+    monkeypatch.setattr(PackedLinears, "_onednn_linear", lambda self, *a, **k: calls.append(self.rows) or real(self, *a, **k))
+    frames = {}
+    for on in (True, False):
+        llm, tok = make_tiny_exports(tmp_path / str(on))
+        engine = Engine.from_pretrained(llm, tok, "cpu", torch.bfloat16,
+                                        cfg=EngineConfig(buckets=(256, 1024), attend_step=16, packed_gemm=on))
+        frames[on] = engine.generate_codes(_rows(engine, [TEXTS[i] for i in order]))
+        if on:   # a step after each stream position but the last: the longest row's frames + K - 1
+            steps = max(f.shape[1] for f in frames[on]) + engine.K - 1
+            assert set(calls) == {len(order)} and len(calls) == (7 * engine.model.cfg.num_layers + 1) * steps
+            calls.clear()
+    assert not calls
+    assert all(torch.equal(a, b) for a, b in zip(frames[True], frames[False]))
