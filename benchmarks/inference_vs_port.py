@@ -16,10 +16,12 @@ moves with the others' load; the CPU-time ratio (process CPU seconds, port / our
 two agree (equal weights; they may part on a near-tie, then the histories differ).
 A row ending in -graphs replays our decode steps from CUDA graphs (inference.decode_graphs; on
 CUDA only); without it ours runs eagerly. The port always runs its generate() eagerly.
-"matmul floor": the time of one decode step's matrix multiplies alone (every projection of every
-layer, the audio FFN of dual layers, the audio head, on a [batch, 1, hidden] input, in the
-model's order, median of 20), as frames/s and as the ratio to the port it would allow: on a CPU
-those weights stream from memory at every step on both sides, so no decode loop beats that ratio.
+"matmul floor": the time of one decode step's matrix multiplies alone by F.linear, as the port
+runs them (every projection of every layer, the audio FFN of dual layers, the audio head, on a
+[batch, 1, hidden] input, in the model's order, median of 20), as frames/s and as the ratio to the
+port it would allow: on a CPU those weights stream from memory at every step on both sides, so a
+loop on F.linear does not beat that ratio; ours multiplies by packed weights on the CPU
+(inference.packed_gemm), which can.
 """
 from __future__ import annotations
 

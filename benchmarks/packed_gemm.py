@@ -1,4 +1,5 @@
-"""F.linear against MKL's packed GEMM (inference.packed_gemm) at decode-step row counts, on CPU fp32.
+"""F.linear against the packed GEMMs of inference.packed_gemm at decode-step row counts, on the CPU:
+MKL's in fp32, oneDNN's in bf16.
 
     python benchmarks/packed_gemm.py [--threads 1] [--rows 1,2,3,4,5,6,8,12,16]
 
@@ -6,7 +7,9 @@ Per weight shape (the benchmark model's: hidden 512, intermediate 1536) and row 
 per product, best of 5 rounds of 200 calls cycling through 30 distinct weights (so none stays in
 cache, as in a decode step that reads every layer's weights once), and F.linear / packed. "padded"
 is what PackedLinears runs: the rows padded to a multiple of 4 and multiplied by a pack made for
-that many. Where the ratio is below 1 packing loses: that is why the engine packs only batches of 4+.
+that many. Where the ratio is below 1 packing loses: that is why the engine packs fp32 only at
+batches of 4+. The bf16 columns: F.linear on bf16 weights, and oneDNN's blocked weights made for
+that many rows (torch.ops.mkldnn._linear_pointwise), which the engine uses at any batch.
 """
 from __future__ import annotations
 
@@ -38,8 +41,9 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     print(f"{a.threads} thread(s); us per product, best of 5 x 200 calls over 30 weights")
-    print("| weight [out, in] | rows | F.linear us | packed us (ratio) | padded to 4k rows us (ratio) |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| weight [out, in] | rows | fp32 F.linear us | packed us (ratio) | padded to 4k rows us (ratio) "
+          "| bf16 F.linear us | oneDNN packed us (ratio) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for n, k in SHAPES:
         weights = [torch.randn(n, k) * 0.02 for _ in range(30)]
         for rows in (int(r) for r in a.rows.split(",")):
@@ -53,8 +57,12 @@ def main(argv=None) -> None:
             packed = per_call(lambda: torch.ops.mkl._mkl_linear(x, packs[(j := next(i) % 30)], weights[j], None, rows))
             pad = per_call(lambda: torch.ops.mkl._mkl_linear(xp, packs_p[(j := next(i) % 30)], weights[j], None,
                                                              padded)[:rows])
+            wb, xb = [w.bfloat16() for w in weights], x.bfloat16()
+            packs_b = [torch.ops.mkldnn._reorder_linear_weight(w, rows) for w in wb]
+            plain_b = per_call(lambda: F.linear(xb, wb[next(i) % 30]))
+            onednn = per_call(lambda: torch.ops.mkldnn._linear_pointwise(xb, packs_b[next(i) % 30], None, "none", [], ""))
             print(f"| [{n}, {k}] | {rows} | {plain:.0f} | {packed:.0f} ({plain / packed:.2f}) | "
-                  f"{pad:.0f} ({plain / pad:.2f}) |", flush=True)
+                  f"{pad:.0f} ({plain / pad:.2f}) | {plain_b:.0f} | {onednn:.0f} ({plain_b / onednn:.2f}) |", flush=True)
 
 
 if __name__ == "__main__":
