@@ -10,7 +10,8 @@ graph, the same products run faster (`benchmarks/packed_gemm.py`, one thread):
   order (|diff| ~1e-6 of F.linear's); the fp32 frames stay those of
   tests/test_inference_speed_paths.py.
 - bf16: oneDNN's blocked weights (torch.ops.mkldnn._reorder_linear_weight / _linear_pointwise),
-  1.1-2x at every row count, equal to F.linear's products (which run oneDNN too) on this CPU.
+  0.9-1.3x per product alone (about even at 1 row, 1.1-1.3x at 2+), ~1.5x over a whole decode
+  step's linears in the profile; equal to F.linear's products (which run oneDNN too) on this CPU.
 
     packs = PackedLinears.for_decode(model, batch)   # None where it does not apply
     packs.refresh()                                   # per generation: repack weights changed since
