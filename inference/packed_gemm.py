@@ -49,7 +49,8 @@ def decode_linears(model: DualFFNModel) -> list[nn.Linear]:
     return out + [model.audio_head]
 
 
-def _kernel_available(dtype: torch.dtype) -> bool:
+def kernel_available(dtype: torch.dtype) -> bool:
+    """Whether this torch build and CPU have the packed kernel for `dtype` (fp32: MKL, bf16: oneDNN)."""
     if dtype == torch.float32:
         return torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
     if dtype == torch.bfloat16:
@@ -72,7 +73,7 @@ class PackedLinears:
         take more than a quarter of the free memory."""
         linears = decode_linears(model)
         dtype = linears[0].weight.dtype
-        if not _kernel_available(dtype) or not cls._packable(linears, dtype):
+        if not kernel_available(dtype) or not cls._packable(linears, dtype):
             return None
         if dtype == torch.float32:
             if batch < MIN_ROWS:

@@ -16,7 +16,7 @@ import torch
 
 from higgs_train.llm.model import DualFFNConfig, DualFFNModel
 from inference.engine import Engine, EngineConfig, Request
-from inference.packed_gemm import PackedLinears
+from inference.packed_gemm import PackedLinears, kernel_available
 from inference.sampling import SamplingConfig
 from tiny_exports import TINY_LLM, make_tiny_exports
 
@@ -172,11 +172,8 @@ def test_a_bad_recording_turns_graphs_off(tmp_path, monkeypatch, caplog, fault):
     assert "CUDA graphs off" in msg and ("differs" if fault == "spoil" else "capture failed") in msg
 
 
-# the packed kernels inference.packed_gemm uses, where this torch build and CPU have them
-needs_mkl = pytest.mark.skipif(not (torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")),
-                               reason="no MKL packed GEMM in this torch build")
-needs_onednn_bf16 = pytest.mark.skipif(not (torch.backends.mkldnn.is_available()
-                                            and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+needs_mkl = pytest.mark.skipif(not kernel_available(torch.float32), reason="no MKL packed GEMM in this torch build")
+needs_onednn_bf16 = pytest.mark.skipif(not kernel_available(torch.bfloat16),
                                        reason="no oneDNN bf16 on this CPU or in this torch build")
 
 
@@ -255,8 +252,8 @@ def test_packed_bf16_decode_makes_the_unpacked_frames(tmp_path, monkeypatch, ord
     real = PackedLinears._onednn_linear
     monkeypatch.setattr(PackedLinears, "_onednn_linear", lambda self, *a, **k: calls.append(self.rows) or real(self, *a, **k))
     frames = {}
+    llm, tok = make_tiny_exports(tmp_path)
     for on in (True, False):
-        llm, tok = make_tiny_exports(tmp_path / str(on))
         engine = Engine.from_pretrained(llm, tok, "cpu", torch.bfloat16,
                                         cfg=EngineConfig(buckets=(256, 1024), attend_step=16, packed_gemm=on))
         frames[on] = engine.generate_codes(_rows(engine, [TEXTS[i] for i in order]))
