@@ -142,7 +142,6 @@ def test_whisper_loads_local_model_and_returns_transcripts(tiny_whisper):
 
 @pytest.mark.slow
 def test_faster_whisper_backend_from_converted_local_model(tiny_whisper, tmp_path):
-    pytest.importorskip("faster_whisper")
     from ctranslate2.converters import TransformersConverter
 
     from data_pipeline.stages.transcribe_whisper import WhisperTranscriber
