@@ -5,7 +5,7 @@
 Input: every NAME.flac / NAME.wav with a NAME.txt reference in `dir`, each recording one segment (as
 the pipeline cuts a one-speaker clip of 6-20 s). English recordings give the WER; a recording whose
 reference is not English (no ASCII letters) is the language check: the transcriber must reject it
-`unsupported_language`. WER is over words (normalize_text of data_pipeline/stages/transcribe.py):
+`no_english_recognised`. WER is over words (normalize_text of data_pipeline/stages/transcribe.py):
 errors summed over recordings / reference words summed.
 
 Printed: per recording WER, `asr_confidence` and the decision; overall WER; WER of the recordings

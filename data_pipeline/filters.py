@@ -17,7 +17,7 @@ import numpy as np
 @dataclass
 class FilterConfig:
     # score name -> floor (inclusive); configs/pipeline/filter/default.yaml's
-    min: dict = field(default_factory=lambda: {"dnsmos_ovrl": 3.0, "asr_confidence": 0.7})
+    min: dict = field(default_factory=lambda: {"dnsmos_ovrl": 3.0, "asr_confidence": 0.68})
     max: dict = field(default_factory=dict)                           # score name -> ceiling (inclusive)
     min_chars: int = 2            # transcript length floor (only when a transcriber ran)
     rate_iqr_k: float | None = 1.5  # seconds-per-character fences Q1 - k*IQR .. Q3 + k*IQR per source; None: off
