@@ -207,14 +207,16 @@ def _plots(report: Path, manifest_rows: list[dict], rejected_rows: list[dict], s
                        label=f"{label} ({int(counts.sum())})")
                 bottom += counts
             ax.axvline(float(f["threshold"]), color="black", ls="--", lw=1, label=f"threshold {f['threshold']}")
-            ax.set(title=f"{key} ≥ {f['threshold']}: removed {f['removed_segments']} segments, "
+            n = f["removed_segments"]
+            ax.set(title=f"{key} ≥ {f['threshold']}: removed {n} segment{'' if n == 1 else 's'}, "
                          f"{f['removed_hours'] * 3600:.0f} s", xlabel=key, ylabel="segments")
             ax.title.set_fontsize(8)
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
             ax.legend(fontsize=7)
         fig.suptitle("What each score filter removed")
         figs.append(("filters.png", "Distribution of each thresholded score (ASR confidence, DNSMOS OVRL, ...): "
-                                    "kept, removed by its filter, removed for another reason", fig))
+                                    "kept, removed by its filter, removed for another reason (a segment under "
+                                    "several floors counts for the first in filter.min's order)", fig))
 
     per_source = Counter()
     speakers = defaultdict(set)
