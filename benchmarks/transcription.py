@@ -57,12 +57,11 @@ def main(argv: list[str]) -> int:
 
     default = OmegaConf.load(ROOT / "configs/pipeline/filter/default.yaml").min.asr_confidence
     args = {"dir": str(ROOT / "tests/fixtures/real_speech"), "threshold": str(default)}
-    for a in argv:
-        k, _, v = a.partition("=")
-        if k not in args:
-            print(__doc__)
-            return 2
-        args[k] = v
+    given = dict(a.partition("=")[::2] for a in argv)   # key=value
+    if set(given) - set(args):
+        print(__doc__)
+        return 2
+    args.update(given)
     thr = float(args["threshold"])
     cfg = OmegaConf.load(ROOT / "configs/pipeline/transcribe/pocketsphinx.yaml")
     asr = PocketsphinxTranscriber(**{k: v for k, v in OmegaConf.to_container(cfg).items() if k != "_target_"})
