@@ -138,19 +138,22 @@ def _whisper_scores(model, tok, enc, ids) -> list[dict]:
     log-probability of the text tokens and end-of-text, and the no-speech token's probability right
     after <|startoftranscript|>. One pass serves greedy and beam search alike."""
     gen = model.generation_config
-    logp = model(encoder_outputs=enc, decoder_input_ids=ids).logits.float().log_softmax(-1).cpu().numpy()
-    ids = ids.cpu().numpy()
+    logits = model(encoder_outputs=enc, decoder_input_ids=ids).logits   # [B, T, vocab]
+    norm = logits.float().logsumexp(-1)                                  # log-softmax without a vocab-wide copy
+    # log p(token t | tokens < t): the logits at t-1 predict token t
+    tok_lp = (logits[:, :-1].gather(-1, ids[:, 1:, None])[..., 0].float() - norm[:, :-1]).cpu().numpy()
     nospeech = [tok.convert_tokens_to_ids(t) for t in ("<|nospeech|>", "<|nocaptions|>")]
     nospeech = [i for i in nospeech if i is not None and i != tok.unk_token_id]
+    no_speech = ((logits[:, 0, nospeech[0]].float() - norm[:, 0]).exp().tolist() if nospeech
+                 else [float("nan")] * len(ids))
     out = []
-    for lp, seq in zip(logp, ids):
+    for lp, seq, ns in zip(tok_lp, ids.cpu().numpy(), no_speech):
         start = np.flatnonzero(seq == gen.no_timestamps_token_id)
         start = int(start[0]) + 1 if len(start) else 1
         end = np.flatnonzero(seq[start:] == gen.eos_token_id)
         end = start + int(end[0]) + 1 if len(end) else len(seq)
-        tok_lp = lp[np.arange(start - 1, end - 1), seq[start:end]]  # logits at t-1 predict token t
-        avg = float(tok_lp.mean()) if len(tok_lp) else float("nan")
-        out.append(_scores(avg, float(np.exp(lp[0, nospeech[0]])) if nospeech else float("nan")))
+        text_lp = lp[start - 1:end - 1]   # the text tokens and end-of-text
+        out.append(_scores(float(text_lp.mean()) if len(text_lp) else float("nan"), ns))
     return out
 
 
