@@ -73,9 +73,9 @@ def _quality(row: dict, key: str):
 # ---------------------------------------------------------------- summary
 
 def filter_effects(manifest_rows: list[dict], rejected_rows: list[dict], thresholds: dict) -> dict:
-    """Per thresholded score: what its filter removed (segments, hours, share of the scored segments)
-    and the distribution of every segment that has the score, split into kept, removed by this
-    filter (finalize's `filter/low_KEY`) and removed for another reason."""
+    """Per thresholded score: what its filter (finalize's `filter/low_KEY`) removed (segments, hours,
+    share of all candidate segments) and the distribution of every segment that has the score, split
+    into kept, removed by this filter and removed for another reason."""
     seg_rej = [r for r in rejected_rows if _is_segment(r)]
     out = {}
     for key, thr in thresholds.items():
@@ -85,13 +85,14 @@ def filter_effects(manifest_rows: list[dict], rejected_rows: list[dict], thresho
                   "removed_other": [_quality(r, key) for r in seg_rej if reason_key(r) != here]}
         groups = {g: [v for v in vals if v is not None] for g, vals in groups.items()}
         scored = sum(len(v) for v in groups.values())
-        removed_s = sum(_duration(r) for r in seg_rej if reason_key(r) == here)
+        removed = [r for r in seg_rej if reason_key(r) == here]
+        candidates = len(manifest_rows) + len(seg_rej)
         both = [v for vals in groups.values() for v in vals] or [float(thr)]
         lo, hi = min(both + [float(thr)]), max(both + [float(thr)])
         edges = np.linspace(lo, hi if hi > lo else lo + 1.0, FILTER_BINS + 1)
-        out[key] = {"threshold": thr, "removed_segments": len(groups["removed"]),
-                    "removed_hours": round(removed_s / 3600, 4),
-                    "removed_fraction": round(len(groups["removed"]) / scored, 4) if scored else 0.0,
+        out[key] = {"threshold": thr, "removed_segments": len(removed),
+                    "removed_hours": round(sum(_duration(r) for r in removed) / 3600, 4),
+                    "removed_fraction": round(len(removed) / candidates, 4) if candidates else 0.0,
                     "scored_segments": scored,
                     "histogram": {"edges": [round(float(e), 4) for e in edges],
                                   **{g: np.histogram(v, edges)[0].tolist() for g, v in groups.items()}}}
@@ -379,7 +380,7 @@ def _html(summary: dict, figs: list[tuple], reason_ex: dict, band_ex: dict, band
         parts.append("</table>")
     if s.get("filters"):
         parts.append("<h2>Score filters</h2><table><tr><th>score</th><th>floor</th><th>segments removed</th>"
-                     "<th>of those scored</th><th>hours removed</th></tr>")
+                     "<th>of all segments</th><th>hours removed</th></tr>")
         parts += [f"<tr><td>{_e(k)}</td><td class='n'>{_e(f['threshold'])}</td>"
                   f"<td class='n'>{f['removed_segments']}</td><td class='n'>{100 * f['removed_fraction']:.1f} %</td>"
                   f"<td class='n'>{f['removed_hours']}</td></tr>" for k, f in s["filters"].items()]
