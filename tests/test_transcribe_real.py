@@ -124,7 +124,7 @@ def test_curation_of_real_recordings_reports_what_each_filter_removed(tmp_path):
     report's distributions of asr_confidence and dnsmos_ovrl with the counts each filter removed."""
     inp = tmp_path / "in"
     inp.mkdir()
-    for name in ("en_man", "broom_salesman", "zh_man_sichuan"):
+    for name in ("en_man", "en_woman", "zh_man_sichuan"):
         shutil.copy(REAL / f"{name}.flac", inp)
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("curate", overrides=config_args([
@@ -155,7 +155,8 @@ def test_curation_of_real_recordings_reports_what_each_filter_removed(tmp_path):
         removed_s = sum(r["duration"] for r in rejected if r["reason"] == f"low_{key}")
         assert f["removed_hours"] == pytest.approx(removed_s / 3600, abs=1e-4)
     assert sum(sum(filters["asr_confidence"]["histogram"][g]) for g in ("kept", "removed", "removed_other")) == scored
-    assert len(manifest) + filters["asr_confidence"]["removed_segments"] + len(zh) >= 2
+    # Measured 2026-12-05: en_man 0.83 and en_woman 0.695 as cut, both kept; Mandarin 0.26.
+    assert len(manifest) + filters["asr_confidence"]["removed_segments"] >= 2
     page = (out / "report" / "index.html").read_text()
     assert "filters.png" in page and "Score filters" in page
     assert (out / "report" / "filters.png").read_bytes()[:4] == b"\x89PNG"
