@@ -16,11 +16,15 @@ import numpy as np
 
 @dataclass
 class FilterConfig:
-    min: dict = field(default_factory=lambda: {"dnsmos_ovrl": 3.0})  # score name -> floor (inclusive)
+    # score name -> floor (inclusive); configs/pipeline/filter/default.yaml's
+    min: dict = field(default_factory=lambda: {"dnsmos_ovrl": 3.0, "asr_confidence": 0.68})
     max: dict = field(default_factory=dict)                           # score name -> ceiling (inclusive)
     min_chars: int = 2            # transcript length floor (only when a transcriber ran)
     rate_iqr_k: float | None = 1.5  # seconds-per-character fences Q1 - k*IQR .. Q3 + k*IQR per source; None: off
     rate_min_segments: int = 4    # fewer transcribed segments in a source than this: no fences
+
+
+ASR_KEY_PREFIX = "asr_"     # scores a transcriber gives: no transcriber ran (transcribe=none), no bound on them
 
 
 def _chars(text: str) -> int:
@@ -38,6 +42,8 @@ def filter_source(segments: list[dict], cfg: FilterConfig, transcribed: bool) ->
         q = row.get("quality") or {}
         reason = None
         for key, floor in (cfg.min or {}).items():
+            if key.startswith(ASR_KEY_PREFIX) and not transcribed:
+                continue
             if _bad(q.get(key)):
                 reason = f"missing_{key}"
             elif q[key] < floor:
@@ -46,6 +52,8 @@ def filter_source(segments: list[dict], cfg: FilterConfig, transcribed: bool) ->
                 break
         if reason is None:
             for key, ceil in (cfg.max or {}).items():
+                if key.startswith(ASR_KEY_PREFIX) and not transcribed:
+                    continue
                 if _bad(q.get(key)):
                     reason = f"missing_{key}"
                 elif q[key] > ceil:

@@ -12,7 +12,8 @@ per rejection reason and per DNSMOS OVRL band, so a threshold can be judged by e
     timings         {stage: seconds}, summed over workers
     wall_seconds    wall-clock time of the run (gives the real-time factor)
     input_dir       the input folder: a last resort to play a segment from its source
-    thresholds      {quality key: minimum kept}, drawn on the quality histograms
+    thresholds      {quality key: minimum kept}, drawn on the quality histograms; each also gets its
+                    distribution with what its filter removed (summary's `filters`, filters.png)
 Any other key is copied into summary.json as given, and a given key wins
 over the computed one of the same name. Rows: see ../shared/DESIGN.md. Rejected segment
 rows that carry `quality`, `duration` and `text` also show up in the quality histograms
@@ -40,7 +41,9 @@ CLIP_MAX_SECONDS = 15.0
 CLIP_SR = 16_000
 OVRL_BANDS = [("< 2.0", 0.0, 2.0), ("2.0–2.5", 2.0, 2.5), ("2.5–3.0", 2.5, 3.0), ("3.0–3.5", 3.0, 3.5),
               ("≥ 3.5", 3.5, 9.9)]  # DNSMOS OVRL (MOS 1..5)
-QUALITY_KEYS = ["dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak", "snr_db", "clipping", "bandwidth_hz", "loudness_lufs"]
+QUALITY_KEYS = ["dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak", "snr_db", "clipping", "bandwidth_hz", "loudness_lufs",
+                "asr_confidence", "asr_avg_logprob", "asr_no_speech_prob"]
+FILTER_BINS = 20
 
 
 def reason_key(row: dict) -> str:
@@ -68,6 +71,33 @@ def _quality(row: dict, key: str):
 
 
 # ---------------------------------------------------------------- summary
+
+def filter_effects(manifest_rows: list[dict], rejected_rows: list[dict], thresholds: dict) -> dict:
+    """Per thresholded score: what its filter (finalize's `filter/low_KEY`) removed (segments, hours,
+    share of all candidate segments) and the distribution of every segment that has the score, split
+    into kept, removed by this filter and removed for another reason."""
+    seg_rej = [r for r in rejected_rows if _is_segment(r)]
+    out = {}
+    for key, thr in thresholds.items():
+        here = f"filter/low_{key}"
+        groups = {"kept": [_quality(r, key) for r in manifest_rows],
+                  "removed": [_quality(r, key) for r in seg_rej if reason_key(r) == here],
+                  "removed_other": [_quality(r, key) for r in seg_rej if reason_key(r) != here]}
+        groups = {g: [v for v in vals if v is not None] for g, vals in groups.items()}
+        scored = sum(len(v) for v in groups.values())
+        removed = [r for r in seg_rej if reason_key(r) == here]
+        candidates = len(manifest_rows) + len(seg_rej)
+        both = [v for vals in groups.values() for v in vals] or [float(thr)]
+        lo, hi = min(both + [float(thr)]), max(both + [float(thr)])
+        edges = np.linspace(lo, hi if hi > lo else lo + 1.0, FILTER_BINS + 1)
+        out[key] = {"threshold": thr, "removed_segments": len(removed),
+                    "removed_hours": round(sum(_duration(r) for r in removed) / 3600, 4),
+                    "removed_fraction": round(len(removed) / candidates, 4) if candidates else 0.0,
+                    "scored_segments": scored,
+                    "histogram": {"edges": [round(float(e), 4) for e in edges],
+                                  **{g: np.histogram(v, edges)[0].tolist() for g, v in groups.items()}}}
+    return out
+
 
 def summarize(manifest_rows: list[dict], rejected_rows: list[dict], stats: dict) -> dict:
     kept_s = sum(_duration(r) for r in manifest_rows)
@@ -106,6 +136,7 @@ def summarize(manifest_rows: list[dict], rejected_rows: list[dict], stats: dict)
         "thresholds": {},
     }
     summary.update({k: v for k, v in stats.items() if k not in ("input_dir", "input_seconds")})
+    summary.setdefault("filters", filter_effects(manifest_rows, rejected_rows, summary["thresholds"]))
     return summary
 
 
@@ -162,6 +193,31 @@ def _plots(report: Path, manifest_rows: list[dict], rejected_rows: list[dict], s
         fig.suptitle("Quality scores")
         figs.append(("quality.png", "Quality scores per segment (DNSMOS P.835, SNR, clipping, bandwidth, loudness)",
                      fig))
+
+    filters = summary.get("filters") or {}
+    if filters:
+        fig, axes = plt.subplots(1, len(filters), figsize=(4.6 * len(filters), 3.2), squeeze=False)
+        for ax, (key, f) in zip(axes.flat, filters.items()):
+            h = f["histogram"]
+            edges = np.array(h["edges"])
+            bottom = np.zeros(len(edges) - 1)
+            for g, color, label in (("kept", "tab:green", "kept"), ("removed", "tab:red", "removed by this filter"),
+                                    ("removed_other", "tab:gray", "removed for another reason")):
+                counts = np.array(h[g])
+                ax.bar(edges[:-1], counts, width=np.diff(edges), bottom=bottom, align="edge", color=color,
+                       label=f"{label} ({int(counts.sum())})")
+                bottom += counts
+            ax.axvline(float(f["threshold"]), color="black", ls="--", lw=1, label=f"threshold {f['threshold']}")
+            n = f["removed_segments"]
+            ax.set(title=f"{key} ≥ {f['threshold']}: removed {n} segment{'' if n == 1 else 's'}, "
+                         f"{f['removed_hours'] * 3600:.0f} s", xlabel=key, ylabel="segments")
+            ax.title.set_fontsize(8)
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.legend(fontsize=7)
+        fig.suptitle("What each score filter removed")
+        figs.append(("filters.png", "Distribution of each thresholded score (ASR confidence, DNSMOS OVRL, ...): "
+                                    "kept, removed by its filter, removed for another reason (a segment under "
+                                    "several floors counts for the first in filter.min's order)", fig))
 
     per_source = Counter()
     speakers = defaultdict(set)
@@ -321,6 +377,13 @@ def _html(summary: dict, figs: list[tuple], reason_ex: dict, band_ex: dict, band
     if s["timings"]:
         parts.append("<h2>Stage timings</h2><table><tr><th>stage</th><th>seconds (all workers)</th></tr>")
         parts += [f"<tr><td>{_e(k)}</td><td class='n'>{float(v):.1f}</td></tr>" for k, v in s["timings"].items()]
+        parts.append("</table>")
+    if s.get("filters"):
+        parts.append("<h2>Score filters</h2><table><tr><th>score</th><th>floor</th><th>segments removed</th>"
+                     "<th>of all segments</th><th>hours removed</th></tr>")
+        parts += [f"<tr><td>{_e(k)}</td><td class='n'>{_e(f['threshold'])}</td>"
+                  f"<td class='n'>{f['removed_segments']}</td><td class='n'>{100 * f['removed_fraction']:.1f} %</td>"
+                  f"<td class='n'>{f['removed_hours']}</td></tr>" for k, f in s["filters"].items()]
         parts.append("</table>")
     parts.append("<h2>Figures</h2>")
     parts += [f"<figure><img src='{_e(n)}' alt='{_e(c)}'><figcaption>{_e(c)}</figcaption></figure>" for n, c in figs]

@@ -13,7 +13,10 @@ export) fill them:
     speech    [(start, end)] seconds (vad)
     turns     [Turn] (diarization)
     segments  [Segment] the kept candidates (segment): .id, .start, .end, .speaker, then .quality
-              (quality; any stage may add a score to it), .text and .language (transcribe)
+              (quality; any stage may add a score to it), .text and .language (transcribe: the
+              language its backend detected or was told) and the transcriber's scores in .quality
+              (`asr_confidence` from every backend, 0..1; Whisper adds `asr_avg_logprob` and
+              `asr_no_speech_prob`), thresholded by the filter like any other score
     rec       the source's record (data_pipeline/records.py): rejections, audio info, exported rows
 """
 from __future__ import annotations
@@ -55,10 +58,11 @@ class Source:
         self.rec["rejected"].append(row)
         return row
 
-    def drop(self, seg: Segment, reason: str, detail: str | None = None) -> None:
-        """Reject one candidate segment (it leaves `segments` if it is there)."""
-        self._row(reason, detail, seg)
+    def drop(self, seg: Segment, reason: str, detail: str | None = None) -> dict:
+        """Reject one candidate segment (it leaves `segments` if it is there); returns its rejected row."""
+        row = self._row(reason, detail, seg)
         self.segments = [s for s in self.segments if s is not seg]
+        return row
 
     def end(self, reason: str | None = None, detail: str | None = None) -> None:
         """No later stage runs; with a reason, the whole source is rejected with it."""

@@ -36,9 +36,9 @@ def curated(tmp_path_factory):
                 manifest.append(row)
             elif i == 2:  # rejected by a filter, no scores in the row: played from the part file
                 rejected.append({k: row[k] for k in ("source", "start", "end", "speaker", "id")}
-                                | {"stage": "filter", "reason": "dnsmos_ovrl"})
+                                | {"stage": "filter", "reason": "low_dnsmos_ovrl"})
             else:  # rejected with its scores and text: also in the histograms and OVRL bands
-                rejected.append({**row, "stage": "filter", "reason": "dnsmos_ovrl"})
+                rejected.append({**row, "stage": "filter", "reason": "low_dnsmos_ovrl"})
     with ShardWriter(out / PARTS, pattern="talk.tar") as part:  # the pipeline's per-source part file
         for key, wav, row in parts:
             part.write(key, encode_flac(wav), row)
@@ -62,16 +62,24 @@ def test_summary_numbers(curated):
     assert s["hours_in"] == pytest.approx(100 / 3600, abs=1e-4)
     assert s["hours_kept"] == pytest.approx(kept / 3600, abs=1e-4)
     assert s["segments_kept"] == 3 and s["segments_rejected"] == 4 and s["files_rejected"] == 2
-    assert s["rejected_by_reason"] == {"filter/dnsmos_ovrl": 3, "segment/too_short": 1, "ingest/empty file": 1,
+    assert s["rejected_by_reason"] == {"filter/low_dnsmos_ovrl": 3, "segment/too_short": 1, "ingest/empty file": 1,
                                        "ingest/duplicate": 1}
     assert s["timings"] == {"vad": 1.5, "quality": 2.0} and s["sources"] == 3
     assert s["real_time_factor"] == 25.0
     assert s["quality"]["dnsmos_ovrl"]["p50"] == pytest.approx(3.4)
     assert "input_dir" not in s
+    # The floor removed 3 of 7 segments; its distribution holds the 5 that carry the score (one
+    # removed row has none, the too_short one was never scored).
+    f = s["filters"]["dnsmos_ovrl"]
+    assert f["threshold"] == 3.0 and f["removed_segments"] == 3 and f["scored_segments"] == 5
+    assert f["removed_fraction"] == pytest.approx(3 / 7, abs=1e-4)
+    assert [sum(f["histogram"][g]) for g in ("kept", "removed", "removed_other")] == [3, 2, 0]
+    removed = [r for r in curated["rejected"] if r["reason"] == "low_dnsmos_ovrl"]
+    assert f["removed_hours"] == pytest.approx(sum(r["end"] - r["start"] for r in removed) / 3600, abs=1e-4)
 
 
 def test_figures_are_pngs(curated):
-    for name in ("durations.png", "quality.png", "speakers.png", "reasons.png"):
+    for name in ("durations.png", "quality.png", "speakers.png", "reasons.png", "filters.png"):
         data = (curated["report"] / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000, name
     assert not (curated["report"] / "stale.png").exists()  # the report is replaced whole
@@ -81,7 +89,7 @@ def test_figures_are_pngs(curated):
 def test_index_html_plays_the_right_clips(curated):
     report = curated["report"]
     page = (report / "index.html").read_text()
-    for key in ("filter/dnsmos_ovrl", "segment/too_short", "ingest/empty file", "ingest/duplicate",
+    for key in ("filter/low_dnsmos_ovrl", "segment/too_short", "ingest/empty file", "ingest/duplicate",
                 "durations.png", "quality.png", "speakers.png", "reasons.png", "same audio as talk.wav"):
         assert key in page, key
     assert "copy &lt;b&gt;.wav" in page and "copy <b>" not in page  # escaped

@@ -46,7 +46,7 @@ def test_sidecar_json_gives_each_segment_the_words_inside_it(tmp_path):
     doc = json.loads(audio.with_suffix(".json").read_text())
     audio.with_suffix(".json").write_text(json.dumps({**doc, "language": "de"}))
     out = SidecarTranscriber(language="en").transcribe([], 16_000, [Segment(3.0, 5.0, "S0")], str(audio))
-    assert out == [Transcript("five six", "de")]
+    assert out == [Transcript("five six", "de", {"asr_confidence": 1.0})]
 
 
 def test_assign_words_is_order_independent():
@@ -58,7 +58,7 @@ def test_sidecar_txt_and_its_limits(tmp_path):
     audio = tmp_path / "clip_000.wav"
     write_sidecar(audio, UTTS[:2], "txt")
     out = SidecarTranscriber().transcribe([], 16_000, [Segment(0.4, 5.1, "S0")], audio)
-    assert out == [Transcript("one two three four five six", "en")]
+    assert out == [Transcript("one two three four five six", "en", {"asr_confidence": 1.0})]
     with pytest.raises(TranscriptError, match="untimed") as err:  # cannot be split without times
         SidecarTranscriber().transcribe([], 16_000, [Segment(0, 2, "S0"), Segment(3, 5, "S1")], audio)
     assert "2 segments" in err.value.reason
@@ -77,7 +77,12 @@ def test_pocketsphinx_on_espeak_speech():
     voice = Voice("plain", "en-us", 50, 150)  # espeak-ng's default US voice
     clips = [tts(t, voice, 16_000) * 0.5 for t in texts]
     out = PocketsphinxTranscriber().transcribe(clips, 16_000, [Segment(0, 1, "S0")] * len(clips), Path("x.wav"))
-    assert all(t.language == "en" and t.text for t in out)
+    assert all(t.text for t in out)
+    # Its confidence in espeak's formant speech is low (mean word posterior 0.22-0.58, measured
+    # 2026-12-05): where it is under min_language_confidence the segment is rejected, not labelled en.
+    for t in out:
+        assert (t.language, t.rejected) == (("en", "") if t.scores["asr_confidence"] >= 0.45
+                                            else ("", "no_english_recognised")), t
     wer = np.mean([word_error_rate(r, h.text) for r, h in zip(texts, out)])
     wrong = np.mean([word_error_rate(r, h.text) for r, h in zip(texts, out[1:] + out[:1])])
     # Measured 2026-11-25: WER 0.74 on these three, 0.84 over SENTENCES[:24] (pocketsphinx's en-us model is
@@ -142,7 +147,6 @@ def test_whisper_loads_local_model_and_returns_transcripts(tiny_whisper):
 
 @pytest.mark.slow
 def test_faster_whisper_backend_from_converted_local_model(tiny_whisper, tmp_path):
-    pytest.importorskip("faster_whisper")
     from ctranslate2.converters import TransformersConverter
 
     from data_pipeline.stages.transcribe_whisper import WhisperTranscriber

@@ -36,8 +36,17 @@ class Turn:
 
 @dataclass
 class Transcript:
+    """What a backend heard in one segment. `scores` go into the segment's `quality` dict, where the
+    filter thresholds them: every backend gives `asr_confidence` (0..1, how far the text can be
+    trusted; its meaning per backend in data_pipeline/stages/transcribe.py). `rejected` is a reason
+    (with `detail`) when the backend cannot transcribe this speech at all, e.g. a language its model
+    does not know: the segment is dropped with it instead of keeping a transcript in the wrong words."""
+
     text: str
     language: str = ""
+    scores: dict = field(default_factory=dict)
+    rejected: str = ""
+    detail: str = ""
 
 
 @dataclass
@@ -96,4 +105,7 @@ class Transcriber:
                 return
             for s, tr in zip(chunk, transcripts):
                 s.text, s.language = tr.text.strip(), tr.language
+                s.quality.update(tr.scores)
+                if tr.rejected:  # the row keeps its scores: the report places it on the histograms
+                    src.drop(s, tr.rejected, tr.detail).update(quality=s.quality, duration=s.duration)
             src.progress((i + 1) / len(chunks))

@@ -1,4 +1,4 @@
-"""Transcription stage: one Transcript (text, language) per segment of a source.
+"""Transcription stage: one Transcript (text, language, scores) per segment of a source.
 
 Backends (configs/pipeline/transcribe/<name>.yaml), all with the same call:
 
@@ -11,6 +11,16 @@ Backends (configs/pipeline/transcribe/<name>.yaml), all with the same call:
     none          no `_target_`: no transcriber is built, segments keep empty text and
                   language, and the pipeline skips the text filters (an empty text is then
                   expected, not a defect of the segment)
+
+Every backend records, per segment, the language it detected or was told (`language`) and how far
+its text can be trusted, `quality.asr_confidence` in 0..1, which `filter.min.asr_confidence`
+thresholds (configs/pipeline/filter/default.yaml):
+    sidecar       1.0: the text is supplied with the audio, not recognised; whoever supplied it vouches
+                  for it (a wrong sidecar is caught by the speech-rate fences, not by a score)
+    pocketsphinx  the mean lattice posterior of the recognised words
+    whisper       exp(mean token log-probability), with `asr_avg_logprob` and `asr_no_speech_prob`
+A backend that cannot transcribe a segment's speech at all (a language its model does not know)
+rejects the segment with the reason (Transcript.rejected) instead of labelling foreign words.
 
 A backend raises TranscriptError for a source it cannot transcribe (no sidecar file,
 an untimed transcript that cannot be split across segments); the pipeline rejects the
@@ -125,8 +135,9 @@ class SidecarTranscriber(Transcriber):
             raise TranscriptError(path, f"unreadable sidecar transcript: {e}") from None
         language = language or self.language
         if utts is not None:
-            return [Transcript(text=t, language=language) for t in assign_words(utts, segments)]
+            return [Transcript(text=t, language=language, scores={"asr_confidence": 1.0})
+                    for t in assign_words(utts, segments)]
         if len(segments) > 1:
             raise TranscriptError(path, f"untimed sidecar transcript cannot be split across {len(segments)} "
                                         "segments (give per-utterance times in a .json sidecar)")
-        return [Transcript(text=full, language=language) for _ in segments]
+        return [Transcript(text=full, language=language, scores={"asr_confidence": 1.0}) for _ in segments]

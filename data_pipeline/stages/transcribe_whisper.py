@@ -8,10 +8,18 @@ Two model formats, told apart by the directory's contents:
 
 language: null lets Whisper detect it per segment; the detected (or given) code is recorded.
 Segments longer than 30 s go through transformers' long-form (sequential) decoding.
+
+Confidence, on both paths, as Whisper itself judges a decoding: `asr_avg_logprob` (mean log-probability
+of the decoded tokens, end-of-text included) and `asr_no_speech_prob` (the probability of the
+no-speech token at the start of the transcript); `asr_confidence` = exp(asr_avg_logprob), the
+geometric-mean token probability. Whisper treats avg_logprob < -1 (confidence < 0.37) as a failed
+decoding. Long-form (> 30 s) transformers decoding is not scored: NaN there (missing_asr_confidence).
 """
 from __future__ import annotations
 
 from pathlib import Path
+
+import math
 
 import numpy as np
 import soxr
@@ -81,8 +89,14 @@ class WhisperTranscriber(Transcriber):
         cap = {"max_new_tokens": self.max_new_tokens} if self.max_new_tokens else {}
         pieces, info = self._model().transcribe(wav16, language=self.language, beam_size=self.beam_size,
                                                 condition_on_previous_text=False, **cap)
+        pieces = list(pieces)
+        # Per piece avg_logprob is over its tokens and end-of-text: weighted by that count, the
+        # segment's is the mean over all its decoded tokens, as on the transformers path.
+        n = [len(p.tokens) + 1 for p in pieces]
+        avg = sum(p.avg_logprob * k for p, k in zip(pieces, n)) / sum(n) if pieces else float("nan")
+        no_speech = sum(p.no_speech_prob * k for p, k in zip(pieces, n)) / sum(n) if pieces else float("nan")
         return Transcript(text=" ".join(p.text.strip() for p in pieces).strip(),
-                          language=self.language or info.language)
+                          language=self.language or info.language, scores=_scores(avg, no_speech))
 
     def _transformers(self, batch: list[np.ndarray]) -> list[Transcript]:
         import torch
@@ -95,15 +109,56 @@ class WhisperTranscriber(Transcriber):
             batch, sampling_rate=WHISPER_SR, return_tensors="pt", return_attention_mask=True,
             **({"truncation": False, "padding": "longest"} if long_form else {}))
         x = feats.input_features.to(self.device, model.dtype)  # [B, 80 mels, 3000+ frames]
+        gen = model.generation_config
+        tok = processor.tokenizer
         with torch.inference_mode():
+            enc = model.get_encoder()(x[..., :3000])  # the first 30 s: what the scores below look at
             if self.language:
                 languages = [self.language] * len(batch)
-            else:  # detect once here (generate() would detect but not tell us what it found)
-                lang_ids = model.detect_language(x[..., :3000]).tolist()
-                languages = [t[2:-2] for t in processor.tokenizer.convert_ids_to_tokens(lang_ids)]
+            else:  # one decoder step after <|startoftranscript|>, as Whisper's detect_language (generate()
+                # would detect but not tell us what it found)
+                sot = torch.full((len(batch), 1), gen.decoder_start_token_id, device=self.device)
+                first = model(encoder_outputs=enc, decoder_input_ids=sot).logits[:, -1].float()
+                lang_ids = torch.tensor(list(gen.lang_to_id.values()), device=self.device)
+                best = lang_ids[first[:, lang_ids].argmax(-1)].tolist()
+                languages = [t[2:-2] for t in tok.convert_ids_to_tokens(best)]
             ids = model.generate(x, attention_mask=feats.attention_mask.to(self.device), language=languages,
                                  task="transcribe", num_beams=self.beam_size,
                                  **({"max_new_tokens": self.max_new_tokens} if self.max_new_tokens else {}))
-        ids = ids.sequences if hasattr(ids, "sequences") else ids
-        texts = processor.tokenizer.batch_decode(ids, skip_special_tokens=True)
-        return [Transcript(text=t.strip(), language=lang) for t, lang in zip(texts, languages)]
+            ids = ids.sequences if hasattr(ids, "sequences") else ids
+            scores = ([_scores(float("nan"), float("nan"))] * len(batch) if long_form
+                      else _whisper_scores(model, tok, enc, ids))
+        texts = tok.batch_decode(ids, skip_special_tokens=True)
+        return [Transcript(text=t.strip(), language=lang, scores=sc) for t, lang, sc in zip(texts, languages, scores)]
+
+
+def _whisper_scores(model, tok, enc, ids) -> list[dict]:
+    """Whisper's own scores of each decoded sequence (prompt <|startoftranscript|><|lang|><|task|>
+    <|notimestamps|>, text, <|endoftext|>), from one teacher-forced decoder pass: the mean
+    log-probability of the text tokens and end-of-text, and the no-speech token's probability right
+    after <|startoftranscript|>. One pass serves greedy and beam search alike."""
+    gen = model.generation_config
+    logits = model(encoder_outputs=enc, decoder_input_ids=ids).logits   # [B, T, vocab]
+    norm = logits.float().logsumexp(-1)                                  # log-softmax without a vocab-wide copy
+    # log p(token t | tokens < t): the logits at t-1 predict token t
+    tok_lp = (logits[:, :-1].gather(-1, ids[:, 1:, None])[..., 0].float() - norm[:, :-1]).cpu().numpy()
+    nospeech = [tok.convert_tokens_to_ids(t) for t in ("<|nospeech|>", "<|nocaptions|>")]
+    nospeech = [i for i in nospeech if i is not None and i != tok.unk_token_id]
+    no_speech = ((logits[:, 0, nospeech[0]].float() - norm[:, 0]).exp().tolist() if nospeech
+                 else [float("nan")] * len(ids))
+    out = []
+    for lp, seq, ns in zip(tok_lp, ids.cpu().numpy(), no_speech):
+        start = np.flatnonzero(seq == gen.no_timestamps_token_id)
+        start = int(start[0]) + 1 if len(start) else 1
+        end = np.flatnonzero(seq[start:] == gen.eos_token_id)
+        end = start + int(end[0]) + 1 if len(end) else len(seq)
+        text_lp = lp[start - 1:end - 1]   # the text tokens and end-of-text
+        out.append(_scores(float(text_lp.mean()) if len(text_lp) else float("nan"), ns))
+    return out
+
+
+def _scores(avg_logprob: float, no_speech_prob: float) -> dict:
+    """The quality keys of a Whisper transcript (NaN where the decoding gave none)."""
+    r = (lambda v: round(float(v), 4) if math.isfinite(v) else float("nan"))
+    return {"asr_confidence": r(math.exp(avg_logprob)) if math.isfinite(avg_logprob) else float("nan"),
+            "asr_avg_logprob": r(avg_logprob), "asr_no_speech_prob": r(no_speech_prob)}
