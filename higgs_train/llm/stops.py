@@ -119,7 +119,8 @@ def overall_reason(reasons: list[str]) -> str:
 # neighbours, and each decode starts CONTEXT frames before the first one it measures (as
 # inference/streaming.py does).
 LOOKAHEAD, CONTEXT = 10, 12
-MIN_LOOP_CODES = 4   # a span with fewer distinct codes is stationary (silence, a hum): not a loop
+STATIONARY = 0.5     # a span whose commonest code fills more than this share is stationary (silence,
+                     # a hum): the silence rule's or the budget's business, not a loop
 
 
 class StopWatch:
@@ -138,7 +139,7 @@ class StopWatch:
     def update(self, frames: Tensor) -> int | None:
         """frames [K, n]: the chunk so far. Returns the frames to keep when a guard ends it."""
         n = frames.shape[1]
-        if self.loop and n >= 2 * self.loop:
+        if self.loop and n > self.loop:
             start = self._repeat_start(frames[0])
             if start is not None:
                 self.reason = "loop"
@@ -164,12 +165,14 @@ class StopWatch:
 
     # ---- rules -------------------------------------------------------------------------
     def _repeat_start(self, cb0: Tensor) -> int | None:
-        """Where the last `loop` frames of codebook 0 began if they repeat an earlier span."""
+        """Where the last `loop` frames of codebook 0 began if they repeat an earlier span (one that
+        starts at least a frame before them: a loop of any period p matches once it has run loop + p
+        frames). The frames before them hold one pass of the loop; the repeat is cut."""
         n, w = len(cb0), self.loop
         last = cb0[n - w:]
-        if len(torch.unique(last)) < MIN_LOOP_CODES:
+        if torch.unique(last, return_counts=True)[1].max() > STATIONARY * w:
             return None
-        earlier = cb0[:n - w].unfold(0, w, 1)                        # every span that ends before it
+        earlier = cb0[:n - 1].unfold(0, w, 1)                        # spans starting 1..n-w frames before
         match = (earlier == last).float().mean(1)
         return n - w if bool((match >= self.rules.loop_match).any()) else None
 
