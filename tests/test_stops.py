@@ -195,3 +195,30 @@ def test_finetune_stop_check_counts_only_what_the_model_ended(tok):
     # the engine's budget (143 frames) ends it before the stop check's cap (3 x 2 s = 150 frames)
     assert bad["stop_rate"] == 0.0 and bad["items"][0]["stop_reason"] == "budget"
     assert bad["items"][0]["generated_seconds"] == BUDGET / FPS
+
+
+@pytest.mark.slow
+def test_frames_before_a_stop_are_todays(tmp_path):
+    """A real (tiny, random) model: the budget only ends the stream (and takes a smaller KV-cache
+    bucket); what was drawn before the end of stream was fed equals a run with every rule off."""
+    from inference.engine import EngineConfig
+    from tiny_exports import make_tiny_exports
+
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        engine = Engine.from_pretrained(*make_tiny_exports(tmp_path), cfg=EngineConfig(buckets=(128, 256)))
+        req = dict(sampling=SamplingConfig(seed=3, max_frames=60))
+        [off] = engine.generate([Request("Hi.", stops=OFF, **req)])                     # 65 + 60 + 9 slots: 256
+        [on] = engine.generate([Request("Hi.", stops=StopRules(budget_floor_s=1), **req)])   # 65 + 25 + 9: 128
+    finally:
+        torch.set_num_threads(torch_threads)
+    assert sorted(k[1] for k in engine._caches) == [128, 256]          # two buckets were used
+    assert off.stop_reasons == ["max_frames"] and off.codes.shape[1] == 60
+    assert on.stop_reasons == ["budget"] and on.codes.shape[1] == 25
+    # codebook 0 of every kept frame, and every codebook of the frames drawn before the end of stream
+    # was fed back (as at a natural end, the finer codebooks of the last K - 2 frames are drawn after it)
+    drawn_before = 25 - engine.K + 2
+    assert torch.equal(on.codes[0], off.codes[0, :25])
+    assert torch.equal(on.codes[:, :drawn_before], off.codes[:, :drawn_before])
+    assert not torch.equal(on.codes, off.codes[:, :25])   # (so the line above is the boundary)
