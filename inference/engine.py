@@ -16,6 +16,9 @@ position j, frame j-k is the EOS frame: every codebook is forced to EOS from tha
 the later ones finish their delay, and the stream ends at the all-EOS position.
 A batch is left-padded (token_mask) so every row decodes at the same slot; rows that finish
 early keep feeding EOS frames, which no other row attends to.
+Each row's StopWatch (higgs_train.llm.stops: the rules the evaluation harness and the fine-tuning
+stop check share) sets its frame limit from its text's budget, may end it early (silence, loop),
+and says why it ended (Result.stop_reasons).
 Decode steps are audio only (the engine never emits text: its stream runs from the prompt's
 <|audio_out_bos|> to the all-EOS frame, and a text chunk is a new prompt), so they run the model's
 fast paths: audio_only (dual layers skip the text norms/FFN and the split), text_head=False, and
