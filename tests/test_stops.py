@@ -115,8 +115,8 @@ def test_cli_prints_the_stop_reason(tok, tmp_path, monkeypatch, caplog):
 
     def run(*overrides):
         with initialize_config_dir(str(CONFIG_DIR / "inference"), version_base="1.3"):
-            cfg = compose("infer", overrides=["model=m", "tokenizer=t", f"text='{TEXT}'", f"output={tmp_path / 'o.wav'}",
-                                              "progress=false", *overrides])
+            cfg = compose("infer", overrides=["model=m", "tokenizer=t", f"text='{TEXT}'",
+                                              f"output={tmp_path / 'o.wav'}", "progress=false", *overrides])
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="inference"):
             synthesize(cfg)
@@ -141,8 +141,8 @@ def test_server_says_why_plain_and_streamed(server):
     url, model = server
 
     def post(**body):
-        return httpx.post(url + "/v1/audio/speech", json={"model": "higgs-audio", "input": TEXT, "response_format": "pcm",
-                                                          **body}, timeout=60)
+        return httpx.post(url + "/v1/audio/speech", timeout=60,
+                          json={"model": "higgs-audio", "input": TEXT, "response_format": "pcm", **body})
 
     for script, reason, frames in (("normal", "eos", 50), ("never_ends", "budget", BUDGET),
                                    ("goes_silent", "silence", SPEECH_FRAMES + 5), ("loops", "loop", 40)):
