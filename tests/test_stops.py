@@ -164,6 +164,7 @@ def test_server_says_why_plain_and_streamed(server):
     assert data[:4] == b"RIFF" and data[44:] == plain                          # the same bytes as the plain stream
 
 
+@pytest.mark.slow
 def test_harness_counts_stop_reasons_and_duration_ratio(tok, tmp_path):
     engine = scripted_engine(tok, "normal")
     synth = EngineSynthesizer(engine)
@@ -183,6 +184,7 @@ def test_harness_counts_stop_reasons_and_duration_ratio(tok, tmp_path):
     assert "duration_ratio" in res.summary["means"]
 
 
+@pytest.mark.slow   # importing recipes.finetune loads lightning (~5 s)
 def test_finetune_stop_check_counts_only_what_the_model_ended(tok):
     from recipes.finetune.stops import Sentence, speak
 
