@@ -4,6 +4,8 @@ Voice: voice=NAME (a preset folder in voices_dir, else in MODEL/voices/ where fi
 voice; "a,b" gives [SPEAKER0]=a and [SPEAKER1]=b), or
 reference_audio=clip.wav reference_text="...", or nothing (the model picks a voice).
 Sampling: sampling.temperature=0.7 sampling.top_k=50 sampling.top_p=0.95 sampling.seed=1 ...
+Stops: stops.budget_factor=2.5 stops.silence_s=2 stops.loop_s=2 ... (0 = off); a chunk the model did
+not end itself is reported with its reason (budget, silence, loop, max_frames).
 The output format follows the extension (wav, flac, mp3). `--help` shows the whole config.
 """
 from __future__ import annotations
@@ -44,6 +46,9 @@ def synthesize(cfg: DictConfig) -> float:
     rtf = took / max(seconds, 1e-9)
     log.info("wrote %s: %.2f s of audio (%d frames, %d text chunks) in %.1f s, real-time factor %.2f",
              cfg.output, seconds, res.codes.shape[1], len(res.chunks), took, rtf)
+    if res.stop_reason != "eos":   # the model did not end it: say where and why (higgs_train/llm/stops.py)
+        log.warning("stopped before the model ended: %s", ", ".join(
+            f"chunk {i + 1}/{len(res.chunks)} by {r}" for i, r in enumerate(res.stop_reasons) if r != "eos"))
     return rtf
 
 

@@ -2,7 +2,8 @@
 
     b = Batcher(engine, max_batch=8, wait_s=0.02); b.start()
     fut = b.submit(request)            # concurrent.futures.Future[Result]; fut.cancel() abandons it
-    for chunk in b.stream(request): ...  # float32 chunks; stops generating if the consumer leaves
+    for chunk in b.stream(request, reasons): ...  # float32 chunks; stops generating if the consumer
+                                                  # leaves; `reasons` (a list) gets each text chunk's stop reason
 
 Non-streaming requests waiting together (up to max_batch, arriving within wait_s of the first)
 are generated as one batch; if the batch fails, each is retried alone so one bad request cannot
@@ -42,6 +43,7 @@ class _Job:
     future: Future = field(default_factory=Future)
     chunks: queue.Queue | None = None         # streaming jobs: chunks, then _END or an exception
     cancelled: threading.Event = field(default_factory=threading.Event)
+    stop_reasons: list | None = None          # streaming jobs: filled by Engine.stream
 
 
 class Batcher:
@@ -68,8 +70,8 @@ class Batcher:
         self.jobs.put(job)
         return job.future
 
-    def stream(self, request: Request) -> Iterator:
-        job = _Job(request, chunks=queue.Queue())
+    def stream(self, request: Request, stop_reasons: list | None = None) -> Iterator:
+        job = _Job(request, chunks=queue.Queue(), stop_reasons=stop_reasons)
         self.jobs.put(job)
         try:
             while (item := job.chunks.get()) is not _END:
@@ -133,7 +135,7 @@ class Batcher:
 
     def _stream(self, job: _Job) -> None:
         try:
-            for chunk in self.engine.stream(job.request):
+            for chunk in self.engine.stream(job.request, job.stop_reasons):
                 if job.cancelled.is_set():
                     break
                 job.chunks.put(chunk)

@@ -16,6 +16,9 @@ position j, frame j-k is the EOS frame: every codebook is forced to EOS from tha
 the later ones finish their delay, and the stream ends at the all-EOS position.
 A batch is left-padded (token_mask) so every row decodes at the same slot; rows that finish
 early keep feeding EOS frames, which no other row attends to.
+Each row's StopWatch (higgs_train.llm.stops: the rules the evaluation harness and the fine-tuning
+stop check share) sets its frame limit from its text's budget, may end it early (silence, loop),
+and says why it ended (Result.stop_reasons).
 Decode steps are audio only (the engine never emits text: its stream runs from the prompt's
 <|audio_out_bos|> to the all-EOS frame, and a text chunk is a new prompt), so they run the model's
 fast paths: audio_only (dual layers skip the text norms/FFN and the split), text_head=False, and
@@ -41,6 +44,7 @@ from torch import Tensor
 from higgs_train.llm.delay import strip_stream
 from higgs_train.llm.model import DualFFNModel, KVCache
 from higgs_train.llm.prompt import Message, encode_chat, system_message
+from higgs_train.llm.stops import StopRules, StopWatch, overall_reason
 from higgs_train.llm.text_tokenizer import load_text_tokenizer, special_token_ids
 from higgs_train.tokenizer import AudioTokenizer
 from inference.decode_graphs import DecodeSteps, cuda_capture
@@ -92,6 +96,7 @@ class Request:
     reference_text: str | None = None
     scene: str | None = None                 # scene description for the system turn
     sampling: SamplingConfig | None = None   # None: the engine's defaults
+    stops: StopRules | None = None           # None: the engine's (budget, silence and loop stops)
 
 
 @dataclass
@@ -100,6 +105,12 @@ class Result:
     codes: Tensor              # [K, F] the generated frames (all chunks)
     sample_rate: int
     chunks: list[str] = field(default_factory=list)
+    stop_reasons: list[str] = field(default_factory=list)   # per chunk: higgs_train.llm.stops.STOP_REASONS
+
+    @property
+    def stop_reason(self) -> str:
+        """eos when every chunk ended by itself, else the first chunk's reason that is not eos."""
+        return overall_reason(self.stop_reasons)
 
 
 @dataclass
@@ -110,18 +121,20 @@ class _Row:
     amask: Tensor      # [P] bool
     cfg: SamplingConfig
     gen: torch.Generator
+    watch: StopWatch   # the chunk's frame limit and guards (higgs_train.llm.stops)
 
 
 class Engine:
     def __init__(self, model: DualFFNModel, audio_tokenizer: AudioTokenizer, text_tokenizer,
                  cfg: EngineConfig | None = None, sampling: SamplingConfig | None = None,
-                 voices: VoiceLibrary | None = None):
+                 voices: VoiceLibrary | None = None, stops: StopRules | None = None):
         self.model = model.eval()
         self.codec = audio_tokenizer.eval()
         self.tok = text_tokenizer
         self.cfg = cfg or EngineConfig()
         self.sampling = sampling or SamplingConfig()
         self.voices = voices or VoiceLibrary(None)
+        self.stops = stops or StopRules()
         mc = model.cfg
         self.K, self.bos, self.eos = mc.num_codebooks, mc.audio_bos, mc.audio_eos
         if (self.codec.n_codebooks, self.codec.codebook_size) != (mc.num_codebooks, mc.codebook_size):
@@ -231,20 +244,24 @@ class Engine:
         """Speak each request; all rows of a text-chunk index are decoded as one batch."""
         plans = [self._plan(r) for r in requests]
         outs: list[list[Tensor]] = [[] for _ in requests]
+        reasons: list[list[str]] = [[] for _ in requests]
         for c in range(max(len(p[1]) for p in plans)):
             idx = [i for i, p in enumerate(plans) if c < len(p[1])]
             rows = [self._row(requests[i], plans[i], outs[i], c) for i in idx]
-            for i, codes in zip(idx, self.generate_codes(rows, progress, use_cache)):
+            for i, row, codes in zip(idx, rows, self.generate_codes(rows, progress, use_cache)):
                 outs[i].append(codes)
+                reasons[i].append(row.watch.reason)
         results = []
-        for r, (refs, chunks), codes in zip(requests, plans, outs):
+        for r, (refs, chunks), codes, why in zip(requests, plans, outs, reasons):
             allc = torch.cat(codes, 1)
-            results.append(Result(self.decode(allc), allc, self.sample_rate, chunks))
+            results.append(Result(self.decode(allc), allc, self.sample_rate, chunks, why))
         return results
 
     @torch.no_grad()
-    def stream(self, request: Request) -> Iterator[np.ndarray]:
-        """Yield float32 audio chunks while generating: the first after cfg.first_chunk_frames frames."""
+    def stream(self, request: Request, stop_reasons: list[str] | None = None) -> Iterator[np.ndarray]:
+        """Yield float32 audio chunks while generating: the first after cfg.first_chunk_frames frames.
+        stop_reasons: a list that receives each text chunk's stop reason as it ends. Audio already
+        streamed stays sent: a silence stop's tail is trimmed from what is still held back."""
         c = self.cfg
         plan = self._plan(request)
         dec = StreamDecoder(self.decode, self.codec.hop, c.decode_context_frames, c.lookahead_frames,
@@ -260,7 +277,10 @@ class Engine:
                 out = dec.push(new, min_new=need)
                 if len(out):
                     yield out
-            done.append(frames[0])
+            done.append(row.watch.end(frames[0]))
+            dec.truncate(dec.frames - sent + done[-1].shape[1])   # a trimmed tail not yet played goes
+            if stop_reasons is not None:
+                stop_reasons.append(row.watch.reason)
         tail = dec.flush()
         if len(tail):
             yield tail
@@ -285,17 +305,20 @@ class Engine:
         history = list(zip(chunks[:c], done))[max(0, c - k):] if k else []
         ids, codes, amask = self.prompt(chunks[c], refs, history, req.scene)
         cfg = self._sampling(req, c)
-        return _Row(ids, codes, amask, cfg, torch.Generator().manual_seed(cfg.seed))
+        watch = StopWatch(req.stops or self.stops, chunks[c], self.codec.frame_rate, cfg.max_frames, self.codec.hop,
+                          self.decode)
+        return _Row(ids, codes, amask, cfg, torch.Generator().manual_seed(cfg.seed), watch)
 
     # ---- decoding ----------------------------------------------------------------------
     @torch.no_grad()
     def generate_codes(self, rows: list[_Row], progress=None, use_cache: bool = True) -> list[Tensor]:
-        """Decode each row to the end of its stream; returns codes [K, F] per row."""
+        """Decode each row to the end of its stream (or its StopWatch's); returns codes [K, F] per row,
+        a guarded tail trimmed (the row's watch.reason says why it ended)."""
         last = None
         for last in self._decode_frames(rows, use_cache):
             if progress:
                 progress(1)
-        return last
+        return [r.watch.end(c) for r, c in zip(rows, last)]
 
     def _cache(self, batch: int, need: int) -> DecodeSteps:
         """The decode steps on a reset KV cache of the smallest bucket that holds `need` slots."""
@@ -349,7 +372,7 @@ class Engine:
         """Yields, after every decode step, each row's code frames complete so far ([K, F_b])."""
         B, K, dev = len(rows), self.K, self.device
         P = max(len(r.ids) for r in rows)
-        max_frames = max(r.cfg.max_frames for r in rows)
+        max_frames = max(r.watch.limit for r in rows)
         if not use_cache and any(len(r.ids) != P for r in rows):
             raise ValueError("recomputation without a cache needs prompts of equal length")
         ids = torch.zeros(B, P, dtype=torch.long)
@@ -385,7 +408,7 @@ class Engine:
             for b, r in enumerate(rows):
                 if done[b]:
                     continue
-                allowed = self._allowed(j, eos_frame[b], r.cfg.max_frames)
+                allowed = self._allowed(j, eos_frame[b], r.watch.limit)
                 c = sample_frame(logits[b], r.cfg, stream[b, :, 1:j], r.gen, allowed)
                 f = j - torch.arange(K)                                              # frame per codebook
                 if (c == self.eos).any():
@@ -394,7 +417,10 @@ class Engine:
                 frame[b] = c
                 stream[b, :, j] = c
                 done[b] = j >= eos_frame[b] + K - 1
-            yield [self._complete(stream[b], j, eos_frame[b]) for b in range(B)]
+                cut = None if done[b] else r.watch.update(self._complete(stream[b], j, eos_frame[b]))
+                if cut is not None:   # a guard ended the row: its stream ends after frame `cut`
+                    eos_frame[b], done[b] = cut + 1, True
+            yield [self._complete(stream[b], j, eos_frame[b], done[b]) for b in range(B)]
             if all(done):
                 break
             if use_cache:
@@ -406,9 +432,9 @@ class Engine:
                     torch.cat([amask, x_mask], 1)
                 audio_logits = self.model(ids, codes, amask, last_only=True).audio_logits
 
-    def _complete(self, stream: Tensor, j: int, eos_frame: float) -> Tensor:
+    def _complete(self, stream: Tensor, j: int, eos_frame: float, done: bool = False) -> Tensor:
         """Code frames [K, F] whose every codebook is known after position j (delay reverted)."""
-        if j >= eos_frame + self.K - 1:                       # finished: the whole stream
+        if done:                                              # finished: the whole stream
             end = int(eos_frame) + self.K  # a row finished earlier in the batch: stop at its own end
             return strip_stream(stream[:, :end], self.bos, self.eos)
         n = min(j - self.K + 1, int(min(eos_frame, 1e9)) - 1)   # frames 1..n are complete
@@ -429,4 +455,5 @@ def engine_from_config(cfg) -> Engine:
     ec["buckets"] = tuple(ec["buckets"])
     return Engine.from_pretrained(cfg.model, cfg.tokenizer, device, dtype, cfg=EngineConfig(**ec),
                                   sampling=SamplingConfig(**OmegaConf.to_container(cfg.sampling, resolve=True)),
-                                  voices=VoiceLibrary([cfg.voices_dir, Path(cfg.model) / "voices"]))
+                                  voices=VoiceLibrary([cfg.voices_dir, Path(cfg.model) / "voices"]),
+                                  stops=StopRules(**OmegaConf.to_container(cfg.stops, resolve=True)))

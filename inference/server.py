@@ -1,11 +1,16 @@
 """OpenAI-compatible speech server: `python -m inference.server model=DIR tokenizer=DIR [host= port= api_key=]`.
 
     POST /v1/audio/speech  {"model", "input", "voice", "response_format": wav|flac|mp3|pcm,
-                            "speed", "stream", "reference_audio" (base64 file), "reference_text"}
+                            "speed", "stream", "stream_format": audio|sse, "reference_audio" (base64
+                            file), "reference_text", "stops" (StopRules overrides, e.g. {"budget_factor": 3})}
     GET  /v1/models        GET /v1/voices        GET /health        GET /  (a page to try it)
 
 pcm is 16-bit little-endian mono at 24 kHz. stream=true sends audio as it is generated (wav with an
-open-ended header, or pcm). Every error, whatever its status, is {"error": {"message", "type",
+open-ended header, or pcm); stream_format=sse sends the same bytes base64 in server-sent events
+{"type": "speech.audio.delta", "audio"} and ends with {"type": "speech.audio.done", "stop_reasons"}.
+How each text chunk ended (higgs_train/llm/stops.py: eos, budget, silence, loop, max_frames) is the
+X-Stop-Reason header of a whole response (comma-separated per chunk) and the done event's
+stop_reasons of an sse stream (a plain audio stream's headers leave before it is known). Every error, whatever its status, is {"error": {"message", "type",
 "param", "code"}}; the one engine thread (inference.batcher) queues and batches concurrent requests.
 With api_key set, everything but /health and / needs `Authorization: Bearer KEY` (as vLLM's
 --api-key). OpenAI's voice names (alloy, ...) speak with the default voice unless a preset or a
@@ -18,7 +23,9 @@ is cancelled in the engine.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
+import json
 import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +49,7 @@ STATIC = Path(__file__).parent / "static"
 OPEN_PATHS = ("/health", "/")            # served without the api_key
 BODY_SLACK = 2 ** 20                     # JSON around the base64 clip (input, reference_text, ...)
 POLL_S = 0.2                             # how often a waiting request checks that its client is there
+STOP_HEADER = "X-Stop-Reason"            # a whole response's stop reason per text chunk
 
 
 @dataclass
@@ -116,8 +124,10 @@ async def respond(http: HTTPRequest, engine: Engine, s: ServerSettings, batcher:
         if slot:
             uploads.release()
     fmt = body.response_format
-    if body.stream:
-        chunks = batcher.stream(req)
+    sse = body.stream_format == "sse"
+    if body.stream or sse:
+        reasons: list[str] = []
+        chunks = batcher.stream(req, reasons)
         try:   # the first chunk decides the status code: request errors are still 4xx here
             first = await run_in_threadpool(next, chunks, None)
         except RequestError as e:
@@ -131,7 +141,15 @@ async def respond(http: HTTPRequest, engine: Engine, s: ServerSettings, batcher:
             for c in chunks:
                 yield pcm16(c)
 
-        return StreamingResponse(body_iter(), media_type=MEDIA[fmt])
+        if not sse:
+            return StreamingResponse(body_iter(), media_type=MEDIA[fmt])
+
+        def events():   # `reasons` is complete once the audio is (the batcher fills it before the end)
+            for data in body_iter():
+                yield sse_event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
+            yield sse_event({"type": "speech.audio.done", "stop_reasons": reasons})
+
+        return StreamingResponse(events(), media_type="text/event-stream")
     future = batcher.submit(req)
     waiting = asyncio.wrap_future(future)
     while not (await asyncio.wait({waiting}, timeout=POLL_S))[0]:
@@ -147,7 +165,11 @@ async def respond(http: HTTPRequest, engine: Engine, s: ServerSettings, batcher:
     if body.speed != 1.0:
         audio = await run_in_threadpool(change_speed, audio, result.sample_rate, body.speed)
     data = await run_in_threadpool(encode_audio, audio, result.sample_rate, fmt)
-    return Response(data, media_type=MEDIA[fmt])
+    return Response(data, media_type=MEDIA[fmt], headers={STOP_HEADER: ",".join(result.stop_reasons)})
+
+
+def sse_event(obj: dict) -> bytes:
+    return f"data: {json.dumps(obj)}\n\n".encode()
 
 
 def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAPI:

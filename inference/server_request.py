@@ -33,10 +33,12 @@ class SpeechRequest(BaseModel):
     response_format: str = "wav"
     speed: float = 1.0
     stream: bool = False
+    stream_format: str = "audio"         # "sse": server-sent events (implies stream), as OpenAI's API
     reference_audio: str | None = None   # base64 of a wav, flac, ogg or mp3 file
     reference_text: str | None = None
     seed: int | None = Field(default=None, ge=0, lt=2 ** 63)
     temperature: float | None = Field(default=None, ge=0, le=2)
+    stops: dict[str, float] | None = None   # overrides of the engine's StopRules (higgs_train/llm/stops.py)
 
 
 class ClientError(Exception):
@@ -141,7 +143,9 @@ class Speech:
             raise ClientError(f"input has {len(text)} characters, more than {self.s.max_input_chars}", "input")
         if body.response_format not in MEDIA:
             raise ClientError(f"response_format must be one of {sorted(MEDIA)}", "response_format")
-        if body.stream and body.response_format not in ("wav", "pcm"):
+        if body.stream_format not in ("audio", "sse"):
+            raise ClientError("stream_format must be audio or sse", "stream_format")
+        if (body.stream or body.stream_format == "sse") and body.response_format not in ("wav", "pcm"):
             raise ClientError("stream=true supports response_format wav or pcm", "response_format")
         if not 0.25 <= body.speed <= 4.0:
             raise ClientError("speed must be within 0.25 and 4.0", "speed")
@@ -162,5 +166,9 @@ class Speech:
         else:
             voice = self.resolve_voice(body.voice)
         overrides = {k: v for k, v in (("seed", body.seed), ("temperature", body.temperature)) if v is not None}
+        try:
+            stops = self.engine.stops.replace(**body.stops) if body.stops else None
+        except ValueError as e:
+            raise ClientError(str(e), "stops") from None
         return Request(text, voice=voice, reference_audio=ref, reference_text=body.reference_text,
-                       sampling=self.engine.sampling.replace(**overrides) if overrides else None)
+                       sampling=self.engine.sampling.replace(**overrides) if overrides else None, stops=stops)

@@ -44,6 +44,11 @@ class StreamDecoder:
             return np.zeros(0, np.float32)
         return self._emit(self.frames - self.lookahead)
 
+    def truncate(self, frames: int) -> None:
+        """Drop the frames after the first `frames` that have not been returned yet."""
+        if self.codes is not None and frames < self.frames:
+            self.codes = self.codes[:, :max(frames, self.emitted)]
+
     def flush(self) -> np.ndarray:
         return self._emit(self.frames) if self.frames > self.emitted else np.zeros(0, np.float32)
 

@@ -216,10 +216,10 @@ def test_same_audio_from_model_in_memory_and_from_exports(tiny, clips):
 
     llm, tok = tiny
     greedy = {"temperature": 0.0, "max_frames": 15}
-    a, sr_a = from_exports(llm, tok, device="cpu", sampling=greedy)("Hello there.", reference_audio=clips / "v0.wav",
+    a, sr_a, _ = from_exports(llm, tok, device="cpu", sampling=greedy)("Hello there.", reference_audio=clips / "v0.wav",
                                                                    reference_text=REF_TEXT)
     model = DualFFNModel.from_pretrained(llm).train()
-    b, sr_b = from_model(model, tok, llm, sampling=greedy)("Hello there.", reference_audio=clips / "v0.wav",
+    b, sr_b, _ = from_model(model, tok, llm, sampling=greedy)("Hello there.", reference_audio=clips / "v0.wav",
                                                         reference_text=REF_TEXT)
     assert sr_a == sr_b == SR and 0 < len(a) <= 15 * SR // 25 and np.array_equal(a, b)
 

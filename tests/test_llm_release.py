@@ -250,7 +250,7 @@ def test_cli_train_init_and_evaluation_entry_points_take_the_release_layouts(lay
     assert synthesize(cfg) > 0 and (tmp_path / "o.wav").stat().st_size > 100
     synth = from_exports(layouts / "hf", TOK_ORIGINAL, device="cpu", sampling={"max_frames": 4, "seed": 0},
                          engine={"buckets": [256]})
-    audio, sr = synth("Hello there.")          # what the evaluation harness calls per item
+    audio, sr, _ = synth("Hello there.")          # what the evaluation harness calls per item
     assert sr == 24000 and 0 < len(audio) <= 4 * 960
 
 

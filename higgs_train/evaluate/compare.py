@@ -4,7 +4,8 @@
         [higher=sim_me] [lower=sim_alice,sim_bob,wer]
 
 Reads each run's summary.json (python -m recipes.evaluate) and prints a markdown table: one
-row per metric mean, one column per run, and the change from the first run in the last column.
+row per metric mean and per stop reason's share of the items (stop_eos, stop_budget, ...: how
+generation ended, higgs_train/llm/stops.py), one column per run, and the change from the first run in the last column.
 `higher=` / `lower=` (comma-separated metrics) check the direction of each change from the first
 run to the last, print one line per metric, and exit 1 when one moved the wrong way (or is
 missing): a gate for CI or a fine-tuning recipe.
@@ -22,7 +23,8 @@ def load_means(run: Path) -> dict[str, float]:
     f = run / "summary.json" if run.is_dir() else run
     if not f.is_file():
         raise FileNotFoundError(f"no evaluation summary at {f} (run python -m recipes.evaluate first)")
-    return json.loads(f.read_text())["means"]
+    summary = json.loads(f.read_text())
+    return {**summary["means"], **{f"stop_{k}": v for k, v in summary.get("stop_reasons", {}).items()}}
 
 
 def table(runs: list[Path]) -> str:

@@ -6,10 +6,14 @@ The harness knows two small protocols and nothing of the wings that implement th
 wires them in: inference/evaluation.py speaks, data_pipeline/eval_scorers.py scores):
 
     synthesizer(text, voice=None, reference_audio=None, reference_text=None) -> (audio float32, sr)
+                or (audio, sr, {"stop_reason": ...}): how generation ended (higgs_train/llm/stops.py)
     scorer(audio, sr, item) -> {metric: value}        (a str value, e.g. the ASR text, is kept
                                                        in the table but not averaged)
 
-The harness times each synthesis call itself: rtf = synthesis seconds / audio seconds.
+The harness times each synthesis call itself: rtf = synthesis seconds / audio seconds, and measures
+duration_ratio = audio seconds / the text's expected duration (higgs_train.llm.stops.expected_seconds,
+the rule the engine's frame budget uses); summary.json's stop_reasons holds the share of items per
+stop reason.
 Writes into out_dir (each file under a temp name, renamed when whole):
     <id>.wav        the generated audio
     results.csv     one row per item: id, text, status, audio, seconds, synth_seconds, rtf, metrics
@@ -36,15 +40,16 @@ from higgs_train.audio import save_audio
 from higgs_train.files import write_text_atomic
 from higgs_train.evaluate.evalset import BadItem, EvalItem
 from higgs_train.evaluate.metrics import metric_means
+from higgs_train.llm.stops import STOP_REASONS, expected_seconds
 
 log = logging.getLogger(__name__)
 
-BASE_COLUMNS = ["id", "text", "status", "audio", "seconds", "synth_seconds", "rtf"]
+BASE_COLUMNS = ["id", "text", "status", "audio", "seconds", "synth_seconds", "rtf", "stop_reason", "duration_ratio"]
 
 
 class Synthesizer(Protocol):
     def __call__(self, text: str, voice: str | None = None, reference_audio: Path | None = None,
-                 reference_text: str | None = None) -> tuple[np.ndarray, int]: ...
+                 reference_text: str | None = None) -> tuple[np.ndarray, int] | tuple[np.ndarray, int, dict]: ...
 
 
 class Scorer(Protocol):
@@ -71,14 +76,16 @@ def evaluate(synthesizer: Synthesizer | Callable, scorers: dict[str, Scorer], it
         row = {"id": item.id, "text": item.text, "status": "ok"}
         try:
             t0 = time.perf_counter()
-            audio, sr = synthesizer(item.text, voice=item.voice, reference_audio=item.reference_audio,
-                                    reference_text=item.reference_text)
+            audio, sr, *info = synthesizer(item.text, voice=item.voice, reference_audio=item.reference_audio,
+                                           reference_text=item.reference_text)
             took = time.perf_counter() - t0
+            row.update(*info)
             audio = np.asarray(audio, np.float32).reshape(-1)
             seconds = len(audio) / sr
             wav = save_audio(out / f"{item.id}.wav", audio, sr)
             row.update(audio=wav.name, seconds=round(seconds, 3), synth_seconds=round(took, 3),
-                       rtf=round(took / seconds, 4) if seconds else math.nan)
+                       rtf=round(took / seconds, 4) if seconds else math.nan,
+                       duration_ratio=round(seconds / max(expected_seconds(item.text), 1e-3), 4))
             for name, scorer in scorers.items():
                 row.update(scorer(audio, sr, item))
         except Exception as e:   # noqa: BLE001 - one bad item must not end an evaluation run
@@ -88,6 +95,7 @@ def evaluate(synthesizer: Synthesizer | Callable, scorers: dict[str, Scorer], it
     columns = BASE_COLUMNS + [k for k in dict.fromkeys(k for r in rows for k in r) if k not in BASE_COLUMNS]
     means = metric_means(rows)
     summary = {"items": len(rows), "ok": sum(r["status"] == "ok" for r in rows), "means": means,
+               "stop_reasons": stop_shares(rows),
                "failed": [{"id": r["id"], "error": r["status"]} for r in rows if r["status"] != "ok"],
                "meta": meta or {}}
     write_text_atomic(out / "results.csv", _csv(rows, columns))
@@ -96,9 +104,15 @@ def evaluate(synthesizer: Synthesizer | Callable, scorers: dict[str, Scorer], it
     from higgs_train.evaluate.plots import plot_metrics
 
     plot_metrics(rows, list(means), out / "metrics.png")
-    log.info("evaluated %d items (%d ok) into %s: %s", len(rows), summary["ok"], out,
-             ", ".join(f"{k}={v:.3g}" for k, v in means.items()))
+    log.info("evaluated %d items (%d ok) into %s: %s; stop reasons %s", len(rows), summary["ok"], out,
+             ", ".join(f"{k}={v:.3g}" for k, v in means.items()), summary["stop_reasons"] or "not reported")
     return EvalResult(rows, summary, out)
+
+
+def stop_shares(rows: list[dict]) -> dict[str, float]:
+    """Share of the items that report a stop reason, per reason (every reason listed, 0 included)."""
+    told = [r["stop_reason"] for r in rows if r["status"] == "ok" and r.get("stop_reason")]
+    return {k: round(told.count(k) / len(told), 4) for k in STOP_REASONS} if told else {}
 
 
 def _csv(rows: list[dict], columns: list[str]) -> str:

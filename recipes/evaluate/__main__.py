@@ -41,7 +41,9 @@ def main(cfg: DictConfig) -> None:
     except FileNotFoundError as e:   # a wrong path on the command line: say which, no traceback
         raise SystemExit(f"error: {e}") from None
     print(f"{res.summary['ok']}/{res.summary['items']} items ok; means: "
-          + ", ".join(f"{k}={v:.4g}" for k, v in res.summary["means"].items()) + f"; table: {res.out_dir}/results.md")
+          + ", ".join(f"{k}={v:.4g}" for k, v in res.summary["means"].items())
+          + "; stop reasons: " + (", ".join(f"{k} {v:.0%}" for k, v in res.summary["stop_reasons"].items() if v)
+                                  or "not reported") + f"; table: {res.out_dir}/results.md")
 
 
 if __name__ == "__main__":

@@ -210,8 +210,9 @@ def check_stops(cfg: DictConfig, best: int | None) -> list[dict]:
         lo, hi = best_cfg.duration_range
         rates = ", ".join(f"step {h['step']}: {h['stop_rate']:.2f} / {h['duration_ratio']:.2f}" for h in history)
         raise FinetuneError(
-            f"no checkpoint stops at a plausible length: at every validation the model ran past the cap "
-            f"({stops.max_ratio:g}x the recording) on some held-out sentences, or spoke them too short or too long "
+            f"no checkpoint stops at a plausible length: at every validation the model did not end some held-out "
+            f"sentences itself (cut by the cap of {stops.max_ratio:g}x the recording or by the engine's text budget, "
+            f"silence or loop stops: higgs_train/llm/stops.py), or spoke them too short or too long "
             f"(stop rate / duration ratio: {rates}; needed a stop rate >= {best_cfg.min_stop_rate:g} and a ratio "
             f"in {lo:g}-{hi:g}). Nothing was exported to {Path(cfg.out_dir) / 'export'}; the last weights are in "
             f"{Path(cfg.run_dir) / 'export'}. Try a lower task.optim.lr, fewer steps, mode=lora, or more recordings.")

@@ -6,7 +6,9 @@ At every validation, StopCheck speaks a few held-out sentences with the model be
 the way `python -m inference voice=NAME` will (the voice preset's clip as the cloning prompt, the
 engine's default sampling with a fixed seed), and logs
 
-    val/stop_rate       fraction of the sentences whose stream ended before the cap
+    val/stop_rate       fraction of the sentences the model ended itself (stop reason `eos`: not
+                        the cap, nor the engine's text budget, silence or loop stops, which are
+                        the rules of higgs_train/llm/stops.py that every generation path applies)
     val/duration_ratio  mean of generated seconds / the held-out recording's seconds
 
 The cap is `max_ratio` times each recording (at least one second more), so a model that does
@@ -59,12 +61,12 @@ def held_out_sentences(val_shards, n: int) -> list[Sentence]:
 def speak(model, codec, text_tokenizer, sentences: list[Sentence], reference, max_ratio: float,
           seed: int = 0) -> dict:
     """Generate each sentence with `model` (a DualFFNModel, LoRA layers included) ->
-    {"stop_rate", "duration_ratio", "items": [{text, seconds, generated_seconds, stopped}]}.
+    {"stop_rate", "duration_ratio", "items": [{text, seconds, generated_seconds, stopped, stop_reason}]}.
     reference: (wav, sample_rate, transcript) of the cloning prompt."""
     from inference.engine import Engine, EngineConfig, Request
     from inference.sampling import SamplingConfig
 
-    # one chunk per sentence (no text splitting): then "stopped" means its stream ended before the cap
+    # one chunk per sentence (no text splitting): "stopped" means the model ended the sentence's stream
     engine = Engine(model, codec, text_tokenizer, EngineConfig(chunk_words=10 ** 6), SamplingConfig(seed=seed))
     wav, sr, ref_text = reference
     caps = [max(math.ceil(max_ratio * s.seconds * codec.frame_rate), math.ceil(s.seconds * codec.frame_rate) + 25)
@@ -73,7 +75,7 @@ def speak(model, codec, text_tokenizer, sentences: list[Sentence], reference, ma
                                        sampling=engine.sampling.replace(max_frames=cap))
                                for s, cap in zip(sentences, caps)]) if sentences else []
     items = [{"text": s.text, "seconds": s.seconds, "generated_seconds": r.codes.shape[1] / codec.frame_rate,
-              "stopped": r.codes.shape[1] < cap} for s, cap, r in zip(sentences, caps, results)]
+              "stopped": r.stop_reason == "eos", "stop_reason": r.stop_reason} for s, r in zip(sentences, results)]
     return {"stop_rate": float(np.mean([i["stopped"] for i in items])) if items else math.nan,
             "duration_ratio": float(np.mean([i["generated_seconds"] / max(i["seconds"], 1e-3) for i in items]))
             if items else math.nan, "items": items}
