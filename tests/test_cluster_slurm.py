@@ -210,7 +210,8 @@ def test_launch_prints_a_line_this_sbatch_accepts(slurm_cluster, tmp_path):
     assert r.returncode == 0, r.stderr
     job = re.fullmatch(r"Submitted batch job (\d+)\n", r.stdout).group(1)
     try:
-        j = jobs(env, job)[0]
+        # held, and nothing else keeps it from running (an impossible request reads PartitionConfig)
+        j = wait_for("the scheduler's verdict", lambda: [j for j in jobs(env, job) if j["Reason"] != "None"], 30)[0]
         assert (j["JobState"], j["Reason"]) == ("PENDING", "JobHeldUser")
         assert (j["JobName"], j["NumNodes"], j["NumTasks"], j["TimeLimit"], j["Requeue"]) == (
             "higgs-train", "1", "2", "00:30:00", "1")
