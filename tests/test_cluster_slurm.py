@@ -199,25 +199,26 @@ def test_train_sbatch_promotes_only_a_newer_preemption_checkpoint(slurm_cluster,
 
 
 def test_launch_prints_a_line_this_sbatch_accepts(slurm_cluster, tmp_path):
-    """The `sbatch` line of `python -m higgs_train.launch`, run as printed (held: SBATCH_HOLD)."""
+    """The `sbatch` line of `python -m higgs_train.launch`, run as printed, with the partition down so
+    the job waits instead of running: sbatch takes it, and what Slurm recorded fits the node."""
     env = slurm_cluster.env
     out = slurm(env, env["PYTHON"], "-m", "higgs_train.launch", "task=llm", "data.shards=/shared/shards",
                 "text_tokenizer=/shared/tok", "nodes=1", "gpus_per_node=2", "cpus_per_task=1", "time=0:30:00",
                 f"run_dir={tmp_path / 'run'}", cwd=ROOT)
     line = next(x for x in out.splitlines() if "sbatch " in x and not x.startswith("#"))
-    r = subprocess.run(["bash", "-c", line], env={**env, "SBATCH_HOLD": "1"}, cwd=ROOT, capture_output=True,
-                       text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    job = re.fullmatch(r"Submitted batch job (\d+)\n", r.stdout).group(1)
+    slurm(env, "scontrol", "update", "PartitionName=local", "State=DOWN")
     try:
-        # held, and nothing else keeps it from running (an impossible request reads PartitionConfig)
+        r = subprocess.run(["bash", "-c", line], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        job = re.fullmatch(r"Submitted batch job (\d+)\n", r.stdout).group(1)
         j = wait_for("the scheduler's verdict", lambda: [j for j in jobs(env, job) if j["Reason"] != "None"], 30)[0]
-        assert (j["JobState"], j["Reason"]) == ("PENDING", "JobHeldUser")
+        slurm(env, "scancel", job)
+        assert (j["JobState"], j["Reason"]) == ("PENDING", "PartitionDown")
         assert (j["JobName"], j["NumNodes"], j["NumTasks"], j["TimeLimit"], j["Requeue"]) == (
-            "higgs-train", "1", "2", "00:30:00", "1")
+            "higgs-train", "1-1", "2", "00:30:00", "1")
         assert j["TresPerNode"] == "gres:gpu:2" and j["MinCPUsNode"] == "2" and j["Command"] == str(TRAIN)
     finally:
-        slurm(env, "scancel", job)
+        slurm(env, "scontrol", "update", "PartitionName=local", "State=UP")
 
 
 # ------------------------------------------------------------------ fake srun: what one node cannot show
