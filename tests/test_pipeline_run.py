@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-import soundfile as sf
 from hydra import compose, initialize_config_dir
 
 from curate_common import BROKEN, COMMON, DUPLICATES, GOOD
@@ -24,7 +23,6 @@ from data_pipeline.__main__ import config_args
 from data_pipeline.merge import complete_slices, finalize
 from data_pipeline.run import PARTS, curate, slice_sources
 from data_pipeline.stages.ingest import source_key
-from data_pipeline.synth import make_broken_files
 from higgs_train.config import CONFIG_DIR
 from higgs_train.shards import decode_flac, iter_shard
 
