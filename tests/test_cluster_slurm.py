@@ -162,6 +162,7 @@ def test_train_sbatch_preempted_requeued_resumes_to_the_uninterrupted_weights(sl
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_train_sbatch_promotes_only_a_newer_preemption_checkpoint(slurm_cluster, tmp_path):
     """The requeued script's checkpoint promotion, as Slurm runs it (PYTHON=echo stands in for the
     training, so each task prints the arguments real srun gave it)."""
