@@ -1,7 +1,8 @@
 """Print what a cluster run will execute, without running it:
 
     python -m higgs_train.launch task=llm model=llm/full data.shards=/shared/shards text_tokenizer=/shared/tok \
-        nodes=4 gpus_per_node=8 [partition=gpu] [time=48:00:00] [trainer=deepspeed] [run_dir=/shared/runs/a]
+        nodes=4 gpus_per_node=8 [cpus_per_task=8] [partition=gpu] [time=48:00:00] [trainer=deepspeed] \
+        [run_dir=/shared/runs/a]
 
 prints the `sbatch` line (slurm/train.sbatch), the `srun` line every task runs, and the training
 config those tasks resolve. With sweep=true, the `python -m higgs_train.train -m hydra/launcher=slurm`
@@ -28,6 +29,7 @@ class Launch:
     """The launch keys (every other argument is a training override, checked by Hydra's compose)."""
     nodes: int = 1
     gpus_per_node: int = 8
+    cpus_per_task: int = 8          # per GPU: data loading workers and the rest of the task
     partition: Optional[str] = None
     time: str = "48:00:00"          # Slurm [D-]HH:MM:SS
     trainer: str = "deepspeed"
@@ -46,7 +48,7 @@ def split_args(argv: list[str]) -> tuple[Launch, list[str]]:
         launch = typed(Launch, mine)
     except BadValue as e:
         raise SystemExit(f"error: {e}") from None
-    for k in ("nodes", "gpus_per_node"):
+    for k in ("nodes", "gpus_per_node", "cpus_per_task"):
         if getattr(launch, k) < 1:
             raise SystemExit(f"{k} must be a positive integer, got {getattr(launch, k)!r}")
     return launch, overrides
@@ -65,7 +67,7 @@ def commands(launch: Launch, overrides: list[str]) -> dict:
     q = shlex.join
     if launch.sweep:
         hl = ["hydra/launcher=slurm", f"hydra.launcher.nodes={n}", f"hydra.launcher.gpus_per_node={g}",
-              f"hydra.launcher.timeout_min={minutes(launch.time)}"]
+              f"hydra.launcher.cpus_per_task={launch.cpus_per_task}", f"hydra.launcher.timeout_min={minutes(launch.time)}"]
         hl += [f"hydra.launcher.partition={launch.partition}"] if launch.partition else []
         task = [f"trainer={launch.trainer}", "++trainer.num_nodes=${hydra:launcher.nodes}",
                 "trainer.devices=${hydra:launcher.gpus_per_node}",
@@ -74,7 +76,8 @@ def commands(launch: Launch, overrides: list[str]) -> dict:
                 "task_overrides": [f"trainer={launch.trainer}", f"++trainer.num_nodes={n}",
                                    f"trainer.devices={g}", "run_dir=" + (launch.run_dir or "<sweep dir>/<job num>")]}
     env = [f"TRAINER={launch.trainer}"] + ([f"RUN_DIR={launch.run_dir}"] if launch.run_dir else [])
-    opts = [f"--nodes={n}", f"--ntasks-per-node={g}", f"--gpus-per-node={g}", f"--time={launch.time}"]
+    opts = [f"--nodes={n}", f"--ntasks-per-node={g}", f"--gpus-per-node={g}", f"--cpus-per-task={launch.cpus_per_task}",
+            f"--time={launch.time}"]
     opts += [f"--partition={launch.partition}"] if launch.partition else []
     run_dir = launch.run_dir or "runs/higgs-train-<job id>"
     task = [f"trainer={launch.trainer}", f"++trainer.num_nodes={n}", f"trainer.devices={g}",

@@ -7,11 +7,14 @@ VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
 
 # Debian packages: espeak-ng/sox for the synthetic corpus, ffmpeg for decoding
-# odd formats, chromium + its driver for the browser test of the server page.
+# odd formats, chromium + its driver for the browser test of the server page, slurm-wlm + munge
+# for the one-node Slurm cluster the cluster tests start (slurm/local/).
 need=()
 for cmd in espeak-ng sox ffmpeg; do command -v "$cmd" >/dev/null || need+=("$cmd"); done
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
+PATH=$PATH:/usr/sbin command -v slurmctld >/dev/null || need+=(slurm-wlm)
+PATH=$PATH:/usr/sbin command -v munged >/dev/null || need+=(munge)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "[setup] apt-get install ${need[*]}"

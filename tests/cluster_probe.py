@@ -6,16 +6,16 @@ builds the real (module, data module) and adds one hook to the module: after eve
 step it appends {rank, step, params sha1, batch sha1, parts} to run_dir/probe/rank<R>.jsonl, so a
 test can compare parameters across ranks; `parts` holds, per top-level submodule, the sha1 of its
 parameters and of its buffers (the tokenizer's generator and discriminator apart, and its EMA
-codebooks, buffers that move outside any optimizer). With +task.build.preempt_at=N it plays a Slurm preemption
-at step N: raises SIGUSR1 (Lightning's SLURMEnvironment handler saves hpc_ckpt_*.ckpt and calls
-`scontrol requeue`), then exits as the killed job would.
+codebooks, buffers that move outside any optimizer). With +task.build.pause_at=N every rank stops after step N
+(the optimizer has stepped, the row is written), writes probe/paused.rank<R> and sleeps until killed:
+a test then preempts the job for real (`scancel --signal=USR1`, what `sbatch --signal=USR1@90` sends)
+at a known step, so its result can be compared bit for bit with an uninterrupted run.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import signal
+import time
 import types
 from pathlib import Path
 
@@ -30,7 +30,7 @@ def sha1(tensors) -> str:
     return h.hexdigest()
 
 
-def build(cfg, inner: str, preempt_at: int | None = None):
+def build(cfg, inner: str, pause_at: int | None = None):
     module, datamodule = get_method(inner)(cfg=cfg)
     out = Path(cfg.run_dir) / "probe"
 
@@ -43,9 +43,11 @@ def build(cfg, inner: str, preempt_at: int | None = None):
                          for name, m in self.named_children()}}
         with open(out / f"rank{self.global_rank}.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
-        if preempt_at is not None and self.global_step == preempt_at:
-            signal.raise_signal(signal.SIGUSR1)   # what `sbatch --signal=USR1@90` delivers
-            os._exit(0)                           # Slurm then ends the job (and requeues it)
+        if pause_at is not None and self.global_step == pause_at:
+            (out / f"paused.rank{self.global_rank}").touch()
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:   # signal handlers run between these sleeps
+                time.sleep(0.1)
 
     module.on_train_batch_end = types.MethodType(on_train_batch_end, module)
     return module, datamodule

@@ -10,15 +10,26 @@ synth_corpus  session-scoped; make_corpus(preset="tests") built once (~6 s) into
 conversation  session-scoped factory: conversation(name="conv.wav", **make_conversation_kwargs)
               -> (path, utterances). Same arguments give the same cached file, so treat
               the files as read-only (copy them before changing them).
+curate_inputs / curate_clean_run  session-scoped: the curation tests' input folder and the
+              uninterrupted single-process run over it (tests/curate_common.py).
+slurm_cluster session-scoped: a private one-node Slurm cluster (slurm/local/up.sh) for the tests
+              that submit slurm/*.sbatch; skips where Slurm cannot be had.
 one_thread    module-scoped: torch runs single-threaded for a module that asks for it with
               `pytestmark = pytest.mark.usefixtures("one_thread")`, and the count is restored after.
 """
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+
+from curate_common import make_inputs, single_run
 
 from data_pipeline.synth import make_conversation, make_corpus
 
@@ -55,3 +66,57 @@ def conversation(tmp_path_factory):
         return cache[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def curate_inputs(tmp_path_factory, conversation) -> Path:
+    return make_inputs(tmp_path_factory.mktemp("curate_in"), conversation)
+
+
+@pytest.fixture(scope="session")
+def curate_clean_run(curate_inputs, tmp_path_factory) -> Path:
+    return single_run(curate_inputs, tmp_path_factory.mktemp("curate_out") / "out")
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class SlurmCluster:
+    dir: Path
+    env: dict    # for sbatch, squeue ...: SLURM_CONF, and what a job of this project needs (PYTHON, PYTHONPATH)
+
+
+def slurm_missing() -> str | None:
+    """Why this machine cannot run the local cluster, or None."""
+    if os.geteuid() != 0:
+        return "a Slurm cluster needs root here (slurmd launches jobs); run as root with slurm-wlm and munge"
+    missing = [c for c in ("munged", "slurmctld", "slurmd", "sbatch")
+               if not shutil.which(c, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")]
+    if missing:
+        return f"Slurm not installed ({', '.join(missing)} missing): apt-get install slurm-wlm munge (make setup does)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """One node `localhost` with 2 CPUs and 2 GPU placeholders (files, so --gpus-per-node parses and
+    schedules; jobs run on CPU), its own ports and munged, under a temp folder. Torn down at the end
+    of the session by slurm/local/down.sh: only the processes started here, by their pid files."""
+    why = slurm_missing()
+    if why:
+        pytest.skip(why)
+    d = tmp_path_factory.mktemp("slurm")
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(("SLURM_", "SBATCH_", "SRUN_", "MASTER_", "PL_"))
+            and k not in ("LOCAL_RANK", "WORLD_SIZE", "RANK", "NODE_RANK")}
+    try:
+        r = subprocess.run(["bash", str(ROOT / "slurm/local/up.sh"), str(d)], capture_output=True, text=True,
+                           timeout=120, env={**base, "CPUS": "2", "GPUS": "2", "MEMORY_MB": "4096"})
+        logs = "".join(p.read_text()[-2000:] for p in d.glob("*.log"))
+        assert r.returncode == 0, r.stdout + r.stderr + logs
+        env = {**base, "SLURM_CONF": str(d / "slurm.conf"), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
+               "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+        yield SlurmCluster(d, env)
+    finally:
+        subprocess.run(["bash", str(ROOT / "slurm/local/down.sh"), str(d)], capture_output=True, timeout=120)

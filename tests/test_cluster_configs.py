@@ -68,7 +68,7 @@ def test_launch_prints_the_commands_a_job_runs():
     assert overrides == ["task=llm", "data.shards=/s"]
     cmds = commands(launch, overrides)
     assert cmds["sbatch"] == ("TRAINER=deepspeed RUN_DIR=/shared/runs/a sbatch --nodes=4 --ntasks-per-node=8 "
-                              "--gpus-per-node=8 --time=48:00:00 --partition=gpu slurm/train.sbatch task=llm data.shards=/s")
+                              "--gpus-per-node=8 --cpus-per-task=8 --time=48:00:00 --partition=gpu slurm/train.sbatch task=llm data.shards=/s")
     assert cmds["srun"] == ("srun --kill-on-bad-exit=1 python -m higgs_train.train trainer=deepspeed "
                             "++trainer.num_nodes=4 trainer.devices=8 run_dir=/shared/runs/a resume=true "
                             "task=llm data.shards=/s")
@@ -79,6 +79,7 @@ def test_launch_prints_the_commands_a_job_runs():
     sweep = commands(split_args(["nodes=2", "time=1-00:30:00", "sweep=true", "task.optim.lr=1e-4,3e-4"])[0],
                      ["task.optim.lr=1e-4,3e-4"])["sweep"]
     assert "hydra/launcher=slurm" in sweep and "hydra.launcher.timeout_min=1470" in sweep and "-m" in sweep.split()
+    assert "hydra.launcher.cpus_per_task=8" in sweep
     assert minutes("2:00:00") == 120 and minutes("45:00") == 45
     with pytest.raises(SystemExit, match="nodes must be a positive integer"):
         split_args(["nodes=0"])

@@ -1,10 +1,8 @@
 """The curation run end to end: every input accounted for, broken files and duplicates rejected,
 shards that load, resume after SIGKILL, cluster slices + merge, re-thresholding without recompute.
 
-All runs share one small input folder (2 short conversations, 2 duplicates, the 4 broken files)
-and the real stages (Silero VAD, resemblyzer diarization, DNSMOS, sidecar transcripts); it is kept
-small because DNSMOS dominates the time. DNSMOS scores espeak-ng speech around 2.1-2.9 OVRL, so the
-tests use a floor of 2.0.
+All runs share one small input folder and compare with one uninterrupted run over it, both built
+once per session (tests/curate_common.py, fixtures in tests/conftest.py).
 """
 from __future__ import annotations
 
@@ -18,25 +16,18 @@ import time
 from pathlib import Path
 
 import pytest
-import soundfile as sf
 from hydra import compose, initialize_config_dir
 
+from curate_common import BROKEN, COMMON, DUPLICATES, GOOD
 from data_pipeline.__main__ import config_args
 from data_pipeline.merge import complete_slices, finalize
 from data_pipeline.run import PARTS, curate, slice_sources
 from data_pipeline.stages.ingest import source_key
-from data_pipeline.synth import make_broken_files
 from higgs_train.config import CONFIG_DIR
 from higgs_train.shards import decode_flac, iter_shard
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST_FIELDS = ["id", "source", "start", "end", "duration", "speaker", "text", "language", "quality", "shard"]
-GOOD = ["a.wav", "sub/b.flac"]
-DUPLICATES = ["dup/a_copy.wav", "dup/a_same_pcm.flac"]
-BROKEN = ["broken/empty.wav", "broken/random.mp3", "broken/text.wav", "broken/truncated.flac"]
-# Small shards so a run writes several; one DNSMOS window per clip (the scores only feed thresholds here).
-COMMON = ["filter.min.dnsmos_ovrl=2.0", "quality.metrics.dnsmos.hop_seconds=9.01", "export.max_shard_bytes=300000",
-          "transcribe=sidecar"]
 
 
 def make_cfg(input_dir, output_dir, *overrides):
@@ -49,37 +40,9 @@ def read_jsonl(path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory, conversation) -> Path:
-    root = tmp_path_factory.mktemp("curate_in")
-    for name, sr, n_spk, n_turns, seed in [("a.wav", 16000, 2, 4, 31), ("sub/b.flac", 44100, 2, 3, 32)]:
-        src, _ = conversation(Path(name).name, n_speakers=n_spk, n_turns=n_turns, seed=seed, sample_rate=sr,
-                              sidecar="json")
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(src, root / name)
-        shutil.copy(src.with_suffix(".json"), (root / name).with_suffix(".json"))
-    (root / "dup").mkdir()
-    shutil.copy(root / "a.wav", root / "dup/a_copy.wav")                      # the same file copied
-    pcm, sr = sf.read(root / "a.wav", dtype="int16")
-    sf.write(root / "dup/a_same_pcm.flac", pcm, sr, subtype="PCM_16")         # same audio, other container
-    make_broken_files(root / "broken")
-    return root
-
-
-@pytest.fixture(scope="module")
-def clean_run(inputs, tmp_path_factory) -> Path:
-    """The command a user types, with 2 worker processes; broken inputs must not make it fail."""
-    out = tmp_path_factory.mktemp("curate_out") / "out"
-    proc = subprocess.run([sys.executable, "-m", "data_pipeline", *config_args(
-        [f"input_dir={inputs}", f"output_dir={out}", *COMMON, "workers=2"])], cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "files 8/8" in proc.stderr  # the progress bar
-    return out
-
-
 @pytest.mark.slow
-def test_every_input_is_processed_or_rejected(inputs, clean_run):
-    manifest, rejected = read_jsonl(clean_run / "manifest.jsonl"), read_jsonl(clean_run / "rejected.jsonl")
+def test_every_input_is_processed_or_rejected(curate_inputs, curate_clean_run):
+    manifest, rejected = read_jsonl(curate_clean_run / "manifest.jsonl"), read_jsonl(curate_clean_run / "rejected.jsonl")
     file_rejects = {r["source"]: r for r in rejected if "start" not in r}
     assert sorted(file_rejects) == sorted(BROKEN + DUPLICATES)
     for rel in BROKEN:
@@ -92,17 +55,17 @@ def test_every_input_is_processed_or_rejected(inputs, clean_run):
     for r in rejected:
         if "start" in r:
             assert r["source"] in GOOD and r["reason"] and r["end"] > r["start"] and r["speaker"]
-    summary = json.loads((clean_run / "report/summary.json").read_text())
+    summary = json.loads((curate_clean_run / "report/summary.json").read_text())
     assert summary["sources"] == 8 and summary["files_rejected"] == 6
     assert summary["segments_kept"] == len(manifest)
     assert abs(summary["hours_kept"] * 3600 - sum(m["duration"] for m in manifest)) < 1.0
     assert set(summary["timings"]) >= {"ingest", "vad", "diarization", "segment", "quality", "transcribe", "export"}
-    assert summary["real_time_factor"] > 0 and (clean_run / "report/index.html").is_file()
+    assert summary["real_time_factor"] > 0 and (curate_clean_run / "report/index.html").is_file()
 
 
 @pytest.mark.slow
-def test_manifest_rows(inputs, clean_run):
-    manifest = read_jsonl(clean_run / "manifest.jsonl")
+def test_manifest_rows(curate_inputs, curate_clean_run):
+    manifest = read_jsonl(curate_clean_run / "manifest.jsonl")
     assert len(manifest) >= 4
     for m in manifest:
         assert list(m) == MANIFEST_FIELDS
@@ -116,11 +79,11 @@ def test_manifest_rows(inputs, clean_run):
 
 
 @pytest.mark.slow
-def test_shards_hold_every_row_once_and_load(clean_run):
-    manifest = {m["id"]: m for m in read_jsonl(clean_run / "manifest.jsonl")}
-    shards = sorted((clean_run / "shards").glob("*.tar"))
+def test_shards_hold_every_row_once_and_load(curate_clean_run):
+    manifest = {m["id"]: m for m in read_jsonl(curate_clean_run / "manifest.jsonl")}
+    shards = sorted((curate_clean_run / "shards").glob("*.tar"))
     assert len(shards) >= 2 and all(p.name.startswith("shard-") for p in shards)
-    assert not [p for p in (clean_run / "shards").iterdir() if p.suffix != ".tar"]  # no temp files
+    assert not [p for p in (curate_clean_run / "shards").iterdir() if p.suffix != ".tar"]  # no temp files
     seen: dict[str, str] = {}
     for p in shards:
         for s in iter_shard(p):
@@ -149,14 +112,14 @@ def test_shards_hold_every_row_once_and_load(clean_run):
 
 
 @pytest.mark.slow
-def test_killed_slice_resumed_then_merged_equals_the_single_run(inputs, clean_run, tmp_path):
+def test_killed_slice_resumed_then_merged_equals_the_single_run(curate_inputs, curate_clean_run, tmp_path):
     """Cluster mode and resume at once: slice 0 of 2 is SIGKILLed mid-way and rerun, slice 1 runs,
     `python -m data_pipeline.merge` combines them: manifest, rejected and shard bytes equal the
     uninterrupted single run's."""
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="no complete set of slices"):
         complete_slices(out)
-    args = [f"input_dir={inputs}", f"output_dir={out}", *COMMON, "workers=1", "num_shards=2", "shard_index=0"]
+    args = [f"input_dir={curate_inputs}", f"output_dir={out}", *COMMON, "workers=1", "num_shards=2", "shard_index=0"]
     proc = subprocess.Popen([sys.executable, "-m", "data_pipeline", *config_args(args)],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.time() + 120
@@ -170,21 +133,21 @@ def test_killed_slice_resumed_then_merged_equals_the_single_run(inputs, clean_ru
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     done_before = {p.name: p.stat().st_mtime_ns for p in (out / PARTS).glob("*.json")}
-    assert 1 <= len(done_before) < 4  # slice 0 holds 4 of the 8 inputs
+    assert 1 <= len(done_before) < 4  # slice 0 holds 4 of the 8 curate_inputs
     assert not list(out.glob("slices/*.json")) and not (out / "manifest.jsonl").exists()
 
     for i in range(2):
-        summary = curate(make_cfg(inputs, out, "workers=1", "num_shards=2", f"shard_index={i}"))
+        summary = curate(make_cfg(curate_inputs, out, "workers=1", "num_shards=2", f"shard_index={i}"))
         assert summary["shard_index"] == i and not (out / "manifest.jsonl").exists()
     # finished sources were not redone
     assert all((out / PARTS / n).stat().st_mtime_ns == t for n, t in done_before.items())
     subprocess.run([sys.executable, "-m", "data_pipeline.merge", *config_args([f"output_dir={out}", *COMMON])],
                    cwd=ROOT, check=True, capture_output=True)
-    assert (out / "manifest.jsonl").read_text() == (clean_run / "manifest.jsonl").read_text()
-    assert (out / "rejected.jsonl").read_text() == (clean_run / "rejected.jsonl").read_text()
-    shards = sorted(p.name for p in (clean_run / "shards").iterdir())
+    assert (out / "manifest.jsonl").read_text() == (curate_clean_run / "manifest.jsonl").read_text()
+    assert (out / "rejected.jsonl").read_text() == (curate_clean_run / "rejected.jsonl").read_text()
+    shards = sorted(p.name for p in (curate_clean_run / "shards").iterdir())
     assert sorted(p.name for p in (out / "shards").iterdir()) == shards
-    assert all((out / "shards" / n).read_bytes() == (clean_run / "shards" / n).read_bytes() for n in shards)
+    assert all((out / "shards" / n).read_bytes() == (curate_clean_run / "shards" / n).read_bytes() for n in shards)
     leftovers = [p for p in out.rglob("*") if p.name.endswith(".tmp") or ".tmp." in p.name]
     assert not leftovers, leftovers
 
@@ -201,14 +164,14 @@ def test_slices_are_disjoint_and_deterministic():
 
 
 @pytest.mark.slow
-def test_rerun_resumes_and_rethresholds_without_recompute(inputs, clean_run, tmp_path):
+def test_rerun_resumes_and_rethresholds_without_recompute(curate_inputs, curate_clean_run, tmp_path):
     out = tmp_path / "out"
-    shutil.copytree(clean_run, out)
+    shutil.copytree(curate_clean_run, out)
     before = {p.name: p.stat().st_mtime_ns for p in (out / PARTS).iterdir()}
     base = read_jsonl(out / "manifest.jsonl")
     # other thresholds: only the finalize step runs, from the stored scores (no part is rewritten)
     thr = sorted(m["quality"]["dnsmos_ovrl"] for m in base)[len(base) // 2]  # keeps about half
-    finalize(make_cfg(inputs, out, f"filter.min.dnsmos_ovrl={thr}"), out, *complete_slices(out))
+    finalize(make_cfg(curate_inputs, out, f"filter.min.dnsmos_ovrl={thr}"), out, *complete_slices(out))
     assert {p.name: p.stat().st_mtime_ns for p in (out / PARTS).iterdir()} == before
     strict = read_jsonl(out / "manifest.jsonl")
     assert [m["id"] for m in strict] == [m["id"] for m in base if m["quality"]["dnsmos_ovrl"] >= thr]
@@ -220,16 +183,16 @@ def test_rerun_resumes_and_rethresholds_without_recompute(inputs, clean_run, tmp
         (out / PARTS / f"{source_key(rel)}.json").unlink()
     shutil.rmtree(out / "shards")
     (out / "manifest.jsonl").unlink()
-    curate(make_cfg(inputs, out, "workers=1"))  # the original thresholds again
-    assert (out / "manifest.jsonl").read_text() == (clean_run / "manifest.jsonl").read_text()
-    assert (out / "rejected.jsonl").read_text() == (clean_run / "rejected.jsonl").read_text()
+    curate(make_cfg(curate_inputs, out, "workers=1"))  # the original thresholds again
+    assert (out / "manifest.jsonl").read_text() == (curate_clean_run / "manifest.jsonl").read_text()
+    assert (out / "rejected.jsonl").read_text() == (curate_clean_run / "rejected.jsonl").read_text()
     after = {p.name: p.stat().st_mtime_ns for p in (out / PARTS).iterdir()}
     redone = sorted(n for n in after if after[n] != before.get(n))
     assert redone == sorted(f"{source_key(r)}.json" for r in ["dup/a_copy.wav", "broken/empty.wav"])
 
 
 @pytest.mark.slow
-def test_tokenizer_hook_adds_codes_after_export(inputs, clean_run, tmp_path):
+def test_tokenizer_hook_adds_codes_after_export(curate_inputs, curate_clean_run, tmp_path):
     import torch
 
     from higgs_train.tokenizer import AudioTokenizer, TokenizerConfig
@@ -240,8 +203,8 @@ def test_tokenizer_hook_adds_codes_after_export(inputs, clean_run, tmp_path):
     tok = AudioTokenizer(TokenizerConfig(**model_size("tokenizer", "tiny")))
     tok.eval().save_pretrained(tmp_path / "tok")
     out = tmp_path / "out"
-    shutil.copytree(clean_run, out)
-    finalize(make_cfg(inputs, out, f"tokenizer={tmp_path / 'tok'}"), out, *complete_slices(out))
+    shutil.copytree(curate_clean_run, out)
+    finalize(make_cfg(curate_inputs, out, f"tokenizer={tmp_path / 'tok'}"), out, *complete_slices(out))
     rows = {m["id"]: m for m in read_jsonl(out / "manifest.jsonl")}
     n = 0
     for p in sorted((out / "shards").glob("*.tar")):
@@ -253,14 +216,14 @@ def test_tokenizer_hook_adds_codes_after_export(inputs, clean_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_killed_worker_is_replaced_and_its_file_retried(inputs, clean_run, tmp_path):
+def test_a_killed_worker_is_replaced_and_its_file_retried(curate_inputs, curate_clean_run, tmp_path):
     """A worker process dies (SIGKILL, as the kernel's OOM killer would) while files are in flight:
     the pool is rebuilt, those files are retried, and the result equals the undisturbed run's."""
     import psutil
 
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "data_pipeline", *config_args(
-        [f"input_dir={inputs}", f"output_dir={out}", *COMMON, "workers=2"])],
+        [f"input_dir={curate_inputs}", f"output_dir={out}", *COMMON, "workers=2"])],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # Hydra logs to stdout
     killed = None
     deadline = time.time() + 120
@@ -278,20 +241,20 @@ def test_a_killed_worker_is_replaced_and_its_file_retried(inputs, clean_run, tmp
     assert killed is not None, err[-2000:]
     assert proc.returncode == 0, err[-3000:]
     assert "a worker process died; restarting the pool" in err
-    assert (out / "manifest.jsonl").read_text() == (clean_run / "manifest.jsonl").read_text()
-    assert (out / "rejected.jsonl").read_text() == (clean_run / "rejected.jsonl").read_text()
+    assert (out / "manifest.jsonl").read_text() == (curate_clean_run / "manifest.jsonl").read_text()
+    assert (out / "rejected.jsonl").read_text() == (curate_clean_run / "rejected.jsonl").read_text()
 
 
-def test_progress_moves_inside_a_source_and_ends_at_its_duration(inputs, tmp_path, monkeypatch):
+def test_progress_moves_inside_a_source_and_ends_at_its_duration(curate_inputs, tmp_path, monkeypatch):
     """A long source reports the fraction done after each stage and each quality chunk, so the
     bar moves while it runs; the bar ends at the total audio, whatever order reports arrive in."""
     import data_pipeline.run as run
     import data_pipeline.source as source
 
     monkeypatch.setattr(source, "CHUNK_SECONDS", 4.0)  # several quality chunks in a 20-s conversation
-    cfg = make_cfg(inputs, tmp_path / "out", "workers=1")
+    cfg = make_cfg(curate_inputs, tmp_path / "out", "workers=1")
     reports = []
-    ctx = run.Context(Path(inputs), tmp_path / "out", run.processing_fingerprint(cfg), threads=1,
+    ctx = run.Context(Path(curate_inputs), tmp_path / "out", run.processing_fingerprint(cfg), threads=1,
                       progress=reports.append)
     (tmp_path / "out" / PARTS).mkdir(parents=True)
     stages = run.build_stages(cfg)
