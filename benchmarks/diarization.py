@@ -9,8 +9,9 @@ speaker count never given, on
                single-voice clip of tests/fixtures/real_speech/ whole, with white noise at 10 dB SNR
                and its first half only (truth: 1 speaker); two-speaker conversations spliced from
                every pair of those clips (data_pipeline/splice.py: 3 turns each, pauses 0.5-1 s)
-    synthetic  espeak-ng conversations of 1-4 voices (data_pipeline.synth, the tests' seeds) and the
-               `minutes`-long 3-voice file of the speed part
+    synthetic  espeak-ng conversations of 1-4 voices (data_pipeline.synth, the tests' seeds), each of
+               its 8 voices alone for 40 sentences (~3.5 min), clean and at 10 dB SNR (truth: 1
+               speaker), and the `minutes`-long 3-voice file of the speed part
 DER: pyannote.metrics, collar 0.25 s, overlapped speech left out (data_pipeline/diarization_score.py).
 A count error is a file whose number of speakers found differs from the truth.
 
@@ -78,7 +79,7 @@ def real_material(vad) -> list[tuple[str, str, np.ndarray, list, list | None]]:
 
 
 def synthetic_material(vad, long_wav, long_utts) -> list:
-    from data_pipeline.synth import make_conversation
+    from data_pipeline.synth import VOICES, make_conversation
     from higgs_train.audio import load_audio
 
     out = []
@@ -88,6 +89,14 @@ def synthetic_material(vad, long_wav, long_utts) -> list:
             utts = make_conversation(path, n_speakers=n, n_turns=turns, seed=seed, sample_rate=ANALYSIS_SR)
             wav, _ = load_audio(path, ANALYSIS_SR)
             out.append((f"synthetic: {n} voice{'s' * (n > 1)}", path.name, wav, vad(wav, ANALYSIS_SR), utts))
+        for i, voice in enumerate(VOICES):  # long recordings of one voice stay one speaker, clean or noisy
+            for snr in (None, 10.0):
+                path = Path(tmp) / f"{voice.name}_{snr}.wav"
+                make_conversation(path, n_speakers=1, n_turns=40, seed=100 + i, sample_rate=ANALYSIS_SR,
+                                  voices=[voice], snr_db=snr)
+                wav, _ = load_audio(path, ANALYSIS_SR)
+                out.append((f"synthetic: 1 voice, 3.5 min, {'clean' if snr is None else '10 dB noise'}",
+                            voice.name, wav, vad(wav, ANALYSIS_SR), None))
     out.append(("synthetic: 3 voices, long", f"{len(long_wav) / ANALYSIS_SR / 60:.0f} min", long_wav,
                 vad(long_wav, ANALYSIS_SR), long_utts))
     return out
