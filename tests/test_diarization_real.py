@@ -85,8 +85,8 @@ def test_conversation_spliced_from_real_voices(diarizer, vad, clips):
 
 def test_false_split_of_a_short_recording_is_revisited(clips):
     """A real 6.4-s recording of one woman (one 5.9-s speech region) cut in two by a speaker change
-    in the middle: both sides are under the 3-s minimum. The change is undone and the recording
-    kept whole, instead of both halves being dropped as too short."""
+    in the middle, without a pause: both sides are under the 3-s minimum. The change is undone and
+    the recording kept whole, instead of both halves being dropped as too short."""
     _, wav, speech = clips["en_woman"]
     (a, b), = speech
     assert 3.0 < b - a < 6.0
@@ -94,3 +94,6 @@ def test_false_split_of_a_short_recording_is_revisited(clips):
     kept, rejected = Segmenter(min_duration=3.0)([Turn(a, cut, "S0"), Turn(cut, b, "S1")], speech, wav)
     assert [(s.start, s.end, s.speaker) for s in kept] == [(round(a, 3), round(b, 3), "S1")]  # the longer side's
     assert rejected == []
+    # With a pause between them the two short turns may well be two people: they stay turns.
+    kept, rejected = Segmenter(min_duration=3.0)([Turn(a, cut - 0.25, "S0"), Turn(cut + 0.25, b, "S1")], speech, wav)
+    assert kept == [] and [why for _, why in rejected] == ["too_short", "too_short"]

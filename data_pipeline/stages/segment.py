@@ -1,11 +1,12 @@
 """Segmentation: speaker turns -> training-sized single-speaker segments.
 
 1. Consecutive turns of the same speaker with a gap <= max_gap are merged. A speaker change
-   whose both sides are shorter than min_duration (and at most max_gap apart) is revisited: the
-   shorter side takes its neighbour's speaker and they merge. Such a change is the diarizer's
-   least certain call (embeddings of a few seconds of one voice differ as much as two voices'),
-   and keeping it would drop both sides as too short: one short recording of one person split in
-   two would be lost whole. A short turn next to a long one of another speaker stays a turn.
+   without a pause (inside one speech region) whose both sides are shorter than min_duration is
+   revisited: the shorter side takes its neighbour's speaker and they merge. Such a change is the
+   diarizer's least certain call (embeddings of a few seconds of one voice differ as much as two
+   voices'), and keeping it would drop both sides as too short: one short recording of one person
+   split in two would be lost whole. Short turns with a pause between them, or next to a long
+   turn of another speaker, stay turns (merging real short turns would make mixed segments).
 2. A turn longer than max_duration is split at its longest pause (a gap
    between VAD speech regions, or between merged turns), preferring pauses
    that leave both sides >= min_duration; the pause itself is cut out. A turn
@@ -59,8 +60,9 @@ class Segmenter:
                     self._join(out[a], out.pop(a + 1))
 
     def _doubtful(self, x, y) -> bool:
-        """A change between merged turns x and y that both fall under min_duration, max_gap apart."""
-        return (x[0].speaker != y[0].speaker and self._gap(x, y) <= self.max_gap
+        """A change without a pause (the turns touch: the diarizer cut one speech region) between
+        merged turns x and y that both fall under min_duration."""
+        return (x[0].speaker != y[0].speaker and self._gap(x, y) <= 1e-3
                 and max(x[0].duration, y[0].duration) < self.min_duration)
 
     @staticmethod
