@@ -54,6 +54,7 @@ def with_noise(wav: np.ndarray, speech, snr_db: float, seed: int = 0) -> np.ndar
     return (wav + noise).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_pyannote_sample_is_two_speakers(diarizer, vad):
     path, reference = pyannote_sample()
     wav, sr = load_audio(path, ANALYSIS_SR)
@@ -63,6 +64,7 @@ def test_pyannote_sample_is_two_speakers(diarizer, vad):
     assert error <= 0.15, f"DER {error:.3f}"
 
 
+@pytest.mark.slow
 def test_real_single_voices_are_one_speaker(diarizer, vad, clips):
     found = {}
     for name, wav, speech in clips.values():
