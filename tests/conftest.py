@@ -10,6 +10,7 @@ synth_corpus  session-scoped; make_corpus(preset="tests") built once (~6 s) into
 conversation  session-scoped factory: conversation(name="conv.wav", **make_conversation_kwargs)
               -> (path, utterances). Same arguments give the same cached file, so treat
               the files as read-only (copy them before changing them).
+vad, diarizer session-scoped: the default SileroVAD and EmbeddingClusterDiarizer stages, loaded once.
 one_thread    module-scoped: torch runs single-threaded for a module that asks for it with
               `pytestmark = pytest.mark.usefixtures("one_thread")`, and the count is restored after.
 """
@@ -31,6 +32,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def vad():
+    from data_pipeline.stages.vad import SileroVAD
+    return SileroVAD()
+
+
+@pytest.fixture(scope="session")
+def diarizer():
+    from data_pipeline.stages.diarization import EmbeddingClusterDiarizer
+    return EmbeddingClusterDiarizer()
 
 
 @pytest.fixture(scope="session")

@@ -28,17 +28,6 @@ DISTINCT = [VOICE_BY_NAME[n] for n in ("v0", "v1", "v3", "v4", "v5", "v6")] + [
     Voice("v2", "en-gb-x-rp+iven3", pitch=50, speed=165), Voice("v7", "en-us+klatt2", pitch=40, speed=150)]
 
 
-@pytest.fixture(scope="module")
-def diarizer():
-    return EmbeddingClusterDiarizer()
-
-
-@pytest.fixture(scope="module")
-def vad():
-    from data_pipeline.stages.vad import SileroVAD
-    return SileroVAD()
-
-
 def purity(utterances: list[dict], start: float, end: float) -> float:
     """Share of the truth speech inside [start, end] that belongs to its main speaker."""
     per: dict[str, float] = {}

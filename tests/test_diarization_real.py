@@ -18,23 +18,11 @@ os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
 from data_pipeline.diarization_score import der, pyannote_sample  # noqa: E402
 from data_pipeline.splice import splice_conversation  # noqa: E402
 from data_pipeline.stages.base import ANALYSIS_SR, Turn  # noqa: E402
-from data_pipeline.stages.diarization import EmbeddingClusterDiarizer  # noqa: E402
 from data_pipeline.stages.segment import Segmenter  # noqa: E402
 from higgs_train.audio import load_audio  # noqa: E402
 
 REAL = Path(__file__).parent / "fixtures" / "real_speech"
 NAMES = ("belinda", "broom_salesman", "en_man", "en_woman", "zh_man_sichuan")
-
-
-@pytest.fixture(scope="module")
-def diarizer():
-    return EmbeddingClusterDiarizer()
-
-
-@pytest.fixture(scope="module")
-def vad():
-    from data_pipeline.stages.vad import SileroVAD
-    return SileroVAD()
 
 
 @pytest.fixture(scope="module")
