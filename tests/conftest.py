@@ -10,9 +10,9 @@ synth_corpus  session-scoped; make_corpus(preset="tests") built once (~6 s) into
 conversation  session-scoped factory: conversation(name="conv.wav", **make_conversation_kwargs)
               -> (path, utterances). Same arguments give the same cached file, so treat
               the files as read-only (copy them before changing them).
-vad, diarizer session-scoped: the default SileroVAD and EmbeddingClusterDiarizer stages, loaded once.
 one_thread    module-scoped: torch runs single-threaded for a module that asks for it with
               `pytestmark = pytest.mark.usefixtures("one_thread")`, and the count is restored after.
+vad, diarizer session-scoped: the default SileroVAD and EmbeddingClusterDiarizer stages, loaded once.
 """
 from __future__ import annotations
 
