@@ -16,6 +16,7 @@ slurm_cluster session-scoped: a private one-node Slurm cluster (slurm/local/up.s
               that submit slurm/*.sbatch; skips where Slurm cannot be had.
 one_thread    module-scoped: torch runs single-threaded for a module that asks for it with
               `pytestmark = pytest.mark.usefixtures("one_thread")`, and the count is restored after.
+vad, diarizer session-scoped: the default SileroVAD and EmbeddingClusterDiarizer stages, loaded once.
 """
 from __future__ import annotations
 
@@ -42,6 +43,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def vad():
+    from data_pipeline.stages.vad import SileroVAD
+    return SileroVAD()
+
+
+@pytest.fixture(scope="session")
+def diarizer():
+    from data_pipeline.stages.diarization import EmbeddingClusterDiarizer
+    return EmbeddingClusterDiarizer()
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,12 @@
 """Segmentation: speaker turns -> training-sized single-speaker segments.
 
-1. Consecutive turns of the same speaker with a gap <= max_gap are merged.
+1. Consecutive turns of the same speaker with a gap <= max_gap are merged. A speaker change
+   without a pause (inside one speech region) whose both sides are shorter than min_duration is
+   revisited: the shorter side takes its neighbour's speaker and they merge. Such a change is the
+   diarizer's least certain call (embeddings of a few seconds of one voice differ as much as two
+   voices'), and keeping it would drop both sides as too short: one short recording of one person
+   split in two would be lost whole. Short turns with a pause between them, or next to a long
+   turn of another speaker, stay turns (merging real short turns would make mixed segments).
 2. A turn longer than max_duration is split at its longest pause (a gap
    between VAD speech regions, or between merged turns), preferring pauses
    that leave both sides >= min_duration; the pause itself is cut out. A turn
@@ -29,17 +35,48 @@ class Segmenter:
         self.max_duration = max_duration
 
     def merge(self, turns: list[Turn]) -> list[tuple[Turn, list[tuple[float, float]]]]:
-        """Merged turns, each with the gaps that were bridged inside it."""
+        """Merged turns, each with the gaps that were bridged inside it; a change between two
+        turns both under min_duration is undone (module doc, step 1), shortest turn first."""
         out: list[tuple[Turn, list]] = []
         for t in sorted(turns, key=lambda t: (t.start, t.end)):
             if out and out[-1][0].speaker == t.speaker and t.start - out[-1][0].end <= self.max_gap:
-                prev, gaps = out[-1]
-                if t.start > prev.end:
-                    gaps.append((prev.end, t.start))
-                prev.end = max(prev.end, t.end)
+                self._join(out[-1], (Turn(t.start, t.end, t.speaker), []))
             else:
                 out.append((Turn(t.start, t.end, t.speaker), []))
-        return out
+        while True:
+            doubtful = {i: [j for j in (i - 1, i + 1) if 0 <= j < len(out) and self._doubtful(out[i], out[j])]
+                        for i in range(len(out))}
+            doubtful = {i: js for i, js in doubtful.items() if js}
+            if not doubtful:
+                return out
+            i = min(doubtful, key=lambda i: out[i][0].duration)
+            j = max(doubtful[i], key=lambda j: out[j][0].duration)
+            out[i][0].speaker = out[j][0].speaker
+            a = min(i, j)
+            self._join(out[a], out.pop(a + 1))
+            for k in (a + 1, a - 1):  # the relabelled turn may now continue a turn of that speaker
+                if 0 <= k < len(out) and out[k][0].speaker == out[a][0].speaker and self._gap(out[a], out[k]) <= self.max_gap:
+                    a = min(a, k)
+                    self._join(out[a], out.pop(a + 1))
+
+    def _doubtful(self, x, y) -> bool:
+        """A change without a pause (the turns touch: the diarizer cut one speech region) between
+        merged turns x and y that both fall under min_duration."""
+        return (x[0].speaker != y[0].speaker and self._gap(x, y) <= 1e-3
+                and max(x[0].duration, y[0].duration) < self.min_duration)
+
+    @staticmethod
+    def _gap(x, y) -> float:
+        return max(x[0].start, y[0].start) - min(x[0].end, y[0].end)
+
+    @staticmethod
+    def _join(first, second) -> None:
+        """Extend `first` (turn, gaps) by the later `second`, bridging the gap between them."""
+        (prev, gaps), (t, more) = first, second
+        if t.start > prev.end:
+            gaps.append((prev.end, t.start))
+        gaps.extend(more)
+        prev.end = max(prev.end, t.end)
 
     @staticmethod
     def _pauses(a: float, b: float, speech: list[tuple[float, float]], ends: list[float], gaps) -> list:
