@@ -1,8 +1,5 @@
 """higgs_train.cli: the small tools' key=value command lines read the way Hydra reads the big
 ones: typed, unknown and missing keys named, --help listing every option (issue 14 item 6)."""
-import json
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
@@ -11,6 +8,7 @@ import pytest
 from omegaconf import MISSING
 
 from higgs_train.cli import help_text, parse
+from run_as_main import run_as_main  # tests/ is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,35 +55,17 @@ def test_help_lists_every_option_with_its_default(exits):
 
 SMALL_TOOLS = ["higgs_train.llm.text_tokenizer", "higgs_train.llm.report", "higgs_train.evaluate.compare",
                "data_pipeline.synth", "data_pipeline.tiny_pyannote"]
-# Each tool run as `python -m` runs it (runpy with alter_sys), all in ONE fresh interpreter: ten interpreter
-# starts, each importing torch, cost ~100 s on a loaded 2-core machine.
-RUN_AS_MAIN = """
-import contextlib, io, json, runpy, sys
-out = {}
-for module in sys.argv[1:]:
-    for argv in (["no_such_key=1"], ["--help"]):
-        o, e, code = io.StringIO(), io.StringIO(), 0
-        sys.argv = [module, *argv]
-        with contextlib.redirect_stdout(o), contextlib.redirect_stderr(e):
-            try:
-                runpy.run_module(module, run_name="__main__", alter_sys=True)
-            except SystemExit as x:
-                code = 0 if x.code is None else x.code if isinstance(x.code, int) else 1
-        out.setdefault(module, []).append({"returncode": code, "stdout": o.getvalue(), "stderr": e.getvalue()})
-print(json.dumps(out))
-"""
 
 
 @pytest.fixture(scope="module")
 def small_tool_runs() -> dict:
-    p = subprocess.run([sys.executable, "-c", RUN_AS_MAIN, *SMALL_TOOLS], capture_output=True, text=True, cwd=ROOT,
-                       timeout=300)
-    assert p.returncode == 0, p.stderr[-2000:]
-    return json.loads(p.stdout.splitlines()[-1])
+    """{module: (its run with an unknown key, its --help)}, all in one interpreter (tests/run_as_main.py)."""
+    runs = run_as_main([(m, argv) for m in SMALL_TOOLS for argv in (["no_such_key=1"], ["--help"])], cwd=ROOT)
+    return {m: runs[2 * i: 2 * i + 2] for i, m in enumerate(SMALL_TOOLS)}
 
 
 @pytest.mark.parametrize("module", SMALL_TOOLS)
 def test_every_small_tool_refuses_an_unknown_key(module, small_tool_runs):
     p, h = small_tool_runs[module]
-    assert p["returncode"] == 2 and "unknown option 'no_such_key'" in p["stderr"], (p["returncode"], p["stderr"][-500:])
-    assert h["returncode"] == 0 and "options:" in h["stdout"]
+    assert p.returncode == 2 and "unknown option 'no_such_key'" in p.stderr, (p.returncode, p.stderr[-500:])
+    assert h.returncode == 0 and "options:" in h.stdout
