@@ -1,7 +1,5 @@
 """higgs_train.cli: the small tools' key=value command lines read the way Hydra reads the big
 ones: typed, unknown and missing keys named, --help listing every option (issue 14 item 6)."""
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
@@ -10,6 +8,7 @@ import pytest
 from omegaconf import MISSING
 
 from higgs_train.cli import help_text, parse
+from run_as_main import run_as_main  # tests/ is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,11 +53,19 @@ def test_help_lists_every_option_with_its_default(exits):
     assert help_text(Args, "prog") in text
 
 
-@pytest.mark.parametrize("module", ["higgs_train.llm.text_tokenizer", "higgs_train.llm.report",
-                                    "higgs_train.evaluate.compare", "data_pipeline.synth", "data_pipeline.tiny_pyannote"])
-def test_every_small_tool_refuses_an_unknown_key(module):
-    p = subprocess.run([sys.executable, "-m", module, "no_such_key=1"], capture_output=True, text=True, cwd=ROOT,
-                       timeout=120)
+SMALL_TOOLS = ["higgs_train.llm.text_tokenizer", "higgs_train.llm.report", "higgs_train.evaluate.compare",
+               "data_pipeline.synth", "data_pipeline.tiny_pyannote"]
+
+
+@pytest.fixture(scope="module")
+def small_tool_runs() -> dict:
+    """{module: (its run with an unknown key, its --help)}, all in one interpreter (tests/run_as_main.py)."""
+    runs = run_as_main([(m, argv) for m in SMALL_TOOLS for argv in (["no_such_key=1"], ["--help"])], cwd=ROOT)
+    return {m: runs[2 * i: 2 * i + 2] for i, m in enumerate(SMALL_TOOLS)}
+
+
+@pytest.mark.parametrize("module", SMALL_TOOLS)
+def test_every_small_tool_refuses_an_unknown_key(module, small_tool_runs):
+    p, h = small_tool_runs[module]
     assert p.returncode == 2 and "unknown option 'no_such_key'" in p.stderr, (p.returncode, p.stderr[-500:])
-    h = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert h.returncode == 0 and "options:" in h.stdout

@@ -304,7 +304,21 @@ def test_callback_restores_train_mode_without_grads(tmp_path, tiny, clips):
     assert int(row["step"]) == 7 and float(row["eval/rtf"]) > 0 and 1 <= float(row["eval/dnsmos_ovrl"]) <= 5
 
 
-def test_synthetic_eval_set_and_comparison_table(tmp_path):
+def compare(capsys, *argv) -> subprocess.CompletedProcess:
+    """`python -m higgs_train.evaluate.compare ARGV` called in this process: what its `__main__` runs
+    (tests/test_cli.py runs that as `-m` does); an interpreter start each costs seconds under load."""
+    from higgs_train.evaluate.compare import main
+
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, code, out.out, out.err)
+
+
+def test_synthetic_eval_set_and_comparison_table(tmp_path, capsys):
     """data_pipeline.synth.make_eval_set writes a set the harness loads (prompt, target and other
     voices); `python -m higgs_train.evaluate.compare` puts two runs' means side by side."""
     from data_pipeline.synth import make_eval_set
@@ -318,21 +332,19 @@ def test_synthetic_eval_set_and_comparison_table(tmp_path):
     for run, means in [("a", {"wer": 0.5, "sim_v7": 0.25}), ("b", {"wer": 0.25, "sim_v7": 0.5, "rtf": 1.0})]:
         (tmp_path / run).mkdir()
         (tmp_path / run / "summary.json").write_text(json.dumps({"means": means}))
-    p = subprocess.run([sys.executable, "-m", "higgs_train.evaluate.compare", str(tmp_path / "a"), str(tmp_path / "b"),
-                        f"out={tmp_path / 'c.md'}"], capture_output=True, text=True)
+    p = compare(capsys, tmp_path / "a", tmp_path / "b", f"out={tmp_path / 'c.md'}")
     assert p.returncode == 0, p.stderr
     rows = {line.split(" | ")[0].strip("| "): line for line in p.stdout.splitlines()[2:]}
     assert rows["sim_v7"] == "| sim_v7 | 0.2500 | 0.5000 | +0.2500 |"
     assert rows["wer"] == "| wer | 0.5000 | 0.2500 | -0.2500 |"
     assert rows["rtf"] == "| rtf |  | 1.0000 |  |"
     assert (tmp_path / "c.md").read_text() == p.stdout
-    gate = [sys.executable, "-m", "higgs_train.evaluate.compare", str(tmp_path / "a"), str(tmp_path / "b")]
-    ok = subprocess.run([*gate, "higher=sim_v7", "lower=wer"], capture_output=True, text=True)
+    gate = [tmp_path / "a", tmp_path / "b"]
+    ok = compare(capsys, *gate, "higher=sim_v7", "lower=wer")
     assert ok.returncode == 0 and "sim_v7: 0.2500 -> 0.5000 (+0.2500), expected higher: ok" in ok.stdout
-    bad = subprocess.run([*gate, "higher=sim_v7,wer", "lower=rtf"], capture_output=True, text=True)
+    bad = compare(capsys, *gate, "higher=sim_v7,wer", "lower=rtf")
     assert bad.returncode == 1, bad.stdout
     assert "wer: 0.5000 -> 0.2500 (-0.2500), expected higher: NOT MET" in bad.stdout
     assert "rtf: missing from a run, expected lower: NOT MET" in bad.stdout
-    missing = subprocess.run([sys.executable, "-m", "higgs_train.evaluate.compare", str(tmp_path / "a"),
-                              str(tmp_path / "nope")], capture_output=True, text=True)
+    missing = compare(capsys, tmp_path / "a", tmp_path / "nope")
     assert missing.returncode == 1 and "no evaluation summary" in missing.stderr

@@ -43,7 +43,6 @@ from higgs_train.files import write_text_atomic
 from recipes.finetune import FinetuneError
 from recipes.finetune.corpus import (audio_files, pick_reference, read_manifest, rejection_reasons, split,
                                      without_sidecar, write_preset)
-from recipes.finetune.stops import held_out_sentences, read_history, read_reference, speak
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +200,8 @@ def stop_check(cfg: DictConfig):
 
 def check_stops(cfg: DictConfig, best: int | None) -> list[dict]:
     """The stop check's history; FinetuneError when it ran and no validation stopped (no best checkpoint)."""
+    from recipes.finetune.stops import read_history   # imports Lightning (3 s): not before a run trains
+
     stops = stop_check(cfg)
     if stops is None:
         return []
@@ -236,6 +237,7 @@ def measure_exports(cfg: DictConfig, exports: dict, preset_dir) -> dict:
     from higgs_train.finetune.lora import held_out_loss, load_export
     from higgs_train.llm.text_tokenizer import load_text_tokenizer
     from higgs_train.tokenizer import AudioTokenizer
+    from recipes.finetune.stops import held_out_sentences, read_reference, speak
 
     stops = stop_check(cfg)
     codec = sentences = reference = None
