@@ -121,7 +121,12 @@ class _Row:
     amask: Tensor      # [P] bool
     cfg: SamplingConfig
     gen: torch.Generator
-    watch: StopWatch   # the chunk's frame limit and guards (higgs_train.llm.stops)
+    watch: StopWatch | None = None   # the chunk's frame limit and guards (higgs_train.llm.stops);
+                                     # None: no guard, the row ends at cfg.max_frames
+
+    def __post_init__(self):
+        if self.watch is None:
+            self.watch = StopWatch(StopRules.off(), "", 1.0, self.cfg.max_frames, hop=1)
 
 
 class Engine:

@@ -27,7 +27,7 @@ from server_common import serving
 
 TEXT = "Hello there, how are you today?"          # expected 2.29 s: a budget of 143 frames
 BUDGET = StopRules().budget(TEXT, FPS, 1500)[0]
-OFF = StopRules(budget_factor=0, silence_s=0, loop_s=0)
+OFF = StopRules.off()
 SPEECH_FRAMES = 25                                # loops and goes_silent: 1 s of speech first
 
 

@@ -96,6 +96,11 @@ class StopRules:
                 or not 0 < self.loop_match <= 1 or self.check_every < 1:
             raise ValueError(f"bad stop rules {self}")
 
+    @classmethod
+    def off(cls) -> "StopRules":
+        """No guard: only the hard cap (sampling.max_frames) ends a chunk the model does not end."""
+        return cls(budget_factor=0, silence_s=0, loop_s=0)
+
     def replace(self, **overrides) -> "StopRules":
         unknown = set(overrides) - {f.name for f in fields(self)}
         if unknown:
