@@ -26,6 +26,7 @@ import pyloudnorm
 import scipy.signal
 import soxr
 
+from data_pipeline import cores
 from data_pipeline.stages.base import EXPORT_SR
 
 DNSMOS_SR = 16_000
@@ -56,7 +57,7 @@ def _session(path: Path, threads: int):
         if not path.is_file():
             raise FileNotFoundError(f"DNSMOS model not found: {path}")
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads  # 0: onnxruntime picks (all cores)
+        opts.intra_op_num_threads = threads
         # The arena holds on to each batch's peak (+1.8 GiB at batch 16 on a 2-hour file); off: +0.12 GiB.
         opts.enable_cpu_mem_arena = False
         opts.inter_op_num_threads = 1
@@ -145,14 +146,16 @@ class DNSMOS:
 
     def dnsmos(self, clips: list[np.ndarray], sr: int = DNSMOS_SR) -> np.ndarray:
         """[n_clips, 3] (sig, bak, ovrl). Windows of consecutive clips share run calls; only one
-        clip's 16 kHz copy exists at a time, so memory stays ~ the clips passed in + one batch."""
-        sess = _session(self.model_path, self.threads)
+        clip's 16 kHz copy exists at a time, so memory stays ~ the clips passed in + one batch.
+        threads=0 asks for this worker's share of the cores at every run call (data_pipeline/cores.py):
+        a long source's last windows take the cores of workers that ran out of sources."""
         batch = np.empty((self.batch_size, WINDOW), np.float32)
         owner = np.empty(self.batch_size, np.int64)  # which clip each batch row belongs to
         sums, counts = np.zeros((len(clips), 3)), np.zeros(len(clips))
         n = 0
 
         def flush(n: int) -> None:
+            sess = _session(self.model_path, self.threads or cores.share())
             raw = sess.run(None, {"input_1": batch[:n]})[0]  # [n, 3] raw sig, bak, ovr
             fitted = np.stack([_FIT_SIG(raw[:, 0]), _FIT_BAK(raw[:, 1]), _FIT_OVR(raw[:, 2])], axis=1)
             np.add.at(sums, owner[:n], fitted)  # official: fit per window, then mean over windows
