@@ -114,7 +114,7 @@ def summarize(manifest_rows: list[dict], rejected_rows: list[dict], stats: dict)
 
 def _cores(stats: dict) -> dict:
     """stage_cores {stage: CPU seconds / seconds}: the cores a worker kept busy in that stage (2.0: two
-    threads at work the whole time); cores_busy: the run's CPU seconds over its wall seconds, of
+    threads at work the whole time); cores_busy: the stages' CPU seconds over the run's wall seconds, of
     `cores` on this machine. A run that leaves cores idle (one long file, one worker at work on
     one thread) shows cores_busy well under cores."""
     timings, cpu, wall = stats.get("timings") or {}, stats.get("cpu_timings") or {}, stats.get("wall_seconds")
@@ -341,7 +341,7 @@ def _html(summary: dict, figs: list[tuple], reason_ex: dict, band_ex: dict, band
         parts.append("</table>")
         if s.get("cores_busy") is not None:
             parts.append(f"<p>The whole run kept {s['cores_busy']:.2f} of the machine's {s['cores']} cores busy "
-                         "(its CPU seconds over its wall seconds).</p>")
+                         "(the stages' CPU seconds over the run's wall seconds; starting the workers aside).</p>")
     parts.append("<h2>Figures</h2>")
     parts += [f"<figure><img src='{_e(n)}' alt='{_e(c)}'><figcaption>{_e(c)}</figcaption></figure>" for n, c in figs]
 

@@ -19,8 +19,6 @@ session.run call, with one InferenceSession per process.
 from __future__ import annotations
 
 import importlib.util
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +39,6 @@ _FIT_BAK = np.poly1d([-0.13166888, 1.60915514, -0.39604546])
 _FIT_OVR = np.poly1d([-0.06766283, 1.11546468, 0.04602535])
 
 _SESSIONS: dict = {}  # (path, threads) -> InferenceSession: one per process, built lazily (after fork)
-_RUNNER: ThreadPoolExecutor | None = None
 
 
 def default_model_path() -> Path:
@@ -66,14 +63,6 @@ def _session(path: Path, threads: int):
         opts.inter_op_num_threads = 1
         _SESSIONS[key] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     return _SESSIONS[key]
-
-
-def _runner() -> ThreadPoolExecutor:
-    """This process's threads for DNSMOS run calls (onnxruntime releases the GIL while it runs)."""
-    global _RUNNER
-    if _RUNNER is None:
-        _RUNNER = ThreadPoolExecutor(cores.cores(), thread_name_prefix="dnsmos")
-    return _RUNNER
 
 
 def window_starts(n_samples: int, hop_seconds: float) -> list[int]:
@@ -158,45 +147,36 @@ class DNSMOS:
     def dnsmos(self, clips: list[np.ndarray], sr: int = DNSMOS_SR) -> np.ndarray:
         """[n_clips, 3] (sig, bak, ovrl). Windows of consecutive clips share run calls; only one
         clip's 16 kHz copy exists at a time, so memory stays ~ the clips passed in + the batches in
-        flight.
-
-        threads=0: run calls on one onnxruntime thread each, as many at once as this worker's share
-        of the cores (data_pipeline/cores.py, asked before every batch), so a long source's last
-        windows take the cores of workers that ran out of sources. Whole batches side by side cost
-        the CPU of one thread each; one session's intra-op threads cost ~15 % more and left part
-        of the second core idle (benchmarks/README.md). Threads=N: one call at a time on N threads."""
+        flight. threads=0: batches side by side on one onnxruntime thread each, as many as this
+        worker's share of the cores (data_pipeline/cores.py), so a long source's last windows take
+        the cores of workers that ran out of sources; threads=N: one batch at a time on N threads."""
         sess = _session(self.model_path, self.threads or 1)
         sums, counts = np.zeros((len(clips), 3)), np.zeros(len(clips))
-        in_flight: deque = deque()  # (future [n, 3] raw scores, owners), oldest first: summed in order
 
-        def collect() -> None:
-            raw_future, owner = in_flight.popleft()
-            raw = raw_future.result()  # [n, 3] raw sig, bak, ovr
+        def batches():
+            batch, owner, n = np.empty((self.batch_size, WINDOW), np.float32), np.empty(self.batch_size, np.int64), 0
+            for k, clip in enumerate(clips):
+                wav = np.asarray(clip, np.float32).reshape(-1)
+                if sr != DNSMOS_SR:
+                    wav = soxr.resample(wav, sr, DNSMOS_SR).astype(np.float32)
+                wav = tile(np.clip(wav, -1.0, 1.0))
+                for start in window_starts(len(wav), self.hop_seconds):
+                    batch[n], owner[n] = wav[start:start + WINDOW], k  # owner: the clip of each row
+                    n += 1
+                    if n == self.batch_size:
+                        yield batch, owner
+                        batch, owner, n = np.empty_like(batch), np.empty_like(owner), 0
+            if n:
+                yield batch[:n], owner[:n]
+
+        def run(item):
+            return sess.run(None, {"input_1": item[0]})[0], item[1]  # [n, 3] raw sig, bak, ovr
+
+        scored = cores.side_by_side(run, batches()) if not self.threads else map(run, batches())
+        for raw, owner in scored:
             fitted = np.stack([_FIT_SIG(raw[:, 0]), _FIT_BAK(raw[:, 1]), _FIT_OVR(raw[:, 2])], axis=1)
             np.add.at(sums, owner, fitted)  # official: fit per window, then mean over windows
             np.add.at(counts, owner, 1)
-
-        def submit(batch: np.ndarray, owner: np.ndarray) -> None:
-            in_flight.append((_runner().submit(lambda b: sess.run(None, {"input_1": b})[0], batch), owner))
-            while len(in_flight) >= (1 if self.threads else cores.share()):  # this thread too: at most the share at work
-                collect()
-
-        batch, owner, n = np.empty((self.batch_size, WINDOW), np.float32), np.empty(self.batch_size, np.int64), 0
-        for k, clip in enumerate(clips):
-            wav = np.asarray(clip, np.float32).reshape(-1)
-            if sr != DNSMOS_SR:
-                wav = soxr.resample(wav, sr, DNSMOS_SR).astype(np.float32)
-            wav = tile(np.clip(wav, -1.0, 1.0))
-            for start in window_starts(len(wav), self.hop_seconds):
-                batch[n], owner[n] = wav[start:start + WINDOW], k
-                n += 1
-                if n == self.batch_size:
-                    submit(batch, owner)
-                    batch, owner, n = np.empty_like(batch), np.empty_like(owner), 0
-        if n:
-            submit(batch[:n], owner[:n])
-        while in_flight:
-            collect()
         return sums / np.maximum(counts, 1)[:, None]
 
     def __call__(self, clips: list[np.ndarray], sr: int) -> list[dict]:
