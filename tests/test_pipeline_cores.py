@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -95,3 +96,23 @@ def test_report_says_how_many_cores_each_stage_used(probed_run):
     s = summarize([], [], {"timings": {"quality": 10.0, "vad": 2.0, "finalize": 1.0},
                            "cpu_timings": {"quality": 19.0, "vad": 1.0}, "wall_seconds": 8.0})
     assert s["stage_cores"] == {"quality": 1.9, "vad": 0.5} and s["cores_busy"] == 2.5
+
+
+@pytest.mark.skipif(cores.cores() < 2, reason="one core: nothing side by side")
+def test_side_by_side_runs_the_share_at_once_and_keeps_the_order():
+    running, most, lock = 0, 0, threading.Lock()
+
+    def work(i: int) -> int:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.05)
+        with lock:
+            running -= 1
+        return i * i
+
+    t = time.perf_counter()
+    assert list(cores.side_by_side(work, range(12))) == [i * i for i in range(12)]
+    assert most == cores.share() == cores.cores()  # outside a pool the share is every core
+    assert time.perf_counter() - t < 12 * 0.05 * 0.8  # side by side, not one after the other
