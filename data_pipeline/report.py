@@ -338,10 +338,10 @@ def _html(summary: dict, figs: list[tuple], reason_ex: dict, band_ex: dict, band
                      "<th>cores per worker (CPU s / s)</th></tr>")
         parts += [f"<tr><td>{_e(k)}</td><td class='n'>{float(v):.1f}</td>"
                   f"<td class='n'>{_e(cores.get(k, '–'))}</td></tr>" for k, v in s["timings"].items()]
+        if s.get("cores_busy") is not None:  # the stages' CPU seconds over the run's wall (starting the workers aside)
+            parts.append(f"<tr><td>whole run (wall)</td><td class='n'>{float(s['wall_seconds']):.1f}</td>"
+                         f"<td class='n'>{s['cores_busy']:.2f} of {s['cores']} cores busy</td></tr>")
         parts.append("</table>")
-        if s.get("cores_busy") is not None:
-            parts.append(f"<p>The whole run kept {s['cores_busy']:.2f} of the machine's {s['cores']} cores busy "
-                         "(the stages' CPU seconds over the run's wall seconds; starting the workers aside).</p>")
     parts.append("<h2>Figures</h2>")
     parts += [f"<figure><img src='{_e(n)}' alt='{_e(c)}'><figcaption>{_e(c)}</figcaption></figure>" for n, c in figs]
 
