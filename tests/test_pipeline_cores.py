@@ -62,12 +62,12 @@ def probed_run(tmp_path_factory):
     summary = curate(make_cfg(inputs, root / "out", f"workers={workers}", f"stages=[ingest,{','.join(PROBES)}]",
                               *probes))
     rows = [json.loads(line) for p in sorted(logs.glob("*.jsonl")) for line in p.read_text().splitlines()]
-    return rows, workers, summary
+    return rows, workers, summary, (root / "out/report/index.html").read_text()
 
 
 @pytest.mark.skipif(cores.cores() < 2, reason="one core: nothing to share")
 def test_busy_workers_never_hold_more_threads_than_cores_and_the_last_file_takes_them_all(probed_run):
-    rows, workers, _ = probed_run
+    rows, workers, _, _ = probed_run
     n = cores.cores()
     spans = {}  # source -> (first, last) logged time: when a worker was busy with it
     for r in rows:
@@ -88,11 +88,13 @@ def test_busy_workers_never_hold_more_threads_than_cores_and_the_last_file_takes
 
 
 def test_report_says_how_many_cores_each_stage_used(probed_run):
-    _, _, summary = probed_run
+    _, _, summary, html = probed_run
     # the probes sleep: a fraction of a core; the whole run's CPU over its wall, of this machine's cores
     assert set(summary["stage_cores"]) >= {"ingest", *PROBES}
     assert all(summary["stage_cores"][p] < 0.3 for p in PROBES)
     assert summary["cores"] == cores.cores() and 0 <= summary["cores_busy"] < 0.5
+    assert f"{summary['cores_busy']:.2f} of {cores.cores()} cores busy" in html
+    assert f"<td class='n'>{summary['stage_cores']['probe']}</td>" in html
     s = summarize([], [], {"timings": {"quality": 10.0, "vad": 2.0, "finalize": 1.0},
                            "cpu_timings": {"quality": 19.0, "vad": 1.0}, "wall_seconds": 8.0})
     assert s["stage_cores"] == {"quality": 1.9, "vad": 0.5} and s["cores_busy"] == 2.5
