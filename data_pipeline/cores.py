@@ -10,8 +10,8 @@ fewer threads than it may, never more. Outside a pool (workers=1, tests, evaluat
 is every core.
 
 Stages ask at run time: torch's intra-op threads follow share() at each stage (follow(), from
-data_pipeline/process.py), and a `threads: 0` setting (DNSMOS's onnxruntime session) means
-share() at each call."""
+data_pipeline/process.py), and the heavy loops run whole calls side by side, share() at once
+(side_by_side(): DNSMOS's batches when its `threads` is 0, the diarization encoder's batches)."""
 from __future__ import annotations
 
 import os
