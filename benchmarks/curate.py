@@ -2,6 +2,7 @@
 long file, all against the obvious per-file / per-clip baseline measured in the same run.
 
     python benchmarks/curate.py [out=DIR] [workers=N] [baseline_files=3] [two_hours=false]
+                                [long_minutes=9] [shapes_only=false]
 
 Corpus: data_pipeline.synth preset "bench" (conversations in several formats and rates, a voice
 folder, a 10.5-minute file, broken files), generated once into DIR/corpus.
@@ -17,6 +18,12 @@ conversations:
 Real-time factor = audio seconds / seconds spent (per stage: summed over workers, i.e. per core).
 Peak RSS: the whole pipeline (workers=1) on the long file alone, vs the baseline on it; with
 two_hours=true also on a 2-hour file (the long file tiled).
+
+Shapes (shapes_only=true: this part alone): the same audio as one long recording and cut into
+`workers` files, each curated with `workers` workers: the real-time factor of each and their ratio
+(1.0: a long file keeps every core as busy as many files do), the cores the run kept busy, and peak
+RSS. The recording, `long_minutes` long: a generated 3-minute conversation (noise, music), the real
+voices of tests/fixtures/real_speech, the same voices under loud noise, looped.
 """
 from __future__ import annotations
 
@@ -36,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 from data_pipeline.synth import make_corpus  # noqa: E402
 
 ARGS = {"out": "bench_out/curate", "workers": str(len(os.sched_getaffinity(0))), "baseline_files": "3",
-        "two_hours": "false"}
+        "two_hours": "false", "long_minutes": "9", "shapes_only": "false"}
 COMMON = ["transcribe=none", "filter.min.dnsmos_ovrl=2.0"]
 
 
@@ -126,6 +133,67 @@ def tile_to(src: Path, dst: Path, seconds: float) -> None:
                     break
 
 
+def shapes_recording(path: Path, minutes: float, work: Path) -> None:
+    """The long recording of the shapes comparison (see the docstring), written block by block."""
+    import numpy as np
+    import soxr
+
+    from data_pipeline.synth import make_long_file
+    from higgs_train.audio import load_audio
+
+    sr = 24000
+    conv = work / "conversation.flac"
+    if not conv.is_file():
+        make_long_file(conv, minutes=3.0, seed=1)
+    voices = [load_audio(f, sr)[0] for f in sorted((ROOT / "tests/fixtures/real_speech").glob("*.flac"))]
+    clean = np.concatenate([np.concatenate([v, np.zeros(sr // 2, np.float32)]) for v in voices])
+    rng = np.random.default_rng(0)
+    noise = soxr.resample(rng.standard_normal(len(clean) // 3).astype(np.float32), sr // 3, sr)[:len(clean)]
+    noisy = clean + noise * (np.sqrt(np.mean(clean ** 2) / np.mean(noise ** 2)) / 10 ** (5 / 20))  # 5 dB SNR
+    unit = np.concatenate([load_audio(conv, sr)[0], clean, np.clip(noisy, -1, 1)]).astype(np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sf.SoundFile(str(path), "w", sr, 1, format="FLAC", subtype="PCM_16") as f:
+        left = int(minutes * 60 * sr)
+        while left > 0:
+            f.write(unit[:left])
+            left -= len(unit)
+
+
+def cut(src: Path, out_dir: Path, n: int) -> None:
+    """`src` cut into n files of equal length (out_dir/part_00.flac ...)."""
+    info = sf.info(str(src))
+    step = -(-info.frames // n)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        wav, sr = sf.read(str(src), start=i * step, stop=min((i + 1) * step, info.frames), dtype="float32")
+        sf.write(str(out_dir / f"part_{i:02d}.flac"), wav, sr, subtype="PCM_16")
+
+
+def shapes(out: Path, workers: int, minutes: float) -> None:
+    """One long recording vs the same audio cut into `workers` files, each with `workers` workers."""
+    work = out / "shapes"
+    long_dir, cut_dir = work / f"long_{minutes:g}min", work / f"cut_{minutes:g}min_{workers}"
+    if not (long_dir / "recording.flac").is_file():
+        shapes_recording(long_dir / "recording.flac", minutes, work)
+    if not (cut_dir / ".done").is_file():
+        shutil.rmtree(cut_dir, ignore_errors=True)
+        cut(long_dir / "recording.flac", cut_dir, workers)
+        (cut_dir / ".done").touch()
+    print(f"\nshapes: {minutes:g} min of audio, workers={workers} on {len(os.sched_getaffinity(0))} cores")
+    print(f"{'shape':24s} {'wall s':>7s} {'real time':>10s} {'(run)':>8s} {'cores busy':>11s} "
+          f"{'quality cores':>14s} {'peak RSS':>9s}")
+    speed = {}
+    for name, folder in (("one long recording", long_dir), (f"cut into {workers} files", cut_dir)):
+        s, wall, rss = run_pipeline(folder, work / f"out_{folder.name}", workers)
+        audio = s["hours_in"] * 3600
+        speed[name] = audio / wall
+        print(f"{name:24s} {wall:7.1f} {rtf(audio, wall):>10s} {str(s['real_time_factor']) + 'x':>8s} "
+              f"{s['cores_busy']:>6.2f} of {s['cores']} {s['stage_cores'].get('quality', 0):>14.2f} {rss:>7.2f} GiB")
+    long_rtf, cut_rtf = speed.values()
+    print(f"long / cut real-time factor: {long_rtf / cut_rtf:.2f} (real time: whole command, start-up included; "
+          f"(run): the report's, listing and finalize aside)")
+
+
 def rtf(audio: float, seconds: float) -> str:
     if seconds <= 0:
         return "-"
@@ -140,6 +208,9 @@ def main(argv: list[str]) -> None:
         ARGS[k] = v
     out = (ROOT / ARGS["out"]).resolve()
     workers, n_base = int(ARGS["workers"]), int(ARGS["baseline_files"])
+    if ARGS["shapes_only"].lower() in ("1", "true", "yes"):
+        shapes(out, workers, float(ARGS["long_minutes"]))
+        return
     corpus = out / "corpus"
     if not (corpus / ".done").is_file():
         shutil.rmtree(corpus, ignore_errors=True)
@@ -208,6 +279,7 @@ def main(argv: list[str]) -> None:
         s2, w2, rss2 = run_pipeline(two, out / "ours_two_hours", 1)
         print(f"2-hour file, workers=1: {rtf(s2['hours_in'] * 3600, w2)} real time ({w2:.0f} s), "
               f"peak RSS {rss2:.2f} GiB")
+    shapes(out, workers, float(ARGS["long_minutes"]))
 
 
 if __name__ == "__main__":

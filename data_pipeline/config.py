@@ -29,19 +29,10 @@ def register_resolvers() -> None:
 register_resolvers()
 
 
-def _share_threads(node, threads: int):
-    """The node with every `threads: 0` ("all cores"), at any depth, set to `threads`."""
-    if isinstance(node, dict):
-        return {k: (threads if k == "threads" and v == 0 else _share_threads(v, threads)) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_share_threads(v, threads) for v in node]
-    return node
-
-
-def build_stage(node, threads: int):
-    """instantiate a stage; a `threads: 0` key ("all cores"), also in a nested part such as a
-    quality metric, becomes this worker's share of them."""
+def build_stage(node):
+    """instantiate a stage (None when its node has no _target_, e.g. transcribe=none). A `threads: 0`
+    key ("this worker's share of the cores") reaches the stage as 0: it asks data_pipeline.cores.share()
+    when it runs, since the share grows as the other workers run out of sources."""
     if node is None or node.get("_target_") is None:
         return None
-    node = _share_threads(OmegaConf.to_container(node, resolve=True), threads)
-    return instantiate(node, _convert_="all")
+    return instantiate(OmegaConf.to_container(node, resolve=True), _convert_="all")

@@ -118,13 +118,17 @@ def run_stats(records: list[dict], rejected: list[dict], fcfg: FilterConfig, inp
     """What data_pipeline.report needs besides the rows (see its docstring)."""
     dup = {r["source"] for r in rejected if r["reason"] == "duplicate" and "start" not in r}
     timings: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     for r in records:
         for k, v in r["timings"].items():
             timings[k] = timings.get(k, 0.0) + v
+        for k, v in r.get("cpu_timings", {}).items():  # absent from records of older runs
+            cpu[k] = cpu.get(k, 0.0) + v
     timings["finalize"] = finalize_seconds
     return {"input_seconds": sum(r["audio"]["duration"] for r in records if r["audio"] and r["source"] not in dup),
             "sources": len(records), "wall_seconds": wall_seconds,
-            "timings": {k: round(v, 3) for k, v in timings.items()}, "input_dir": input_dir,
+            "timings": {k: round(v, 3) for k, v in timings.items()},
+            "cpu_timings": {k: round(v, 3) for k, v in cpu.items()}, "input_dir": input_dir,
             "thresholds": dict(fcfg.min or {})}
 
 
@@ -143,7 +147,7 @@ def finalize(cfg: DictConfig, out_dir, sources: list[str], input_dir: str | None
         raise RuntimeError(f"{len(missing)} sources have no record in {out_dir / PARTS} "
                            f"(e.g. {missing[:3]}); rerun the curation for them")
     fcfg = FilterConfig(**OmegaConf.to_container(cfg.filter, resolve=True))
-    export = build_stage(cfg.export, 1)
+    export = build_stage(cfg.export)
     state = hashlib.sha1(json.dumps({
         "records": [(r["source"], r["fingerprint"], r["sha1"]) for r in records],
         "filter": OmegaConf.to_container(cfg.filter, resolve=True),

@@ -14,6 +14,7 @@ from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+from data_pipeline import cores
 from data_pipeline.config import build_stage
 from data_pipeline.records import PARTS, SHA1_DIR, identity, load_record, new_record, save_record, write_json
 from data_pipeline.source import Source
@@ -54,14 +55,14 @@ def processing_fingerprint(cfg: DictConfig) -> str:
 Stages = list  # [(name, stage)]: cfg.stages in order, each with run(src) (data_pipeline/source.py)
 
 
-def build_stages(cfg: DictConfig, threads: int = 1) -> Stages:
+def build_stages(cfg: DictConfig) -> Stages:
     """cfg.stages, built in order; a stage whose config has no _target_ (transcribe=none) is left out."""
     out = []
     for name in cfg.stages:
         if name not in cfg:
             raise ValueError(f"stages lists {name!r}, but the config has no {name!r} key: add its config group "
                              f"(configs/pipeline/{name}/X.yaml, then +{name}=X) or +{name}._target_=module.Class")
-        stage = build_stage(cfg[name], threads)
+        stage = build_stage(cfg[name])
         if stage is not None:
             if not callable(getattr(stage, "run", None)):
                 raise TypeError(f"stage {name!r} ({type(stage).__name__}) has no run(src) method "
@@ -75,7 +76,6 @@ class Context:
     input_dir: Path
     out_dir: Path
     fingerprint: str
-    threads: int
     # progress(rel, fraction) inside one source, so a multi-hour file moves the bar while it runs:
     # Progress.partial inline, a queue's put in worker processes (None: not reported)
     progress: Callable | None = None
@@ -122,15 +122,24 @@ def process_source(rel: str, stages: Stages, ctx: Context) -> dict:
     costs = [float(getattr(stage, "cost", DEFAULT_COST)) for _, stage in stages]
     total = sum(costs) or 1.0
     done = 0.0   # share of the source done before the running stage
-    t = time.perf_counter()
+    # wall and CPU seconds per stage (CPU: every thread of this process; their ratio is the cores it kept busy)
+    t, cpu = time.perf_counter(), time.process_time()
+
+    def clock(name: str) -> None:
+        nonlocal t, cpu
+        now, now_cpu = time.perf_counter(), time.process_time()
+        rec["timings"][name] = rec["timings"].get(name, 0.0) + now - t
+        rec["cpu_timings"][name] = rec["cpu_timings"].get(name, 0.0) + now_cpu - cpu
+        t, cpu = now, now_cpu
+
     try:
         for (name, stage), cost in zip(stages, costs):
             src.stage = name
             src.progress = lambda f, lo=done, w=cost / total: ctx.report(rel, lo + w * min(max(f, 0.0), 1.0))
+            cores.follow()  # torch's threads: this worker's share of the cores now
             stage.run(src)
-            now = time.perf_counter()
-            rec["timings"][name] = rec["timings"].get(name, 0.0) + now - t
-            t, done = now, done + cost / total
+            clock(name)
+            done += cost / total
             ctx.report(rel, done)
             if src.ended:
                 break
@@ -139,7 +148,7 @@ def process_source(rel: str, stages: Stages, ctx: Context) -> dict:
         transient = isinstance(e, (OSError, MemoryError))
         log.warning("%s failed in stage %s%s:\n%s", rel, src.stage, " (retried on the next run)" if transient else "",
                     traceback.format_exc())
-        rec["timings"][src.stage] = rec["timings"].get(src.stage, 0.0) + time.perf_counter() - t
+        clock(src.stage)
         rec["segments"] = []
         first = stages[0][0] if stages else "ingest"
         rec["rejected"] = [r for r in rec["rejected"] if r["stage"] == first]

@@ -27,7 +27,7 @@ def new_record(rel: str, fingerprint: str, ident: dict | None, transcribed: bool
     """A source's record before any stage has filled it in (the one shape every record has)."""
     return {"source": rel, "key": source_key(rel), "fingerprint": fingerprint, "identity": ident,
             "sha1": None, "duplicate_of": None, "audio": None, "transcribed": transcribed,
-            "rejected": rejected or [], "segments": [], "timings": {}}
+            "rejected": rejected or [], "segments": [], "timings": {}, "cpu_timings": {}}
 
 
 def identity(path: Path) -> dict | None:

@@ -10,6 +10,7 @@ per rejection reason and per DNSMOS OVRL band, so a threshold can be judged by e
     input_seconds   total duration of the input audio (hours in); default: kept + rejected segments
     sources         number of input files
     timings         {stage: seconds}, summed over workers
+    cpu_timings     {stage: CPU seconds}, summed over workers (every thread of a worker counts)
     wall_seconds    wall-clock time of the run (gives the real-time factor)
     input_dir       the input folder: a last resort to play a segment from its source
     thresholds      {quality key: minimum kept}, drawn on the quality histograms; each also gets its
@@ -26,6 +27,7 @@ from __future__ import annotations
 import html
 import io
 import json
+import os
 import re
 import tarfile
 from collections import Counter, defaultdict
@@ -131,6 +133,7 @@ def summarize(manifest_rows: list[dict], rejected_rows: list[dict], stats: dict)
         "rejected_by_stage": dict(Counter(str(r.get("stage", "")) for r in rejected_rows).most_common()),
         "sources": None,
         "timings": {},
+        **_cores(stats),
         "real_time_factor": round(input_s / wall, 2) if wall else None,
         "quality": quality,
         "thresholds": {},
@@ -138,6 +141,17 @@ def summarize(manifest_rows: list[dict], rejected_rows: list[dict], stats: dict)
     summary.update({k: v for k, v in stats.items() if k not in ("input_dir", "input_seconds")})
     summary.setdefault("filters", filter_effects(manifest_rows, rejected_rows, summary["thresholds"]))
     return summary
+
+
+def _cores(stats: dict) -> dict:
+    """stage_cores {stage: CPU seconds / seconds}: the cores a worker kept busy in that stage (2.0: two
+    threads at work the whole time); cores_busy: the stages' CPU seconds over the run's wall seconds, of
+    `cores` on this machine. A run that leaves cores idle (one long file, one worker at work on
+    one thread) shows cores_busy well under cores."""
+    timings, cpu, wall = stats.get("timings") or {}, stats.get("cpu_timings") or {}, stats.get("wall_seconds")
+    return {"stage_cores": {k: round(v / timings[k], 2) for k, v in cpu.items() if timings.get(k)},
+            "cores_busy": round(sum(cpu.values()) / wall, 2) if cpu and wall else None,
+            "cores": len(os.sched_getaffinity(0))}
 
 
 # ---------------------------------------------------------------- figures
@@ -375,8 +389,14 @@ def _html(summary: dict, figs: list[tuple], reason_ex: dict, band_ex: dict, band
     parts += [f"<tr><th>{_e(k)}</th><td class='n'>{_e(v)}</td></tr>" for k, v in rows if v is not None]
     parts.append("</table>")
     if s["timings"]:
-        parts.append("<h2>Stage timings</h2><table><tr><th>stage</th><th>seconds (all workers)</th></tr>")
-        parts += [f"<tr><td>{_e(k)}</td><td class='n'>{float(v):.1f}</td></tr>" for k, v in s["timings"].items()]
+        cores = s.get("stage_cores") or {}
+        parts.append("<h2>Stage timings</h2><table><tr><th>stage</th><th>seconds (all workers)</th>"
+                     "<th>cores per worker (CPU s / s)</th></tr>")
+        parts += [f"<tr><td>{_e(k)}</td><td class='n'>{float(v):.1f}</td>"
+                  f"<td class='n'>{_e(cores.get(k, '–'))}</td></tr>" for k, v in s["timings"].items()]
+        if s.get("cores_busy") is not None:  # the stages' CPU seconds over the run's wall (starting the workers aside)
+            parts.append(f"<tr><td>whole run (wall)</td><td class='n'>{float(s['wall_seconds']):.1f}</td>"
+                         f"<td class='n'>{s['cores_busy']:.2f} of {s['cores']} cores busy</td></tr>")
         parts.append("</table>")
     if s.get("filters"):
         parts.append("<h2>Score filters</h2><table><tr><th>score</th><th>floor</th><th>segments removed</th>"

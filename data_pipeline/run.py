@@ -143,7 +143,7 @@ def curate(cfg: DictConfig) -> dict:
     (out_dir / PARTS).mkdir(parents=True, exist_ok=True)
     (out_dir / SLICES).mkdir(parents=True, exist_ok=True)
     _clean_stale_temps()
-    ingest = build_stage(cfg.ingest, 1)
+    ingest = build_stage(cfg.ingest)
     unreadable: list[tuple[str, str]] = []
     files = ingest.list_sources(input_dir, exclude=out_dir, unreadable=unreadable)
     # A folder that cannot be listed is a source of its own (name ending in /), rejected with its reason.
@@ -151,7 +151,7 @@ def curate(cfg: DictConfig) -> dict:
     sources = slice_sources(files + sorted(folders), cfg.num_shards, cfg.shard_index)
     fp = processing_fingerprint(cfg)
     workers = max(1, int(cfg.workers))
-    ctx = Context(input_dir, out_dir, fp, threads=max(1, len(os.sched_getaffinity(0)) // workers))
+    ctx = Context(input_dir, out_dir, fp)
 
     todo = []
     for rel in sources:

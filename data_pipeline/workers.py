@@ -16,6 +16,7 @@ from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+from data_pipeline import cores
 from data_pipeline.config import register_resolvers
 from data_pipeline.process import Context, Stages, build_stages, process_source
 from data_pipeline.records import ATTEMPTS, PARTS, identity, new_record, save_record
@@ -40,14 +41,13 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _init_worker(cfg_yaml: str, ctx: Context) -> None:
+def _init_worker(cfg_yaml: str, ctx: Context, unfinished, workers: int) -> None:
     global _WORKER
     _die_with_parent()
-    import torch
-
-    torch.set_num_threads(ctx.threads)
+    cores.join_pool(unfinished, workers)
+    cores.follow()
     register_resolvers()
-    _WORKER = (build_stages(OmegaConf.create(cfg_yaml), ctx.threads), ctx)
+    _WORKER = (build_stages(OmegaConf.create(cfg_yaml)), ctx)
 
 
 def _work(rel: str) -> dict:
@@ -117,10 +117,8 @@ def run_sources(todo: list[tuple[str, float]], cfg: DictConfig, ctx: Context, wo
     A source whose lone attempts killed their process max_crashes times is rejected worker_crashed."""
     todo = sorted(todo, key=lambda x: (-x[1], x[0]))
     if workers <= 1:
-        import torch
-
-        torch.set_num_threads(ctx.threads)
-        stages = build_stages(cfg, ctx.threads)
+        cores.follow()  # every core: this process is the only one at work
+        stages = build_stages(cfg)
         ctx = replace(ctx, progress=on_partial)
         for rel, _ in todo:  # every attempt here is alone: one that kills this process counts
             if not _begin_alone(ctx, rel, max_crashes):
@@ -142,8 +140,11 @@ def run_sources(todo: list[tuple[str, float]], cfg: DictConfig, ctx: Context, wo
         queue = mp.get_context("spawn").SimpleQueue() if on_partial else None
         if queue is not None:
             threading.Thread(target=_drain, args=(queue, on_partial), daemon=True).start()
+        # Sources not finished yet (it only goes down): how the workers share the cores (data_pipeline/cores.py)
+        unfinished = mp.get_context("spawn").Value("i", len(pending) + len(suspects))
         pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                                   initargs=(cfg_yaml, replace(ctx, progress=queue.put if queue else None)))
+                                   initargs=(cfg_yaml, replace(ctx, progress=queue.put if queue else None),
+                                             unfinished, workers))
         broken = False
         try:
             while pending or suspects or inflight:
@@ -175,6 +176,7 @@ def run_sources(todo: list[tuple[str, float]], cfg: DictConfig, ctx: Context, wo
                         raise BrokenProcessPool
                     on_done(f.result())
                     _end_alone(ctx, rel)
+                unfinished.value = len(pending) + len(suspects) + len(inflight)
         except BrokenProcessPool:
             broken = True
             # A worker died (killed, out of memory, a crash in native code): the files in flight

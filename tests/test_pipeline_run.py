@@ -254,8 +254,7 @@ def test_progress_moves_inside_a_source_and_ends_at_its_duration(curate_inputs, 
     monkeypatch.setattr(source, "CHUNK_SECONDS", 4.0)  # several quality chunks in a 20-s conversation
     cfg = make_cfg(curate_inputs, tmp_path / "out", "workers=1")
     reports = []
-    ctx = run.Context(Path(curate_inputs), tmp_path / "out", run.processing_fingerprint(cfg), threads=1,
-                      progress=reports.append)
+    ctx = run.Context(Path(curate_inputs), tmp_path / "out", run.processing_fingerprint(cfg), progress=reports.append)
     (tmp_path / "out" / PARTS).mkdir(parents=True)
     stages = run.build_stages(cfg)
     summary = run.process_source("a.wav", stages, ctx)

@@ -47,6 +47,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from data_pipeline import cores
 from data_pipeline.stages.base import ANALYSIS_SR, Diarizer, Turn
 
 FPS = 100            # mel frames per second (resemblyzer: 25 ms window, 10 ms hop, 40 mel bands)
@@ -126,22 +127,33 @@ class EmbeddingClusterDiarizer(Diarizer):
             starts.append(n_frames - self.win)
         return starts
 
-    @torch.inference_mode()
     def _embed(self, chunks) -> np.ndarray:
         """chunks: iterable of [<= win, 40] mel arrays -> [N, 256] L2-normed embeddings. A window
         shorter than the encoder's 1.6 s is filled by repeating its own frames (tested better than
-        zero padding or a shorter input for 0.4-1.3 s clips)."""
-        out, batch = [], np.empty((self.batch_size, self.win, N_MELS), np.float32)
-        n = 0
-        for m in chunks:
-            batch[n] = m if len(m) == self.win else np.tile(m, (-(-self.win // len(m)), 1))[:self.win]
-            n += 1
-            if n == self.batch_size:
-                out.append(self.encoder(torch.from_numpy(batch).to(self.device)).cpu().numpy())
-                n = 0
-        if n:
-            out.append(self.encoder(torch.from_numpy(batch[:n]).to(self.device)).cpu().numpy())
-        return np.concatenate(out)
+        zero padding or a shorter input for 0.4-1.3 s clips). Batches run side by side on one torch
+        thread each, as many as this worker's share of the cores (data_pipeline/cores.py): split
+        over threads, one batch's small LSTM steps wait on each other."""
+        def batches():
+            batch, n = np.empty((self.batch_size, self.win, N_MELS), np.float32), 0
+            for m in chunks:
+                batch[n] = m if len(m) == self.win else np.tile(m, (-(-self.win // len(m)), 1))[:self.win]
+                n += 1
+                if n == self.batch_size:
+                    yield batch
+                    batch, n = np.empty_like(batch), 0
+            if n:
+                yield batch[:n]
+
+        def encode(batch: np.ndarray) -> np.ndarray:
+            torch.set_num_threads(1)  # OpenMP's thread count is per calling thread
+            with torch.inference_mode():
+                return self.encoder(torch.from_numpy(batch).to(self.device)).cpu().numpy()
+
+        threads = torch.get_num_threads()
+        try:
+            return np.concatenate(list(cores.side_by_side(encode, batches())))
+        finally:
+            torch.set_num_threads(threads)
 
     # ------------------------------------------------------------------ clustering
 
