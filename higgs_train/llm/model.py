@@ -380,21 +380,24 @@ class DualFFNModel(nn.Module):
         write_text_atomic(out / "config.json", json.dumps({"architecture": "DualFFNModel", **asdict(self.cfg)}, indent=2))
 
     @classmethod
-    def from_pretrained(cls, model_dir, dtype=None, device=None) -> "DualFFNModel":
+    def from_pretrained(cls, model_dir, dtype=None, device=None, quantize: str = "none") -> "DualFFNModel":
         """Load a directory in any layout: ours, the transformers port or the original release
-        (higgs_train.llm.layouts; detected from config.json)."""
+        (higgs_train.llm.layouts; detected from config.json). quantize: none | int8 | nf4, the
+        decoder layers' linears quantized as they are read (higgs_train.llm.quantize)."""
         from higgs_train.llm.checkpoints import load_llm
 
-        return load_llm(model_dir, dtype=dtype, device=device)[0]
+        return load_llm(model_dir, dtype=dtype, device=device, quantize=quantize)[0]
 
     @classmethod
     def build(cls, cfg: DualFFNConfig, device=None) -> "DualFFNModel":
-        """A model whose weights are about to be loaded: built on meta, buffers materialised."""
+        """A model whose weights are about to be loaded with load_state_dict(..., assign=True):
+        parameters on meta (no memory: a full-size fp32 skeleton on a GPU would take 23 GB before
+        the bf16 weights replace it), buffers materialised on `device`."""
         with torch.device("meta"):
             model = cls(cfg)
-        model.to_empty(device=device or "cpu")
-        model.inv_freq.copy_(rope_inv_freq(cfg))
-        model.codebook_offset.copy_(torch.arange(cfg.num_codebooks) * cfg.audio_vocab)
+        device = device or "cpu"
+        model.inv_freq = rope_inv_freq(cfg).to(device)
+        model.codebook_offset = (torch.arange(cfg.num_codebooks) * cfg.audio_vocab).to(device)
         return model
 
 
