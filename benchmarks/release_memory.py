@@ -14,7 +14,8 @@ takes tens of minutes per case; 2 and 4 layers take one. `--full auto` then load
 checkpoint once per quantize mode with a short prompt (when more than 15 GB are free) to check the
 fit's weight term against a measurement.
 
-On the CPU, peak RSS (VmHWM) stands in for GPU memory. The GPU column of the table is
+On the CPU, peak RSS (VmHWM, from the end of loading: loading's own peak is reported apart, as
+load_peak) stands in for GPU memory; every weight is copied out of the mapped files first (resident()). The GPU column of the table is
 peak RSS - the RSS of the same process before loading anything (Python, torch, bitsandbytes) + a CUDA
 context allowance (CUDA_CONTEXT_GIB: context, cuBLAS workspace and allocator slack, what an idle
 PyTorch process holds on a recent card). On CUDA the script reports torch.cuda.max_memory_allocated
@@ -30,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -45,7 +45,7 @@ sys.path[:] = [str(_here.parent), str(_here.parent / "tests"), str(_here)] + sys
 import torch  # noqa: E402
 
 GIB = 2 ** 30
-CUDA_CONTEXT_GIB = 0.6
+CUDA_CONTEXT_GIB = 0.75    # benchmarks/memory_budget.py's estimate
 FULL_LAYERS = 28
 MODES = ("none", "int8", "nf4")
 
@@ -55,7 +55,28 @@ def rss_gib() -> float:
 
 
 def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
+    return int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1]) * 1024 / GIB
+
+
+def reset_peak() -> None:
+    """Start VmHWM again from the current RSS (Linux: clear_refs 5). After loading: loading's own
+    transient (a mapped tensor and its copy, a CPU artifact) is reported apart as load_peak."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def resident(module: torch.nn.Module) -> None:
+    """Copy every float tensor of `module` into the process' own memory. safetensors hands out
+    tensors backed by the mapped file, paged in only where touched (a decode step never touches
+    the text head): RSS would then miss weights that a GPU holds whole. Quantized tensors are new
+    memory already."""
+    from higgs_train.llm.quantize import is_quantized
+
+    for m in module.modules():
+        if is_quantized(m):
+            continue
+        for t in [*m._parameters.values(), *m._buffers.values()]:
+            if t is not None and t.device.type == "cpu" and t.is_floating_point():
+                t.data = t.data.clone()
 
 
 def sync(device: torch.device) -> None:
@@ -76,10 +97,13 @@ def case_infer(c: dict, device: torch.device) -> dict:
     t0 = time.perf_counter()
     model = DualFFNModel.from_pretrained(c["llm"], dtype=torch.bfloat16, device=device, quantize=c["quantize"])
     sync(device)
+    resident(model)
     out["load_s"] = time.perf_counter() - t0
     out["rss_llm_gib"] = rss_gib()
     codec = AudioTokenizer.from_pretrained(c["codec"], device=device)
-    out["rss_loaded_gib"] = rss_gib()
+    resident(codec)
+    out["rss_loaded_gib"], out["load_peak_rss_gib"] = rss_gib(), peak_rss_gib()
+    reset_peak()
     if device.type == "cuda":
         out["cuda_loaded_gib"] = torch.cuda.memory_allocated() / GIB
     K, A = model.cfg.num_codebooks, model.cfg.audio_vocab
@@ -124,7 +148,9 @@ def case_train(c: dict, device: torch.device) -> dict:
     t0 = time.perf_counter()
     module = FinetuneModule(asdict(cfg), tokenizer_dir=c["llm"], optim={}, init_from=c["llm"],
                             gradient_checkpointing=True, lora=lora, quantize=c["quantize"]).to(device)
-    out = {"load_s": time.perf_counter() - t0, "rss_loaded_gib": rss_gib()}
+    resident(module)
+    out = {"load_s": time.perf_counter() - t0, "rss_loaded_gib": rss_gib(), "load_peak_rss_gib": peak_rss_gib()}
+    reset_peak()
     if device.type == "cuda":
         out["cuda_loaded_gib"] = torch.cuda.memory_allocated() / GIB
     params = [p for p in module.parameters() if p.requires_grad]
@@ -156,7 +182,10 @@ def case_train(c: dict, device: torch.device) -> dict:
 def run_case(c: dict) -> dict:
     device = torch.device(c["device"])
     torch.set_num_threads(c["threads"]) if c["threads"] else None
-    import bitsandbytes  # noqa: F401  (its import is part of every case's baseline)
+    try:   # its import is part of every case's baseline (a GPU image without it runs quantize=none only)
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        pass
 
     base = rss_gib()
     if device.type == "cuda":
@@ -220,7 +249,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--layers", default="2,4", help="decoder-layer counts measured (the fit needs two)")
     ap.add_argument("--modes", default=",".join(MODES))
-    ap.add_argument("--seqs", default="512,1024,2048", help="LoRA step sequence lengths")
+    ap.add_argument("--seqs", default="512,2048", help="LoRA step sequence lengths")
     ap.add_argument("--bucket", type=int, default=8192, help="KV-cache bucket the prompt + 100 frames fill")
     ap.add_argument("--frames", type=int, default=100)
     ap.add_argument("--full", default="auto", choices=["auto", "yes", "no"],

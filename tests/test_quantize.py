@@ -112,6 +112,33 @@ def test_packed_gemms_step_aside_for_quantized_layers(exports, mode):
     assert torch.equal(frames[True], frames[False])
 
 
+def test_every_entry_point_takes_quantize(exports):
+    """python -m inference / inference.server (their shared config), recipes.evaluate's synthesizer,
+    Engine.from_pretrained: the key reaches the model."""
+    from hydra import compose, initialize_config_dir
+
+    from higgs_train.config import CONFIG_DIR
+    from inference.engine import engine_from_config
+    from inference.evaluation import from_exports
+
+    llm, tok = exports
+    for name, extra in (("infer", ["text=Hi."]), ("serve", [])):
+        with initialize_config_dir(str(CONFIG_DIR / "inference"), version_base="1.3"):
+            cfg = compose(name, overrides=[f"model={llm}", f"tokenizer={tok}", "quantize=nf4", *extra])
+        assert isinstance(engine_from_config(cfg).model.layers[0].attn.q_proj, bnb_class("nf4"))
+    with initialize_config_dir(str(CONFIG_DIR / "evaluate"), version_base="1.3"):
+        cfg = compose("evaluate", overrides=[f"model={llm}", f"tokenizer={tok}", "eval_set=x.jsonl", "quantize=int8"])
+    assert cfg.synthesizer.quantize == "int8"
+    synth = from_exports(llm, tok, quantize="int8")
+    assert isinstance(synth.engine.model.layers[0].mlp.up_proj, bnb_class("int8"))
+
+
+def bnb_class(mode: str):
+    import bitsandbytes as bnb
+
+    return bnb.nn.Linear8bitLt if mode == "int8" else bnb.nn.Linear4bit
+
+
 class _Shapes(TorchDispatchMode):
     """Records (shape, dtype) of every tensor an op returns (views of a weight, which allocate
     nothing, left out)."""
@@ -173,6 +200,8 @@ def test_qlora_trains_and_exports_the_merged_bf16_base(bf16_release_base, tmp_pa
 
     base_dir = bf16_release_base
     cfg = load_llm(base_dir)[0].cfg
+    with pytest.raises(ValueError, match="a quantized base trains LoRA adapters only"):
+        FinetuneModule(asdict(cfg), tokenizer_dir=str(base_dir), optim={}, init_from=str(base_dir), quantize=mode)
     module = FinetuneModule(asdict(cfg), tokenizer_dir=str(base_dir), optim={}, init_from=str(base_dir),
                             gradient_checkpointing=True, lora=LORA, quantize=mode)
     named = dict(module.named_parameters())
