@@ -219,8 +219,32 @@ def test_qlora_trains_and_exports_the_merged_bf16_base(bf16_release_base, tmp_pa
     def loss(b):
         return module.model.loss(*b, codebook_reduction="mean")["loss"]
 
-    with torch.no_grad():
+    def grads(m):
+        """Gradients of the first layer's adapters, from the same adapter weights in any module."""
+        p = dict(m.named_parameters())
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for n in p:
+                if ".lora_" in n:
+                    p[n].copy_(torch.randn(p[n].shape, generator=g) * 0.05)
+        m.zero_grad()
+        m.train()
+        m.model.loss(*train[0])["loss"].backward()
+        return [p[n].grad.clone() for n in p if "layers.0." in n and ".lora_A." in n]
+
+    fresh = FinetuneModule(asdict(cfg), tokenizer_dir=str(base_dir), optim={}, init_from=str(base_dir),
+                           gradient_checkpointing=True, lora=LORA, quantize=mode)
+    want_grads = grads(fresh)
+    module.eval()
+    with torch.no_grad():                      # as a validation does before training goes on
         before = loss(held_out).item()
+    # an inference forward changes no gradient (bitsandbytes' CPU 4-bit repack has no backward)
+    assert all(torch.allclose(a, b, rtol=1e-3, atol=1e-7) for a, b in zip(grads(module), want_grads))
+    module.zero_grad()
+    with torch.no_grad():                      # training starts from the base again
+        for n, p in named.items():
+            if ".lora_B." in n:
+                p.zero_()
     opt = torch.optim.AdamW([named[n] for n in trainable], lr=2e-2)
     module.train()
     for step in range(30):

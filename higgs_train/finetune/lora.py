@@ -137,9 +137,12 @@ class FinetuneModule(LLMModule):
         fine-tuning: the LLM task's fp32 copy (every weight trains, so it needs fp32 master weights)."""
         if not self.lora:
             return super()._make_model(model_cfg, init_from)
+        from higgs_train.llm import quantize as q
         from higgs_train.llm.model import DualFFNConfig, DualFFNModel
 
         model = DualFFNModel.from_pretrained(init_from, quantize=self.quantize)
+        if self.quantize != "none":
+            q.for_training(model)
         if model.cfg != DualFFNConfig.from_dict(model_cfg):
             log.warning("init_from=%s: its config %s replaces model config %s", init_from, model.cfg, model_cfg)
         return model

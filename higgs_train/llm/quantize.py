@@ -93,6 +93,18 @@ def replace(model: nn.Module, weight_name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent), child, module)
 
 
+def for_training(model: nn.Module) -> nn.Module:
+    """Keep every 4-bit weight in the layout autograd goes through: bitsandbytes' CPU repack (made
+    at an inference forward, e.g. a validation's) runs a kernel with no backward, and gradients
+    would silently stop at it."""
+    import bitsandbytes as bnb
+
+    for m in model.modules():
+        if isinstance(m, bnb.nn.Linear4bit):
+            m.support_avx512bf16_for_cpu = False
+    return model
+
+
 def mark(model: nn.Module, mode: str) -> None:
     """Say what peft reads to pick its bitsandbytes LoRA layers (transformers' attribute names)."""
     model.quantize = mode
