@@ -252,8 +252,11 @@ def main() -> None:
     ap.add_argument("--seqs", default="512,2048", help="LoRA step sequence lengths")
     ap.add_argument("--bucket", type=int, default=8192, help="KV-cache bucket the prompt + 100 frames fill")
     ap.add_argument("--frames", type=int, default=100)
-    ap.add_argument("--full", default="auto", choices=["auto", "yes", "no"],
-                    help="also load the real 28-layer checkpoint per mode (short prompt); auto: if > 15 GB free")
+    ap.add_argument("--full", default="auto", choices=["auto", "yes", "no", "only"],
+                    help="also load the real 28-layer checkpoint per mode (short prompt); auto: if > 15 GB free; "
+                         "only: just that")
+    ap.add_argument("--resume", nargs="*", default=[],
+                    help="JSON files of earlier runs (--json): their cases are reported, not run again")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--dir", default=None, help="checkpoints go here (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the checkpoints")
@@ -268,13 +271,19 @@ def main() -> None:
     layers = [int(x) for x in args.layers.split(",")]
     modes, seqs = args.modes.split(","), [int(x) for x in args.seqs.split(",")]
     root = Path(args.dir or tempfile.mkdtemp(prefix="release_memory_"))
-    results = []
+    results = [r for f in args.resume for r in json.loads(Path(f).read_text()) if "error" not in r]
+
+    def key(r):
+        return r["kind"], r["layers"], r["quantize"], r.get("seq"), r["bucket"], r["frames"]
 
     def run(kind, layers_, mode, **kw):
+        c = {"kind": kind, "layers": layers_, "quantize": mode, "device": args.device, "threads": args.threads,
+             "bucket": args.bucket, "frames": args.frames, **kw}
+        done = [r for r in results if key(r) == key(c)]
+        if done:
+            return done[0]
         llm, codec = write_checkpoints(root, layers_, args.device)
-        c = {"kind": kind, "layers": layers_, "quantize": mode, "llm": str(llm), "codec": str(codec),
-             "work": str(root), "device": args.device, "threads": args.threads, "bucket": args.bucket,
-             "frames": args.frames, **kw}
+        c.update(llm=str(llm), codec=str(codec), work=str(root))
         t0 = time.perf_counter()
         r = {**c, **fresh_process(c), "wall_s": time.perf_counter() - t0}
         results.append(r)
@@ -285,14 +294,14 @@ def main() -> None:
         return r
 
     try:
-        for L in layers:
+        for L in layers if args.full != "only" else []:
             for mode in modes:
                 run("infer", L, mode)
                 for s in seqs:
                     run("train", L, mode, seq=s)
             if not args.keep:
                 shutil.rmtree(root / f"llm_{L}", ignore_errors=True)
-        full = args.full == "yes" or (args.full == "auto" and psutil.virtual_memory().available > 15e9)
+        full = args.full in ("yes", "only") or (args.full == "auto" and psutil.virtual_memory().available > 15e9)
         if full and FULL_LAYERS not in layers:
             for mode in modes:
                 free = psutil.virtual_memory().available / 1e9

@@ -211,10 +211,13 @@ class MLP(nn.Module):
 
 
 def split_apply(x: Tensor, audio_mask: Tensor | None, text_fn, audio_fn) -> Tensor:
-    """text_fn on text positions, audio_fn on audio positions (each sees only its own rows)."""
+    """text_fn on text positions, audio_fn on audio positions (each sees only its own rows). A side
+    with no rows is not run: bitsandbytes' 4-bit CPU kernel dies (SIGFPE) on a zero-row input, which
+    an all-audio prefill slice of a long reference gives the text FFN."""
     out = torch.empty_like(x)
-    out[~audio_mask] = text_fn(x[~audio_mask])
-    out[audio_mask] = audio_fn(x[audio_mask])
+    for rows, fn in ((~audio_mask, text_fn), (audio_mask, audio_fn)):
+        if rows.any():
+            out[rows] = fn(x[rows])
     return out
 
 
