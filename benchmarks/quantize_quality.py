@@ -112,7 +112,11 @@ def main() -> None:
     import tempfile
 
     llm = Path(args.llm)
-    work = Path(tempfile.mkdtemp(prefix="quantize_quality_"))
+    with tempfile.TemporaryDirectory(prefix="quantize_quality_") as work:
+        compare(llm, Path(work), args)
+
+
+def compare(llm: Path, work: Path, args) -> None:
     ref_model = load(llm, "none")
     ref_engine = engine_for(ref_model, llm, work)
     r = row(ref_engine, args)
