@@ -42,10 +42,8 @@ def tokenizer_config(size: str) -> TokenizerConfig:
 
 
 def random_model(cfg: DualFFNConfig, device, dtype) -> DualFFNModel:
-    model = DualFFNModel.build(cfg, device=device)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.02)
+    with torch.device(device):
+        model = DualFFNModel(cfg)   # normal(0, 0.02) weights, made on the device
     return model.to(dtype)
 
 

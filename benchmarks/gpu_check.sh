@@ -5,7 +5,7 @@
 # at batch 1 and 8 with random weights, and peak memory (torch.cuda.max_memory_allocated); then a
 # release-shaped random checkpoint through the converter and peak GPU memory at 8k context; then
 # our engine against the transformers port on the same release-shaped random weights, with and
-# without CUDA graphs.
+# without CUDA graphs; then peak memory of bf16 / int8 / nf4 inference and LoRA steps at full size.
 # The GPU image has torch/transformers/tokenizers/safetensors/yaml; nothing is installed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -33,4 +33,12 @@ part gpu_release python3 benchmarks/gpu_release.py --context 8192
 # replayed from CUDA graphs (-graphs), the port eager. CPU version: python benchmarks/inference_vs_port.py
 part inference_vs_port python3 benchmarks/inference_vs_port.py --device cuda --size release \
   --rows bf16-b1-t1,bf16-b1-t1-graphs,bf16-b4-t1,bf16-b4-t1-graphs,bf16-b8-t1,bf16-b8-t1-graphs
+# The released model on a 16 GB card (issue 25's table, measured): the release's full shape (28 layers),
+# bf16 / int8 / nf4, peak GPU memory (torch.cuda.max_memory_allocated / max_memory_reserved), tokens/s
+# and real-time factor: inference (8k prompt + 100 frames, full-size audio tokenizer loaded) and one LoRA
+# step (configs/finetune.yaml's targets and rank) at 512 / 1024 / 2048. int8 / nf4 need bitsandbytes and
+# the LoRA step peft + lightning + omegaconf in the image (carry a wheelhouse: pip install --no-index
+# --find-links); a case whose package is missing is listed FAILED with its import error.
+# CPU version (2 and 4 layers, extrapolated): python benchmarks/release_memory.py
+part release_memory python3 benchmarks/release_memory.py --device cuda --layers 28 --seqs 512,1024,2048 --full no
 [ ${#failed[@]} = 0 ] || { echo "failed parts: ${failed[*]}"; exit 1; }

@@ -160,17 +160,18 @@ class Engine:
 
     @classmethod
     def from_pretrained(cls, llm_dir, tokenizer_dir, device: str | torch.device = "cpu", dtype=None,
-                        **kw) -> "Engine":
+                        quantize: str = "none", **kw) -> "Engine":
         """llm_dir: an LLM directory with its text tokenizer files, in any layout (ours, the
         transformers port's, the original release's: DualFFNModel.from_pretrained); tokenizer_dir:
-        an audio tokenizer directory (any layout). dtype None: bf16 on CUDA, fp32 elsewhere."""
+        an audio tokenizer directory (any layout). dtype None: bf16 on CUDA, fp32 elsewhere.
+        quantize: none | int8 | nf4 (the decoder layers' linears; higgs_train.llm.quantize)."""
         for name, d in (("model", llm_dir), ("tokenizer", tokenizer_dir)):
             if not Path(d).is_dir():
                 raise FileNotFoundError(f"{name} export directory {d} does not exist")
         device = torch.device(device)
         if dtype is None:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        model = DualFFNModel.from_pretrained(llm_dir, dtype=dtype, device=device)
+        model = DualFFNModel.from_pretrained(llm_dir, dtype=dtype, device=device, quantize=quantize)
         codec = AudioTokenizer.from_pretrained(tokenizer_dir, device=device)
         return cls(model, codec, load_text_tokenizer(llm_dir), **kw)
 
@@ -458,7 +459,7 @@ def engine_from_config(cfg) -> Engine:
     dtype = None if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
     ec = OmegaConf.to_container(cfg.engine, resolve=True)
     ec["buckets"] = tuple(ec["buckets"])
-    return Engine.from_pretrained(cfg.model, cfg.tokenizer, device, dtype, cfg=EngineConfig(**ec),
+    return Engine.from_pretrained(cfg.model, cfg.tokenizer, device, dtype, quantize=cfg.quantize, cfg=EngineConfig(**ec),
                                   sampling=SamplingConfig(**OmegaConf.to_container(cfg.sampling, resolve=True)),
                                   voices=VoiceLibrary([cfg.voices_dir, Path(cfg.model) / "voices"]),
                                   stops=StopRules(**OmegaConf.to_container(cfg.stops, resolve=True)))

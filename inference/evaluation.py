@@ -42,14 +42,15 @@ def _engine_cfg(engine: dict | None) -> EngineConfig:
 
 def from_exports(model, tokenizer, voices_dir=None, device: str = "auto", dtype: str = "auto",
                  sampling: dict | None = None, engine: dict | None = None,
-                 stops: dict | None = None) -> EngineSynthesizer:
+                 stops: dict | None = None, quantize: str = "none") -> EngineSynthesizer:
     """From an LLM export and an audio tokenizer export (what the CLI evaluates).
-    sampling / engine / stops: overrides of SamplingConfig / EngineConfig / StopRules fields."""
+    sampling / engine / stops: overrides of SamplingConfig / EngineConfig / StopRules fields;
+    quantize: none | int8 | nf4."""
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.create({"model": str(model), "tokenizer": str(tokenizer), "threads": None,
                             "voices_dir": str(voices_dir) if voices_dir else None, "device": device,
-                            "dtype": dtype, "engine": asdict(_engine_cfg(engine)),
+                            "dtype": dtype, "quantize": quantize, "engine": asdict(_engine_cfg(engine)),
                             "sampling": asdict(SamplingConfig(**(sampling or {}))),
                             "stops": asdict(StopRules(**(stops or {})))})
     return EngineSynthesizer(engine_from_config(cfg))

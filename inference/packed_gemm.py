@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from higgs_train.llm.model import DualFFNModel
+from higgs_train.llm.quantize import is_quantized
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +42,14 @@ MIN_ROWS = 4     # fp32: below this packing is no faster; rows are padded to a m
 
 
 def decode_linears(model: DualFFNModel) -> list[nn.Linear]:
-    """The linears an audio-only decode step runs, in order."""
+    """The float linears an audio-only decode step runs, in order. 8-bit and 4-bit ones
+    (higgs_train.llm.quantize: subclasses of nn.Linear holding int8/uint8 weights) are left out:
+    they keep their own kernels, and a quantized model packs only its audio head."""
     out: list[nn.Linear] = []
     for block in model.layers:
         a, mlp = block.attn, block.audio_mlp if block.dual else block.mlp
         out += [a.q_proj, a.k_proj, a.v_proj, a.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
-    return out + [model.audio_head]
+    return [m for m in out + [model.audio_head] if not is_quantized(m)]
 
 
 def kernel_available(dtype: torch.dtype) -> bool:

@@ -45,6 +45,6 @@ if [ "$GPU" = 0 ]; then
   # and peft need).
   rm -f "$VENV"/lib/python3*/site-packages/torchaudio/lib/*.so
 fi
-"$VENV/bin/python" -c "import torch, lightning, hydra, webdataset, resemblyzer, pyannote.audio, peft, silero_vad, pocketsphinx, speechmos, faster_whisper" \
+"$VENV/bin/python" -c "import torch, lightning, hydra, webdataset, resemblyzer, pyannote.audio, peft, bitsandbytes, silero_vad, pocketsphinx, speechmos, faster_whisper" \
   && touch "$VENV/.complete"
 echo "[setup] $VENV ready"

@@ -16,6 +16,17 @@ export() writes what inference loads, in the base's layout (native, the transfor
 original release: higgs_train.llm.layouts) or the one `export_layout` asks for, and in the base's
 dtype: the weights of the *best* validation checkpoint (ModelCheckpoint monitoring val/loss), LoRA
 merged in, with the base's text tokenizer (and chat template) files.
+
+Memory (LoRA), lean by construction so the released 5.8 B model trains on a 16 GB card:
+- the frozen base stays in the dtype it is stored in (bf16 for the release), never copied to fp32;
+  only the adapters are fp32, and only they have gradients and optimizer state;
+- `quantize=int8|nf4` (QLoRA) loads the base's decoder-layer linears in 8 or 4 bits
+  (higgs_train.llm.quantize) and peft wraps them with its bitsandbytes LoRA layers. The export
+  merges the trained adapters into the base's own full-precision weights, read again from disk on
+  the CPU (never into the rounded ones): that merge needs CPU memory for the whole base in its
+  dtype (2 bytes a parameter in bf16: 11.6 GB for the release) on top of the training model;
+- activation checkpointing per layer (configs/finetune.yaml) and text logits only where a text
+  label exists (DualFFNModel.loss) keep activations small.
 """
 from __future__ import annotations
 
@@ -100,9 +111,14 @@ class LastAfterValidation(ModelCheckpoint):
 
 
 class FinetuneModule(LLMModule):
-    def __init__(self, *args, lora: dict | None = None, export_layout: str | None = None, **kw):
+    def __init__(self, *args, lora: dict | None = None, export_layout: str | None = None,
+                 quantize: str = "none", **kw):
+        from higgs_train.llm import quantize as q
         from higgs_train.llm.layouts import LAYOUTS, read_config
 
+        self.lora, self.quantize = lora, q.check(quantize)   # read by _make_model, below
+        if self.quantize != "none" and not lora:
+            raise ValueError(f"quantize={quantize}: a quantized base trains LoRA adapters only (mode=lora)")
         super().__init__(*args, **kw)
         self.base_dir = kw["init_from"]
         self.base_layout = read_config(self.base_dir)[1]
@@ -111,16 +127,38 @@ class FinetuneModule(LLMModule):
         self.export_layout = export_layout or self.base_layout
         if lora:
             self.model = add_lora(self.model, **lora, layout=self.base_layout)
+        # a quantized base is rebuilt from disk; checkpoints hold (and restore) the adapters only
+        self.strict_loading = self.quantize == "none"
         # rebuilding this module needs the base (checkpoints hold only the trainable tensors)
-        self.hparams.update(init_from=self.base_dir, lora=lora, export_layout=export_layout)
+        self.hparams.update(init_from=self.base_dir, lora=lora, export_layout=export_layout, quantize=self.quantize)
+
+    def _make_model(self, model_cfg: dict, init_from: str | None):
+        """LoRA: the base as stored (its dtype, decoder linears quantized if asked), frozen; full
+        fine-tuning: the LLM task's fp32 copy (every weight trains, so it needs fp32 master weights)."""
+        if not self.lora:
+            return super()._make_model(model_cfg, init_from)
+        from higgs_train.llm import quantize as q
+        from higgs_train.llm.model import DualFFNConfig, DualFFNModel
+
+        model = DualFFNModel.from_pretrained(init_from, quantize=self.quantize)
+        if self.quantize != "none":
+            q.for_training(model)
+        if model.cfg != DualFFNConfig.from_dict(model_cfg):
+            log.warning("init_from=%s: its config %s replaces model config %s", init_from, model.cfg, model_cfg)
+        return model
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        # the frozen tensors left out by on_save_checkpoint: this module's own (the base's)
         sd = checkpoint["state_dict"]
+        if self.quantize != "none":   # loaded with strict=False: every trained tensor must be there
+            lost = sorted({n for n, p in self.named_parameters() if p.requires_grad} - set(sd))
+            if lost:
+                raise KeyError(f"checkpoint lacks {len(lost)} trained tensors, e.g. {lost[:3]}")
+            return
+        # the frozen tensors left out by on_save_checkpoint: this module's own (the base's)
         for k, v in self.state_dict().items():
             sd.setdefault(k, v)
 
@@ -135,7 +173,21 @@ class FinetuneModule(LLMModule):
     def load_weights(self, ckpt_path) -> None:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         self.on_load_checkpoint(ckpt)
-        self.load_state_dict(ckpt["state_dict"], strict=True)
+        self.load_state_dict(ckpt["state_dict"], strict=self.strict_loading)
+
+    def full_precision_model(self) -> torch.nn.Module:
+        """The adapted model on the base's own weights: this module's model, or, with a quantized
+        base, the base read again on the CPU in its stored dtype with copies of the adapters."""
+        if self.quantize == "none":
+            return self.model
+        from higgs_train.llm.model import DualFFNModel
+
+        base = add_lora(DualFFNModel.from_pretrained(self.base_dir), **self.lora, layout=self.base_layout)
+        adapters = {k: v.detach().cpu() for k, v in self.model.state_dict().items() if ".lora_" in k}
+        missing, unexpected = base.load_state_dict(adapters, strict=False)
+        if unexpected or [k for k in missing if ".lora_" in k]:
+            raise RuntimeError(f"adapters do not fit the base: {unexpected[:3]} {missing[:3]}")
+        return base.eval()
 
     def export(self, out_dir) -> None:
         """The best validation checkpoint, merged, in self.export_layout + the text tokenizer."""
@@ -147,7 +199,7 @@ class FinetuneModule(LLMModule):
             self.load_weights(best)
         else:
             log.warning("no validation checkpoint (did validation run?): exporting the last weights")
-        model = merged(self.model)
+        model = merged(self.full_precision_model())
         dtype = export_dtype(self.base_dir)
         # the base's auxiliary files (chat template, generation config) travel; the tokenizer files
         # are then written as loaded (release names at the reserved ids, every special token present)
@@ -163,17 +215,18 @@ def build(cfg: DictConfig):
     lora = None
     if cfg.mode == "lora":
         lora = {k: (list(v) if k == "targets" else v) for k, v in cfg.lora.items()}
-    return build_llm(cfg, module_cls=FinetuneModule, lora=lora, export_layout=cfg.export_layout)
+    return build_llm(cfg, module_cls=FinetuneModule, lora=lora, export_layout=cfg.export_layout,
+                     quantize=cfg.quantize)
 
 
-def load_export(export_dir):
-    """An LLM export for measuring it (eval mode): on the GPU in bf16 when there is one (a 3B model
-    fits a 16 GB card), else on the CPU in fp32."""
+def load_export(export_dir, quantize: str = "none"):
+    """An LLM export for measuring it (eval mode): on the GPU in bf16 when there is one, else on
+    the CPU in fp32; quantize as the fine-tuning was (the base and its result measured alike)."""
     from higgs_train.llm.model import DualFFNModel
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    return DualFFNModel.from_pretrained(export_dir, dtype=dtype, device=device).eval()
+    return DualFFNModel.from_pretrained(export_dir, dtype=dtype, device=device, quantize=quantize).eval()
 
 
 @torch.no_grad()

@@ -1,6 +1,6 @@
 """The DualFFN LLM's weights on disk, in any of the three layouts (names and configs: layouts.py).
 
-    model, layout = load_llm(DIR, dtype=None, device=None)
+    model, layout = load_llm(DIR, dtype=None, device=None, quantize="none")
     save_llm(model, DIR, layout="native", tokenizer_dir=None)
 
 Reading goes tensor by tensor (Checkpoint), writing into shards of at most MAX_SHARD_BYTES
@@ -113,8 +113,13 @@ def read_native(ck: Checkpoint, parts: list[str]) -> Tensor:
 
 # ----------------------------------------------------------------------------------- load / save
 
-def load_llm(model_dir, dtype=None, device=None) -> tuple[DualFFNModel, str]:
-    """A DualFFNModel from a directory in any layout, and that layout."""
+def load_llm(model_dir, dtype=None, device=None, quantize: str = "none") -> tuple[DualFFNModel, str]:
+    """A DualFFNModel from a directory in any layout, and that layout. quantize int8 / nf4: each
+    decoder-layer linear is quantized as its tensor is read (higgs_train.llm.quantize), so no more
+    than one full-precision matrix is held beyond the quantized model."""
+    from higgs_train.llm import quantize as q
+
+    mode = q.check(quantize)
     d = Path(model_dir)
     if not d.is_dir():
         raise FileNotFoundError(f"{d} is missing: not a DualFFNModel export directory (no such directory)")
@@ -122,11 +127,20 @@ def load_llm(model_dir, dtype=None, device=None) -> tuple[DualFFNModel, str]:
     ck = Checkpoint(d)
     src = native_sources(ck, cfg, layout)
     model = DualFFNModel.build(cfg, device=device)
-    sd = {}
+    sd, quantized = {}, []
     for name, parts in src.items():
         t = read_native(ck, parts)
-        sd[name] = t.to(device=device or "cpu", dtype=dtype or t.dtype)
-    model.load_state_dict(sd, strict=True, assign=True)
+        if mode != "none" and q.is_target(name):
+            q.replace(model, name, q.quantized_linear(t.to(dtype=dtype or t.dtype), mode, device))
+            quantized.append(name.removesuffix("weight"))
+        else:
+            sd[name] = t.to(device=device or "cpu", dtype=dtype or t.dtype)
+    missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
+    missing = [k for k in missing if not k.startswith(tuple(quantized))]
+    if missing or unexpected:
+        raise RuntimeError(f"{d}: loading left {missing[:3]} unset and {unexpected[:3]} unused")
+    if mode != "none":
+        q.mark(model, mode)
     return model, layout
 
 

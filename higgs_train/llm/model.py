@@ -211,10 +211,13 @@ class MLP(nn.Module):
 
 
 def split_apply(x: Tensor, audio_mask: Tensor | None, text_fn, audio_fn) -> Tensor:
-    """text_fn on text positions, audio_fn on audio positions (each sees only its own rows)."""
+    """text_fn on text positions, audio_fn on audio positions (each sees only its own rows). A side
+    with no rows is not run: bitsandbytes' 4-bit CPU kernel dies (SIGFPE) on a zero-row input, which
+    an all-audio prefill slice of a long reference gives the text FFN."""
     out = torch.empty_like(x)
-    out[~audio_mask] = text_fn(x[~audio_mask])
-    out[audio_mask] = audio_fn(x[audio_mask])
+    for rows, fn in ((~audio_mask, text_fn), (audio_mask, audio_fn)):
+        if rows.any():
+            out[rows] = fn(x[rows])
     return out
 
 
@@ -380,21 +383,24 @@ class DualFFNModel(nn.Module):
         write_text_atomic(out / "config.json", json.dumps({"architecture": "DualFFNModel", **asdict(self.cfg)}, indent=2))
 
     @classmethod
-    def from_pretrained(cls, model_dir, dtype=None, device=None) -> "DualFFNModel":
+    def from_pretrained(cls, model_dir, dtype=None, device=None, quantize: str = "none") -> "DualFFNModel":
         """Load a directory in any layout: ours, the transformers port or the original release
-        (higgs_train.llm.layouts; detected from config.json)."""
+        (higgs_train.llm.layouts; detected from config.json). quantize: none | int8 | nf4, the
+        decoder layers' linears quantized as they are read (higgs_train.llm.quantize)."""
         from higgs_train.llm.checkpoints import load_llm
 
-        return load_llm(model_dir, dtype=dtype, device=device)[0]
+        return load_llm(model_dir, dtype=dtype, device=device, quantize=quantize)[0]
 
     @classmethod
     def build(cls, cfg: DualFFNConfig, device=None) -> "DualFFNModel":
-        """A model whose weights are about to be loaded: built on meta, buffers materialised."""
+        """A model whose weights are about to be loaded with load_state_dict(..., assign=True):
+        parameters on meta (no memory: a full-size fp32 skeleton on a GPU would take 23 GB before
+        the bf16 weights replace it), buffers materialised on `device`."""
         with torch.device("meta"):
             model = cls(cfg)
-        model.to_empty(device=device or "cpu")
-        model.inv_freq.copy_(rope_inv_freq(cfg))
-        model.codebook_offset.copy_(torch.arange(cfg.num_codebooks) * cfg.audio_vocab)
+        device = device or "cpu"
+        model.inv_freq = rope_inv_freq(cfg).to(device)
+        model.codebook_offset = (torch.arange(cfg.num_codebooks) * cfg.audio_vocab).to(device)
         return model
 
 

@@ -29,7 +29,7 @@ def run(cfg: DictConfig) -> EvalResult:
     scorers = {k: instantiate(v) for k, v in (cfg.get("scorers") or {}).items() if v is not None}
     log.info("loaded synthesizer and %d scorers in %.1f s; %d items (%d bad)", len(scorers),
              time.perf_counter() - t0, len(items), len(bad))
-    meta = {k: OmegaConf.select(cfg, k) for k in ("model", "tokenizer", "eval_set")}
+    meta = {k: OmegaConf.select(cfg, k) for k in ("model", "tokenizer", "eval_set", "quantize")}
     meta["sampling"] = OmegaConf.to_container(cfg.sampling, resolve=True)
     return evaluate(synth, scorers, items, cfg.out_dir, bad, progress=cfg.progress, meta=meta)
 

@@ -122,6 +122,8 @@ def check_inputs(cfg: DictConfig) -> dict:
         _check_targets(model_cfg, layout, list(cfg.lora.targets))
     elif cfg.mode != "full":
         raise FinetuneError(f"mode={cfg.mode!r}: use lora or full")
+    if cfg.quantize not in ("none", "int8", "nf4") or (cfg.quantize != "none" and cfg.mode != "lora"):
+        raise FinetuneError(f"quantize={cfg.quantize!r} with mode={cfg.mode}: use none, or int8 | nf4 with mode=lora")
     if cfg.export_layout not in (None, "native", "hf", "original"):
         raise FinetuneError(f"export_layout={cfg.export_layout!r}: use native, hf or original (or null: the base's)")
     return base_cfg
@@ -243,7 +245,7 @@ def measure_exports(cfg: DictConfig, exports: dict, preset_dir) -> dict:
     codec = sentences = reference = None
     out = {}
     for name, d in exports.items():
-        model, tok = load_export(d), load_text_tokenizer(d)
+        model, tok = load_export(d, cfg.quantize), load_text_tokenizer(d)
         if stops is not None and codec is None:
             codec = AudioTokenizer.from_pretrained(cfg.tokenizer, device=model.text_embed.weight.device)
             sentences, reference = held_out_sentences(stops.val_shards, stops.sentences), read_reference(preset_dir)
