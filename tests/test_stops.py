@@ -111,7 +111,7 @@ def test_cli_prints_the_stop_reason(tok, tmp_path, monkeypatch, caplog):
 
     def load(script):
         monkeypatch.setattr(Engine, "from_pretrained",
-                            classmethod(lambda cls, *a, **kw: scripted_engine(tok, script, **kw)))
+                            classmethod(lambda cls, *a, quantize="none", **kw: scripted_engine(tok, script, **kw)))
 
     def run(*overrides):
         with initialize_config_dir(str(CONFIG_DIR / "inference"), version_base="1.3"):
