@@ -140,8 +140,10 @@ def run_sources(todo: list[tuple[str, float]], cfg: DictConfig, ctx: Context, wo
         queue = mp.get_context("spawn").SimpleQueue() if on_partial else None
         if queue is not None:
             threading.Thread(target=_drain, args=(queue, on_partial), daemon=True).start()
-        # Sources not finished yet (it only goes down): how the workers share the cores (data_pipeline/cores.py)
-        unfinished = mp.get_context("spawn").Value("i", len(pending) + len(suspects))
+        # Sources not finished yet (it only goes down): how the workers share the cores (data_pipeline/cores.py).
+        # Lock-free: only this process writes it, and a worker killed while reading a locked Value
+        # would leave its lock held and this loop blocked at the next write.
+        unfinished = mp.get_context("spawn").Value("i", len(pending) + len(suspects), lock=False)
         pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
                                    initargs=(cfg_yaml, replace(ctx, progress=queue.put if queue else None),
                                              unfinished, workers))
