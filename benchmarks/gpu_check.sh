@@ -29,11 +29,12 @@ part gpu_check python3 benchmarks/gpu_bench.py --size full "$@"
 # CPU smoke test: python benchmarks/gpu_release.py --size tiny --device cpu --context 256
 part gpu_release python3 benchmarks/gpu_release.py --context 8192
 # Our engine against the transformers port's generate() on the same random release-shaped weights
-# (issue 16): bf16, batch 1/4/8, greedy, 200 frames forced; ours eager and with its decode steps
+# bf16, batch 1/4/8, greedy, 200 frames forced; ours eager and with its decode steps
 # replayed from CUDA graphs (-graphs), the port eager. CPU version: python benchmarks/inference_vs_port.py
 part inference_vs_port python3 benchmarks/inference_vs_port.py --device cuda --size release \
   --rows bf16-b1-t1,bf16-b1-t1-graphs,bf16-b4-t1,bf16-b4-t1-graphs,bf16-b8-t1,bf16-b8-t1-graphs
-# The released model on a 16 GB card (issue 25's table, measured): the release's full shape (28 layers),
+# The released model on a 16 GB card (README.md, "The released model on a 16 GB card"; measured):
+# the release's full shape (28 layers),
 # bf16 / int8 / nf4, peak GPU memory (torch.cuda.max_memory_allocated / max_memory_reserved), tokens/s
 # and real-time factor: inference (8k prompt + 100 frames, full-size audio tokenizer loaded) and one LoRA
 # step (configs/finetune.yaml's targets and rank) at 512 / 1024 / 2048. int8 / nf4 need bitsandbytes and

@@ -1,5 +1,5 @@
 """Our engine against the transformers port (HiggsAudioV2ForConditionalGeneration.generate) on the
-same random weights, in one process on this CPU (issue 16).
+same random weights, in one process on this CPU.
 
     python benchmarks/inference_vs_port.py [--frames 200] [--repeats 3] [--rows all|fp32-b1-t1,bf16-b4-t2,...]
     # on a GPU (benchmarks/gpu_check.sh): the release's shape, random weights

@@ -16,7 +16,7 @@ per rejection reason and per DNSMOS OVRL band, so a threshold can be judged by e
     thresholds      {quality key: minimum kept}, drawn on the quality histograms; each also gets its
                     distribution with what its filter removed (summary's `filters`, filters.png)
 Any other key is copied into summary.json as given, and a given key wins
-over the computed one of the same name. Rows: see ../shared/DESIGN.md. Rejected segment
+over the computed one of the same name. Rows: docs/design.md, "Curation output". Rejected segment
 rows that carry `quality`, `duration` and `text` also show up in the quality histograms
 and the OVRL band examples. Clip audio comes from the row's shard, else from
 OUT/parts/<source key>.tar (where the pipeline keeps every candidate segment), else

@@ -2,9 +2,10 @@
 
     logits [K, A] (A = 1024 codes + stream BOS + stream EOS) -> codes [K]
 
-Repetition-aware sampling (SPEC §3): per codebook, a code already seen `ras_max_repeats` times in
-the last `ras_window` frames is redrawn from the untempered, unfiltered distribution; this breaks
-the loops low temperatures fall into without raising the temperature everywhere.
+Repetition-aware sampling (docs/model.md, "Generation defaults"): per codebook, a code already
+seen `ras_max_repeats` times in the last `ras_window` frames is redrawn from the untempered,
+unfiltered distribution; this breaks the loops low temperatures fall into without raising the
+temperature everywhere.
 Each request owns a torch.Generator, so a seed gives the same audio alone or in a batch.
 """
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """higgs_train.cli: the small tools' key=value command lines read the way Hydra reads the big
-ones: typed, unknown and missing keys named, --help listing every option (issue 14 item 6)."""
+ones: typed, unknown and missing keys named, --help listing every option."""
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional

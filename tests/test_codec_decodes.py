@@ -1,4 +1,4 @@
-"""The committed demo codec decodes its codes (issue 12): it does not turn every input into the
+"""The committed demo codec decodes its codes: it does not turn every input into the
 same buzz. Measured with higgs_train/tokenizer/checks.py on espeak-ng speech of every voice of
 the synthetic corpus and of voices the codec never heard.
 
@@ -22,12 +22,13 @@ TEXT = "Please remember to open the kitchen window before Friday, my neighbour s
 UNSEEN = [Voice("new_m", "en-us+m3", pitch=45, speed=160), Voice("new_f", "en-gb+f1", pitch=70, speed=150)]
 SECONDS = 3.0
 
-# Issue 12 is open: no codec this project can train on 2 CPU cores in the time given decodes yet
+# No codec this project can train on 2 CPU cores in the time given decodes yet
 # (pretrained/demo_codec is not committed; the demo's own 200-step export fails all three, the
-# figures are in the issue). strict: the day a decoding codec lands these pass, and the marker
-# must go.
+# figures are in benchmarks/README.md, "Does the demo codec decode?"). strict: the day a decoding
+# codec lands these pass, and the marker must go.
 pytestmark = [pytest.mark.usefixtures("one_thread"),
-              pytest.mark.xfail(strict=True, reason="issue 12: the demo codec does not decode yet")]
+              pytest.mark.xfail(strict=True, reason="the demo codec does not decode yet "
+                                                      "(scripts/demo_codec/ trains the one that would)")]
 
 
 @pytest.fixture(scope="module")

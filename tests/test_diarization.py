@@ -1,6 +1,6 @@
 """Default diarization backend (resemblyzer embeddings + clustering) on generated conversations.
 
-Quality bar (issue 3): speaker count not given, DER <= 15 % (pyannote.metrics, 0.25 s collar) on
+Quality bar: speaker count not given, DER <= 15 % (pyannote.metrics, 0.25 s collar) on
 2-, 3- and 4-speaker conversations, and every segment the pipeline would keep (>= 3 s, from the real
 Segmenter) is >= 95 % one speaker. Speech regions come from the real Silero VAD stage.
 """

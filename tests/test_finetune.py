@@ -99,7 +99,8 @@ def test_end_to_end_lora(inputs, run):
     # checkpoints hold only the adapters (the base is reloaded from init_from)
     ckpt = torch.load(out / "train/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["state_dict"] and all(".lora_" in k for k in ckpt["state_dict"])
-    # the exported weights are the best validation checkpoint's among those that stop (issue 15)
+    # the exported weights are the best validation checkpoint's among those that stop
+    # (recipes/finetune/stops.py)
     [losses] = val_losses(out / "train")
     history = json.loads((out / "train/stops.json").read_text())
     assert [h["step"] for h in history] == [s + 1 for s in sorted(losses)] == [4, 8, 12, 16, 20, 24]

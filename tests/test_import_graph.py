@@ -83,7 +83,7 @@ def test_no_new_import_cycles(package):
     assert sorted(cycles(import_graph(package))) == KNOWN.get(package, [])
 
 
-# ---------------------------------------------------------------- layering (issue 14 item 1)
+# ---------------------------------------------------------------- layering (docs/design.md)
 # The foundation imports no wing; the wings import the foundation only; recipes import everything.
 ALLOWED = {"higgs_train": set(), "data_pipeline": {"higgs_train"}, "inference": {"higgs_train"},
            "recipes": {"higgs_train", "data_pipeline", "inference"}}

@@ -1,4 +1,4 @@
-"""Curation under passing and hostile faults (issue 15): a passing fault never becomes a permanent
+"""Curation under passing and hostile faults: a passing fault never becomes a permanent
 rejection, a header bomb is refused before decoding, a replaced input is processed again, a file
 name that is not UTF-8 is accounted for like any other.
 

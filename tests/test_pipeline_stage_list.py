@@ -1,4 +1,4 @@
-"""Curation is an ordered list of stages with one protocol (issue 14 item 3): a stage is added from
+"""Curation is an ordered list of stages with one protocol: a stage is added from
 config alone (its class here, no edit to data_pipeline), runs where the list puts it, and its
 output reaches the manifest; a stage that drops segments is obeyed; a wrong list is a clear error."""
 from __future__ import annotations

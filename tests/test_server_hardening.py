@@ -1,4 +1,4 @@
-"""The speech server against hostile and careless clients (issue 15, items 8-14), over real HTTP on
+"""The speech server against hostile and careless clients, over real HTTP on
 loopback: uvicorn servers in threads (inference.server_http.make_server, as `python -m
 inference.server` runs), tiny random exports, raw sockets for what httpx will not send, and the
 official `openai` client."""

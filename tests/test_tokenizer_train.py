@@ -127,7 +127,7 @@ def test_training_learns_without_collapse(trained_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 12: after 80 CPU steps the release-topology decoder does not "
+@pytest.mark.xfail(strict=True, reason="after 80 CPU steps the release-topology decoder does not "
                                        "use the finer codes yet (mel 0.525 -> 0.533 from 1 to 8 codebooks)")
 def test_quantizer_dropout_orders_the_decoded_audio(trained_run):
     # decoding with the first k codebooks never gets worse as k grows (the old 0.3 M-parameter

@@ -2,8 +2,8 @@
 
     python -m higgs_train.convert src=DIR dst=DIR to=native|hf|original
 
-A directory is an LLM or an audio tokenizer, in one of three layouts (SPEC "Released
-layouts"; the table is in higgs_train/layout.py).
+A directory is an LLM or an audio tokenizer, in one of three layouts (docs/model.md,
+"Released layouts"; the table is in higgs_train/layout.py).
 
 Each kind has one module here with `convert(src, dst, src_layout, to)`; `detect`
 (higgs_train/layout.py) is the only place that reads a layout from config.json.

@@ -1,4 +1,4 @@
-"""The DualFFN LLM in three directory layouts (SPEC "Released layouts"): names and configs.
+"""The DualFFN LLM in three directory layouts (docs/model.md, "Released layouts"): names and configs.
 
     cfg, layout = read_config(DIR)                     # any layout; refuses what we cannot reproduce
     layout_name("layers.0.attn.q_proj.weight", "hf")   # a tensor's name in a layout

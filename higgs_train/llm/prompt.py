@@ -1,5 +1,5 @@
-"""Chat-format samples (SPEC §2), laid out as the release lays them out: token ids, audio frames and
-shifted labels for one sequence.
+"""Chat-format samples (docs/model.md, "Prompt"), laid out as the release lays them out: token ids,
+audio frames and shifted labels for one sequence.
 
     <|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nGenerate audio following instruction.
         [\n\n<|scene_desc_start|>\nSCENE\n<|scene_desc_end|>]<|eot_id|>

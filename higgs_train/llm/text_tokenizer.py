@@ -4,8 +4,8 @@
     train_bpe(texts, DIR, vocab_size=2000)  # a small byte-level BPE for tests and the demo
     special_token_ids(tok)                  # the ids an export states (config special_tokens)
 
-A Llama-3 tokenizer (<|begin_of_text|> at 128000) gets the release's ids (SPEC §2): its reserved
-tokens at 128011-128019 are renamed to the Higgs names, as the released tokenizer has them; the
+A Llama-3 tokenizer (<|begin_of_text|> at 128000) gets the release's ids (docs/model.md, "Token ids"): its
+reserved tokens at 128011-128019 are renamed to the Higgs names, as the released tokenizer has them; the
 delay token keeps its Llama-3 name <|reserved_special_token_6|> (128014). Any other tokenizer (our
 BPE) keeps the ids it has, and those it lacks are appended; the export stores them with the model.
 
@@ -26,7 +26,7 @@ from omegaconf import MISSING
 
 from higgs_train.files import atomic_dir
 
-# Llama-3 chat tokens and the Higgs audio tokens (SPEC §2), in a fixed order so a trained
+# Llama-3 chat tokens and the Higgs audio tokens (docs/model.md, "Token ids"), in a fixed order so a trained
 # tokenizer gives them the same ids every time.
 CHAT_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
                "<|eot_id|>", "<|scene_desc_start|>", "<|scene_desc_end|>"]

@@ -1,5 +1,5 @@
 """Does a codec decode its codes? Measurements that tell a working codec from one that
-turns every input into the same buzz (issue 12), shared by the tests and the reports.
+turns every input into the same buzz (the demo codec does), shared by the tests and the reports.
 
 All take a tokenizer with encode(wav, sr) -> codes [B, 8, F] and decode(codes) -> [B, 1, F*hop]
 (AudioTokenizer), and 1-D float waveforms at the tokenizer's sample rate.

@@ -1,6 +1,6 @@
 """The tokenizer's config: one dataclass, stored in checkpoints and in export/config.json.
 
-Every size has the released topology (SPEC section 1) and the interface the LLM depends on
+Every size has the released topology (docs/model.md, "Audio tokenizer") and the interface the LLM depends on
 (24 kHz, hop 960 = 25 frames/s, 8 codebooks x 1024 codes); sizes differ only in widths:
 
     channels          DAC encoder width after its first conv, doubling at each stride (-> 32x)

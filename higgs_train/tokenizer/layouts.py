@@ -1,4 +1,4 @@
-"""The audio tokenizer in three layouts (SPEC "Released layouts"): names, and reading any of them
+"""The audio tokenizer in three layouts (docs/model.md, "Released layouts"): names, and reading any of them
 into ours (config + state dict in our names). Writing lives in higgs_train/convert/tokenizer.py.
 
 

@@ -115,9 +115,10 @@ class TokenizerModule(L.LightningModule):
         T = wav.shape[-1]
         recon = self.model.decode(self.model.encode(wav, self.model.sample_rate))[..., :T]
         self.log("val/mel_distance", self.mel(recon, wav), sync_dist=True)
-        # A low mel distance does not show that the decoder reads its codes: the collapsed codec of
-        # issue 12 (one buzz for every input) scored it too. These do: reconstructions of different
-        # clips must not correlate, nor repeat one waveform every frame, nor random codes decode alike.
+        # A low mel distance does not show that the decoder reads its codes: the collapsed demo codec
+        # (one buzz for every input, benchmarks/README.md) scored it too. These do: reconstructions of
+        # different clips must not correlate, nor repeat one waveform every frame, nor random codes
+        # decode alike.
         y = recon[:, 0].float().cpu().numpy()
         if len(y) > 1:
             self.log("val/recon_cross_corr", max(abs(checks.correlation(a, b)) for i, a in enumerate(y)

@@ -1,5 +1,5 @@
 """AudioTokenizer: waveform <-> 8 x 1024 residual-VQ codes at 25 frames/s, in the topology of
-the released Higgs Audio v2 tokenizer (SPEC section 1):
+the released Higgs Audio v2 tokenizer (docs/model.md, "Audio tokenizer"):
 
     wav [B,1,T] --acoustic encoder-------------------------------> a [B, D, F]
     wav --24->16 kHz, frozen HuBERT, mean of layers, every 2nd--> h [B, H, F] --semantic enc--> s [B, H, F]

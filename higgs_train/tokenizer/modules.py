@@ -1,4 +1,4 @@
-"""The release's convolutional stacks, module for module (SPEC section 1).
+"""The release's convolutional stacks, module for module (docs/model.md, "Audio tokenizer").
 
 Acoustic (DAC, Snake + weight norm, residual units with dilations 1/3/9, kernel 2s):
     AcousticEncoder  [B, 1, T] -> [B, latent, T/960]   widths c, 2c, ..., 32c (release c = 64)

@@ -1,6 +1,6 @@
 """Does the fine-tuned model still stop? Held-out loss alone cannot tell: a model that has lost
 its end of speech can score a lower loss and then speak every sentence to the frame cap (the
-demo's fine-tuned model did, at 30 s for sentences its base spoke in 4-5 s; issue 15).
+demo's fine-tuned model did, at 30 s for sentences its base spoke in 4-5 s).
 
 At every validation, StopCheck speaks a few held-out sentences with the model being trained,
 the way `python -m inference voice=NAME` will (the voice preset's clip as the cloning prompt, the

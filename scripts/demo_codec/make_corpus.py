@@ -6,7 +6,7 @@ variants x pitch x speed), one sentence each of data_pipeline.synth.SENTENCES, ~
     python scripts/demo_codec/make_corpus.py out_dir=runs/demo_codec_corpus
 
 Formant variants m3 and f1 are never drawn: tests/test_codec_decodes.py speaks with them to
-check voices the codec never heard. Then the project's own training command (issue 12: the demo
+check voices the codec never heard. Then the project's own training command (the demo
 may start from a codec trained so, committed with its command and figures), e.g. on CPU:
 
     python -m higgs_train.train task=tokenizer model=tokenizer/tiny trainer=cpu \

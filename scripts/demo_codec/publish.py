@@ -7,7 +7,7 @@ the demo's starting codec (pretrained/demo_codec: config.json, fp16 model.safete
 src: a training checkpoint of `python -m higgs_train.train task=tokenizer` (its model weights and
 codebooks) or an export directory. Prints, per espeak-ng voice of the synthetic corpus and two it
 never heard, the median F0 of original and reconstruction and the error in semitones, and the
-worst cross-voice / random-codes correlations; the bar is issue 12's.
+worst cross-voice / random-codes correlations; the bar is tests/test_codec_decodes.py's.
 """
 from __future__ import annotations
 
