@@ -42,7 +42,7 @@ from higgs_train.llm.delay import revert_delay  # noqa: E402
 from higgs_train.llm.checkpoints import save_llm  # noqa: E402
 from higgs_train.llm.model import DualFFNConfig, DualFFNModel  # noqa: E402
 from higgs_train.tokenizer import AudioTokenizer, TokenizerConfig  # noqa: E402
-from inference.engine import Engine, Reference, _Row  # noqa: E402
+from inference.engine import Engine, Reference, Row  # noqa: E402
 from inference.sampling import SamplingConfig  # noqa: E402
 from tiny_exports import TINY_CODEC, tiny_text_tokenizer  # noqa: E402
 
@@ -75,7 +75,7 @@ def ours(engine, prompt, batch, frames, first_only=False):
     """(wall s, CPU s, frames [B][K, F]); first_only: to the first complete frame."""
     ids, codes, amask = prompt
     s = SamplingConfig(temperature=0, max_frames=frames, seed=0)
-    rows = [_Row(ids, codes, amask, s, torch.Generator().manual_seed(0)) for _ in range(batch)]
+    rows = [Row(ids, codes, amask, s, torch.Generator().manual_seed(0)) for _ in range(batch)]
     t0, c0 = time.perf_counter(), time.process_time()
     with torch.no_grad():           # as generate_codes and stream run it
         for out in engine._decode_frames(rows):

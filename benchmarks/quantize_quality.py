@@ -66,7 +66,7 @@ def engine_for(model: DualFFNModel, llm: Path, work: Path):
 
 
 def row(engine, args):
-    from inference.engine import Request, _Row
+    from inference.engine import Request, Row
     from inference.sampling import SamplingConfig
 
     s = SamplingConfig(temperature=0, max_frames=args.frames, seed=0)
@@ -79,7 +79,7 @@ def row(engine, args):
     amask = torch.arange(P) >= P // 4
     codes = torch.randint(0, engine.model.cfg.codebook_size, (P, K), generator=g)
     codes[-1] = engine.bos
-    return _Row(ids, codes, amask, s, torch.Generator().manual_seed(0))
+    return Row(ids, codes, amask, s, torch.Generator().manual_seed(0))
 
 
 @torch.no_grad()

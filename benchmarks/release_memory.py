@@ -89,7 +89,7 @@ def sync(device: torch.device) -> None:
 def case_infer(c: dict, device: torch.device) -> dict:
     from higgs_train.llm.model import DualFFNModel
     from higgs_train.tokenizer import AudioTokenizer
-    from inference.engine import Engine, EngineConfig, _Row
+    from inference.engine import Engine, EngineConfig, Row
     from inference.sampling import SamplingConfig
     from tiny_exports import tiny_text_tokenizer
 
@@ -122,7 +122,7 @@ def case_infer(c: dict, device: torch.device) -> dict:
     codes = torch.randint(0, model.cfg.codebook_size, (P, K), generator=g)
     codes[-1] = model.cfg.audio_bos
     sampling = SamplingConfig(temperature=0, max_frames=frames, seed=0)
-    row = _Row(ids, codes, amask, sampling, torch.Generator().manual_seed(0))
+    row = Row(ids, codes, amask, sampling, torch.Generator().manual_seed(0))
     marks = []
     sync(device)
     t0 = time.perf_counter()
