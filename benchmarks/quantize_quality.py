@@ -1,8 +1,8 @@
 """How far int8 and NF4 weights (higgs_train.llm.quantize) move the LLM from bf16, over the first 100
 frames of a greedy generation.
 
-    python benchmarks/quantize_quality.py                                   # the tiny release fixture
-    python benchmarks/quantize_quality.py --llm demo_out/runs/llm/export    # the demo's trained LLM
+    python -m benchmarks.quantize_quality                                   # the tiny release fixture
+    python -m benchmarks.quantize_quality --llm demo_out/runs/llm/export    # the demo's trained LLM
 
 Per quantize mode, against the same model in bf16 (quantize=none), both on the CPU in bf16:
 - teacher-forced: the prompt + bf16's greedy stream fed to both; relative error of the audio logits
@@ -18,18 +18,14 @@ with random ids and a random reference of `--prompt` positions.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-_here = Path(__file__).resolve().parent
-sys.path[:] = [str(_here.parent), str(_here.parent / "tests")] + sys.path
+import torch
 
-import torch  # noqa: E402
+from higgs_train.llm.delay import apply_delay
+from higgs_train.llm.model import DualFFNModel
 
-from higgs_train.llm.delay import apply_delay  # noqa: E402
-from higgs_train.llm.model import DualFFNModel  # noqa: E402
-
-FIXTURE = _here.parent / "tests/fixtures/release/llm_original/model"
+FIXTURE = Path(__file__).resolve().parents[1] / "tests/fixtures/release/llm_original/model"
 
 
 class NoCodec:
@@ -54,7 +50,7 @@ def load(llm: Path, mode: str) -> DualFFNModel:
 def engine_for(model: DualFFNModel, llm: Path, work: Path):
     from higgs_train.llm.text_tokenizer import load_text_tokenizer
     from inference.engine import Engine, EngineConfig
-    from tiny_exports import tiny_text_tokenizer
+    from higgs_train.testing.tiny_exports import tiny_text_tokenizer
 
     if (llm / "tokenizer.json").is_file():
         tok = load_text_tokenizer(llm)
