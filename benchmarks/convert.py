@@ -1,6 +1,6 @@
 """LLM conversion memory and time on a release-width random checkpoint on disk.
 
-    python benchmarks/convert.py [layers=14] [dir=/tmp/convert_bench] [keep=false]
+    python -m benchmarks.convert [layers=14] [dir=/tmp/convert_bench] [keep=false]
 
 Writes a random bf16 checkpoint in the original release's layout (hidden 3072, FFN 8192, 24/8
 heads, vocab 128256, 8 x 1026 audio rows, every layer dual, shards of at most 4.6 GB as the
@@ -23,11 +23,10 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from higgs_train.llm.checkpoints import Checkpoint, SafetensorsShardWriter  # noqa: E402
-from higgs_train.llm.layouts import export_plan, layout_config, native_shapes  # noqa: E402
-from higgs_train.llm.model import DualFFNConfig  # noqa: E402
+from higgs_train.llm.checkpoints import Checkpoint, SafetensorsShardWriter
+from higgs_train.llm.layouts import export_plan, layout_config, native_shapes
+from higgs_train.llm.model import DualFFNConfig
 
 GB = 1e9
 RELEASE_SHARD = int(4.6 * GB)     # the release's largest shard is about this size

@@ -1,7 +1,7 @@
 """Curation speed and memory: each stage's real-time factor, the whole run's (ASR off), peak RSS on a
 long file, all against the obvious per-file / per-clip baseline measured in the same run.
 
-    python benchmarks/curate.py [out=DIR] [workers=N] [baseline_files=3] [two_hours=false]
+    python -m benchmarks.curate [out=DIR] [workers=N] [baseline_files=3] [two_hours=false]
                                 [long_minutes=9] [shapes_only=false]
 
 Corpus: data_pipeline.synth preset "bench" (conversations in several formats and rates, a voice
@@ -38,9 +38,8 @@ from pathlib import Path
 import soundfile as sf
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from data_pipeline.synth import make_corpus  # noqa: E402
+from data_pipeline.synth import make_corpus
 
 ARGS = {"out": "bench_out/curate", "workers": str(len(os.sched_getaffinity(0))), "baseline_files": "3",
         "two_hours": "false", "long_minutes": "9", "shapes_only": "false"}
@@ -71,14 +70,13 @@ sys.exit(rc)
 
 BASELINE_CODE = r"""
 import io, json, sys, tarfile, time, resource
-sys.path.insert(0, sys.argv[1])
 import silero_vad, speechmos.dnsmos as dnsmos
 from higgs_train.audio import load_audio, load_segment
 from higgs_train.shards import encode_flac
 from data_pipeline.stages.base import Turn
 from data_pipeline.stages.diarization import EmbeddingClusterDiarizer
 from data_pipeline.stages.segment import Segmenter
-files, out, with_quality = json.loads(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
+files, out, with_quality = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
 vad_model = silero_vad.load_silero_vad(onnx=True)
 diar, seg = EmbeddingClusterDiarizer(), Segmenter()
 t = dict(decode=0.0, vad=0.0, diarization=0.0, segment=0.0, quality=0.0, export=0.0)
@@ -111,8 +109,9 @@ print(json.dumps({"timings": t, "audio_seconds": audio,
 
 def run_baseline(files: list[Path], tmp: Path, with_quality: bool = True) -> tuple[dict, float]:
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", BASELINE_CODE, str(ROOT), json.dumps([str(f) for f in files]),
-                           str(tmp / "baseline.tar"), "1" if with_quality else "0"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", BASELINE_CODE, json.dumps([str(f) for f in files]),
+                           str(tmp / "baseline.tar"), "1" if with_quality else "0"], cwd=ROOT, capture_output=True,
+                           text=True)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])
     return json.loads(proc.stdout.strip().splitlines()[-1]), time.perf_counter() - t

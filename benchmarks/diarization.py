@@ -1,7 +1,7 @@
 """Diarization on CPU: accuracy on real and synthetic speech side by side, and speed against the
 per-clip baseline.
 
-    python benchmarks/diarization.py [part=accuracy,speed] [minutes=10] [threads=1,2] [seed=0]
+    python -m benchmarks.diarization [part=accuracy,speed] [minutes=10] [threads=1,2] [seed=0]
 
 Accuracy (part=accuracy): the default VAD (Silero) + diarization (EmbeddingClusterDiarizer), the
 speaker count never given, on
@@ -38,7 +38,6 @@ import warnings
 from pathlib import Path
 
 os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 warnings.filterwarnings("ignore")
 
 import numpy as np  # noqa: E402

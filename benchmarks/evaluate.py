@@ -1,32 +1,29 @@
 """Evaluation harness cost: each scorer per second of audio, and the whole harness on a model.
 
-    python benchmarks/evaluate.py [--items 6] [--model LLM_EXPORT --tokenizer AUDIO_TOKENIZER_EXPORT]
+    python -m benchmarks.evaluate [--items 6] [--model LLM_EXPORT --tokenizer AUDIO_TOKENIZER_EXPORT]
 
 Scorer rows: espeak-ng sentences (voices v0-v3, 24 kHz), each scorer called once per clip as the
 harness calls it; x RT = scorer seconds / audio seconds (lower is cheaper). The first call of each
 scorer (model load, decoder set-up) is timed apart as "load". Harness row: the default config
-(greedy, all scorers) on the given exports, or on tiny random ones (tests/tiny_exports.py) when none
+(greedy, all scorers) on the given exports, or on tiny random ones (higgs_train/testing/tiny_exports.py) when none
 are given; rtf there is synthesis only, as the harness reports it.
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "tests")]
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 
-from hydra import compose, initialize_config_dir  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
-
-from data_pipeline.synth import SENTENCES, VOICES, tts  # noqa: E402
-from higgs_train.audio import save_audio  # noqa: E402
-from higgs_train.config import CONFIG_DIR  # noqa: E402
-from higgs_train.evaluate import EvalItem  # noqa: E402
+from data_pipeline.synth import SENTENCES, VOICES, tts
+from higgs_train.audio import save_audio
+from higgs_train.config import CONFIG_DIR
+from higgs_train.evaluate import EvalItem
 
 SR = 24_000
 
@@ -46,7 +43,7 @@ def main() -> None:
     with initialize_config_dir(str(CONFIG_DIR / "evaluate"), version_base="1.3"):
         model, tok = args.model, args.tokenizer
         if not model:
-            from tiny_exports import make_tiny_exports
+            from higgs_train.testing.tiny_exports import make_tiny_exports
 
             model, tok = make_tiny_exports(tmp / "tiny")
         cfg = compose("evaluate", overrides=[f"model={model}", f"tokenizer={tok}", f"eval_set={tmp / 'set.jsonl'}",

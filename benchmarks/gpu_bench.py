@@ -1,7 +1,7 @@
 """GPU check at full size: LLM training throughput (a layer subset), inference speed and peak memory.
 
-    python benchmarks/gpu_bench.py                       # on a CUDA machine (full size, bf16)
-    python benchmarks/gpu_bench.py --size tiny --device cpu --steps 2 --frames 20   # smoke test
+    python -m benchmarks.gpu_bench                       # on a CUDA machine (full size, bf16)
+    python -m benchmarks.gpu_bench --size tiny --device cpu --steps 2 --frames 20   # smoke test
 
 Random weights: speed and memory do not depend on what the weights know. Prints a
 markdown table; benchmarks/gpu_check.sh runs it. Needs only torch, safetensors,
@@ -10,7 +10,6 @@ transformers and tokenizers (what the GPU image has) plus this repository.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -18,12 +17,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+import yaml
 
-import yaml  # noqa: E402
-
-from higgs_train.llm.model import DualFFNConfig, DualFFNModel  # noqa: E402
-from higgs_train.tokenizer import AudioTokenizer, TokenizerConfig  # noqa: E402
+from higgs_train.llm.model import DualFFNConfig, DualFFNModel
+from higgs_train.tokenizer import AudioTokenizer, TokenizerConfig
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "model"
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}

@@ -22,16 +22,16 @@ part() {  # part NAME COMMAND...
   [ "$rc" = 0 ] || { echo "== $name FAILED (rc $rc)"; failed+=("$name"); }
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-part gpu_check python3 benchmarks/gpu_bench.py --size full "$@"
+part gpu_check python3 -m benchmarks.gpu_bench --size full "$@"
 # The release's shape through the converter path: a random bf16 checkpoint in the original layout
 # (11.5 GB on disk, twice during the conversion), converted in a fresh process (time, peak RSS),
 # loaded onto the GPU, then peak GPU memory with an 8k-slot KV cache after an 8k prefill.
-# CPU smoke test: python benchmarks/gpu_release.py --size tiny --device cpu --context 256
-part gpu_release python3 benchmarks/gpu_release.py --context 8192
+# CPU smoke test: python -m benchmarks.gpu_release --size tiny --device cpu --context 256
+part gpu_release python3 -m benchmarks.gpu_release --context 8192
 # Our engine against the transformers port's generate() on the same random release-shaped weights
 # bf16, batch 1/4/8, greedy, 200 frames forced; ours eager and with its decode steps
-# replayed from CUDA graphs (-graphs), the port eager. CPU version: python benchmarks/inference_vs_port.py
-part inference_vs_port python3 benchmarks/inference_vs_port.py --device cuda --size release \
+# replayed from CUDA graphs (-graphs), the port eager. CPU version: python -m benchmarks.inference_vs_port
+part inference_vs_port python3 -m benchmarks.inference_vs_port --device cuda --size release \
   --rows bf16-b1-t1,bf16-b1-t1-graphs,bf16-b4-t1,bf16-b4-t1-graphs,bf16-b8-t1,bf16-b8-t1-graphs
 # The released model on a 16 GB card (README.md, "The released model on a 16 GB card"; measured):
 # the release's full shape (28 layers),
@@ -40,6 +40,6 @@ part inference_vs_port python3 benchmarks/inference_vs_port.py --device cuda --s
 # step (configs/finetune.yaml's targets and rank) at 512 / 1024 / 2048. int8 / nf4 need bitsandbytes and
 # the LoRA step peft + lightning + omegaconf in the image (carry a wheelhouse: pip install --no-index
 # --find-links); a case whose package is missing is listed FAILED with its import error.
-# CPU version (2 and 4 layers, extrapolated): python benchmarks/release_memory.py
-part release_memory python3 benchmarks/release_memory.py --device cuda --layers 28 --seqs 512,1024,2048 --full no
+# CPU version (2 and 4 layers, extrapolated): python -m benchmarks.release_memory
+part release_memory python3 -m benchmarks.release_memory --device cuda --layers 28 --seqs 512,1024,2048 --full no
 [ ${#failed[@]} = 0 ] || { echo "failed parts: ${failed[*]}"; exit 1; }

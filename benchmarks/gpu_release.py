@@ -1,7 +1,7 @@
 """A release-shaped random checkpoint through the converter path, then peak GPU memory at 8k context.
 
-    python benchmarks/gpu_release.py                               # CUDA machine: full size, bf16
-    python benchmarks/gpu_release.py --size tiny --device cpu --context 256   # smoke test
+    python -m benchmarks.gpu_release                               # CUDA machine: full size, bf16
+    python -m benchmarks.gpu_release --size tiny --device cpu --context 256   # smoke test
 
 1. writes random bf16 weights in the ORIGINAL release's layout (config.json model_type higgs_audio,
    shards of at most 4.6 GB + index, the release's names; full size = the release's 397 tensors),
@@ -27,11 +27,10 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from higgs_train.llm.checkpoints import SafetensorsShardWriter  # noqa: E402
-from higgs_train.llm.layouts import export_plan, layout_config, native_shapes  # noqa: E402
-from higgs_train.llm.model import DualFFNConfig, DualFFNModel  # noqa: E402
+from higgs_train.llm.checkpoints import SafetensorsShardWriter
+from higgs_train.llm.layouts import export_plan, layout_config, native_shapes
+from higgs_train.llm.model import DualFFNConfig, DualFFNModel
 
 TINY = dict(vocab_size=2048, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
             head_dim=16)

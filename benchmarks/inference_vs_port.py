@@ -1,9 +1,9 @@
 """Our engine against the transformers port (HiggsAudioV2ForConditionalGeneration.generate) on the
 same random weights, in one process on this CPU.
 
-    python benchmarks/inference_vs_port.py [--frames 200] [--repeats 3] [--rows all|fp32-b1-t1,bf16-b4-t2,...]
+    python -m benchmarks.inference_vs_port [--frames 200] [--repeats 3] [--rows all|fp32-b1-t1,bf16-b4-t2,...]
     # on a GPU (benchmarks/gpu_check.sh): the release's shape, random weights
-    python benchmarks/inference_vs_port.py --device cuda --size release --rows bf16-b1-t1,bf16-b1-t1-graphs,...
+    python -m benchmarks.inference_vs_port --device cuda --size release --rows bf16-b1-t1,bf16-b1-t1-graphs,...
 
 Model: hidden 512, intermediate 1536, 8 layers, 8 heads / 4 KV heads, head_dim 64, every layer
 dual, a 2k BPE vocabulary; the port loads our weights through save_llm(model, dir, "hf", tok_dir).
@@ -28,23 +28,19 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-_here = Path(__file__).resolve().parent
-sys.path[:] = [str(_here.parent), str(_here.parent / "tests")] + [p for p in sys.path if Path(p or ".").resolve() != _here]
+import torch
 
-import torch  # noqa: E402
-
-from higgs_train.llm.delay import revert_delay  # noqa: E402
-from higgs_train.llm.checkpoints import save_llm  # noqa: E402
-from higgs_train.llm.model import DualFFNConfig, DualFFNModel  # noqa: E402
-from higgs_train.tokenizer import AudioTokenizer, TokenizerConfig  # noqa: E402
-from inference.engine import Engine, Reference, _Row  # noqa: E402
-from inference.sampling import SamplingConfig  # noqa: E402
-from tiny_exports import TINY_CODEC, tiny_text_tokenizer  # noqa: E402
+from higgs_train.llm.delay import revert_delay
+from higgs_train.llm.checkpoints import save_llm
+from higgs_train.llm.model import DualFFNConfig, DualFFNModel
+from higgs_train.tokenizer import AudioTokenizer, TokenizerConfig
+from inference.engine import Engine, Reference, Row
+from inference.sampling import SamplingConfig
+from higgs_train.testing.tiny_exports import TINY_CODEC, tiny_text_tokenizer
 
 SIZE = dict(hidden_size=512, intermediate_size=1536, num_layers=8, num_heads=8, num_kv_heads=4, head_dim=64,
             rope_theta=10000.0, rope_scaling=None)
@@ -75,7 +71,7 @@ def ours(engine, prompt, batch, frames, first_only=False):
     """(wall s, CPU s, frames [B][K, F]); first_only: to the first complete frame."""
     ids, codes, amask = prompt
     s = SamplingConfig(temperature=0, max_frames=frames, seed=0)
-    rows = [_Row(ids, codes, amask, s, torch.Generator().manual_seed(0)) for _ in range(batch)]
+    rows = [Row(ids, codes, amask, s, torch.Generator().manual_seed(0)) for _ in range(batch)]
     t0, c0 = time.perf_counter(), time.process_time()
     with torch.no_grad():           # as generate_codes and stream run it
         for out in engine._decode_frames(rows):

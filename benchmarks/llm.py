@@ -1,11 +1,10 @@
 """LLM benchmarks: CPU training and decoding speed (tiny), batcher padding, full-size memory table.
 
-    python benchmarks/llm.py [steps=10] [threads=N]
+    python -m benchmarks.llm [steps=10] [threads=N]
 """
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 import tempfile
 import time
 from dataclasses import asdict
@@ -20,8 +19,7 @@ from omegaconf import OmegaConf
 
 from higgs_train.config import CONFIG_DIR
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from synthetic_llm import write_synthetic_shards  # noqa: E402  (a test helper)
+from higgs_train.testing.synthetic_llm import write_synthetic_shards
 
 GIB = 1024 ** 3
 

@@ -1,6 +1,6 @@
 """Memory budget of the full-size model for inference on one GPU (no weights, no GPU needed).
 
-    python benchmarks/memory_budget.py [prefill_chunk=1024] [budget_gib=16]
+    python -m benchmarks.memory_budget [prefill_chunk=1024] [budget_gib=16]
 
 Builds model=llm/full and model=tokenizer/full (HuBERT-base teacher) on the meta device and
 counts bytes: weights at bf16 and 8-bit (int8 linear weights + one bf16 scale per output row;

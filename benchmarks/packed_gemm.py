@@ -1,7 +1,7 @@
 """F.linear against the packed GEMMs of inference.packed_gemm at decode-step row counts, on the CPU:
 MKL's in fp32, oneDNN's in bf16.
 
-    python benchmarks/packed_gemm.py [--threads 1] [--rows 1,2,3,4,5,6,8,12,16]
+    python -m benchmarks.packed_gemm [--threads 1] [--rows 1,2,3,4,5,6,8,12,16]
 
 Per weight shape (the benchmark model's: hidden 512, intermediate 1536) and row count: microseconds
 per product, best of 5 rounds of 200 calls cycling through 30 distinct weights (so none stays in

@@ -1,6 +1,6 @@
 """Quality and ASR stage speed: DNSMOS batched vs one clip at a time, and pocketsphinx.
 
-    python benchmarks/quality.py [--minutes 2] [--asr-seconds 40]
+    python -m benchmarks.quality [--minutes 2] [--asr-seconds 40]
 
 Clips are espeak-ng sentences (3-20 s, a third with white noise) at 24 kHz, the rate
 the pipeline hands to the quality stage. Rows:
@@ -19,7 +19,6 @@ costs at least one window, short clips are tiled up to it).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -27,13 +26,11 @@ import numpy as np
 import soxr
 from omegaconf import OmegaConf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data_pipeline.stages.base import Segment  # noqa: E402
-from data_pipeline.stages.quality import DNSMOS, DNSMOS_SR, tile, window_starts  # noqa: E402
-from data_pipeline.stages.transcribe import word_error_rate  # noqa: E402
-from data_pipeline.stages.transcribe_pocketsphinx import PocketsphinxTranscriber  # noqa: E402
-from data_pipeline.synth import SENTENCES, VOICES, tts  # noqa: E402
+from data_pipeline.stages.base import Segment
+from data_pipeline.stages.quality import DNSMOS, DNSMOS_SR, tile, window_starts
+from data_pipeline.stages.transcribe import word_error_rate
+from data_pipeline.stages.transcribe_pocketsphinx import PocketsphinxTranscriber
+from data_pipeline.synth import SENTENCES, VOICES, tts
 
 SR = 24_000
 CONFIG = Path(__file__).resolve().parents[1] / "configs/pipeline/quality/dnsmos.yaml"

@@ -1,8 +1,8 @@
 """How far int8 and NF4 weights (higgs_train.llm.quantize) move the LLM from bf16, over the first 100
 frames of a greedy generation.
 
-    python benchmarks/quantize_quality.py                                   # the tiny release fixture
-    python benchmarks/quantize_quality.py --llm demo_out/runs/llm/export    # the demo's trained LLM
+    python -m benchmarks.quantize_quality                                   # the tiny release fixture
+    python -m benchmarks.quantize_quality --llm demo_out/runs/llm/export    # the demo's trained LLM
 
 Per quantize mode, against the same model in bf16 (quantize=none), both on the CPU in bf16:
 - teacher-forced: the prompt + bf16's greedy stream fed to both; relative error of the audio logits
@@ -18,18 +18,14 @@ with random ids and a random reference of `--prompt` positions.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-_here = Path(__file__).resolve().parent
-sys.path[:] = [str(_here.parent), str(_here.parent / "tests")] + sys.path
+import torch
 
-import torch  # noqa: E402
+from higgs_train.llm.delay import apply_delay
+from higgs_train.llm.model import DualFFNModel
 
-from higgs_train.llm.delay import apply_delay  # noqa: E402
-from higgs_train.llm.model import DualFFNModel  # noqa: E402
-
-FIXTURE = _here.parent / "tests/fixtures/release/llm_original/model"
+FIXTURE = Path(__file__).resolve().parents[1] / "tests/fixtures/release/llm_original/model"
 
 
 class NoCodec:
@@ -54,7 +50,7 @@ def load(llm: Path, mode: str) -> DualFFNModel:
 def engine_for(model: DualFFNModel, llm: Path, work: Path):
     from higgs_train.llm.text_tokenizer import load_text_tokenizer
     from inference.engine import Engine, EngineConfig
-    from tiny_exports import tiny_text_tokenizer
+    from higgs_train.testing.tiny_exports import tiny_text_tokenizer
 
     if (llm / "tokenizer.json").is_file():
         tok = load_text_tokenizer(llm)
@@ -66,7 +62,7 @@ def engine_for(model: DualFFNModel, llm: Path, work: Path):
 
 
 def row(engine, args):
-    from inference.engine import Request, _Row
+    from inference.engine import Request, Row
     from inference.sampling import SamplingConfig
 
     s = SamplingConfig(temperature=0, max_frames=args.frames, seed=0)
@@ -79,7 +75,7 @@ def row(engine, args):
     amask = torch.arange(P) >= P // 4
     codes = torch.randint(0, engine.model.cfg.codebook_size, (P, K), generator=g)
     codes[-1] = engine.bos
-    return _Row(ids, codes, amask, s, torch.Generator().manual_seed(0))
+    return Row(ids, codes, amask, s, torch.Generator().manual_seed(0))
 
 
 @torch.no_grad()

@@ -3,8 +3,8 @@ in a fresh process: inference (an 8k-position prompt prefilled + 100 frames deco
 audio tokenizer loaded, the frames decoded to audio) and one LoRA training step (configs/finetune.yaml's
 targets and rank, activation checkpointing, batch 1) at several sequence lengths.
 
-    python benchmarks/release_memory.py                        # CPU: 2 and 4 layers, fit, full loads if RAM allows
-    python benchmarks/release_memory.py --device cuda --layers 28 --full no    # a GPU (benchmarks/gpu_check.sh)
+    python -m benchmarks.release_memory                        # CPU: 2 and 4 layers, fit, full loads if RAM allows
+    python -m benchmarks.release_memory --device cuda --layers 28 --full no    # a GPU (benchmarks/gpu_check.sh)
 
 Why layers: every case uses the release's exact shapes (hidden 3072, FFN 8192, 24/8 heads, vocab
 128,256, 8 x 1026 codes, every layer dual) but only L of the 28 decoder layers. Weights, KV cache and
@@ -39,10 +39,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-_here = Path(__file__).resolve().parent
-sys.path[:] = [str(_here.parent), str(_here.parent / "tests"), str(_here)] + sys.path
-
-import torch  # noqa: E402
+import torch
 
 GIB = 2 ** 30
 CUDA_CONTEXT_GIB = 0.75    # benchmarks/memory_budget.py's estimate
@@ -89,9 +86,9 @@ def sync(device: torch.device) -> None:
 def case_infer(c: dict, device: torch.device) -> dict:
     from higgs_train.llm.model import DualFFNModel
     from higgs_train.tokenizer import AudioTokenizer
-    from inference.engine import Engine, EngineConfig, _Row
+    from inference.engine import Engine, EngineConfig, Row
     from inference.sampling import SamplingConfig
-    from tiny_exports import tiny_text_tokenizer
+    from higgs_train.testing.tiny_exports import tiny_text_tokenizer
 
     out = {}
     t0 = time.perf_counter()
@@ -122,7 +119,7 @@ def case_infer(c: dict, device: torch.device) -> dict:
     codes = torch.randint(0, model.cfg.codebook_size, (P, K), generator=g)
     codes[-1] = model.cfg.audio_bos
     sampling = SamplingConfig(temperature=0, max_frames=frames, seed=0)
-    row = _Row(ids, codes, amask, sampling, torch.Generator().manual_seed(0))
+    row = Row(ids, codes, amask, sampling, torch.Generator().manual_seed(0))
     marks = []
     sync(device)
     t0 = time.perf_counter()
@@ -206,7 +203,7 @@ def run_case(c: dict) -> dict:
 def write_checkpoints(root: Path, layers: int, device: str) -> tuple[Path, Path]:
     """A release-shaped random LLM of `layers` decoder layers (original layout, bf16) and a full-size
     random audio tokenizer (the release's topology, a random HuBERT-base), each written once."""
-    from gpu_release import write_release
+    from benchmarks.gpu_release import write_release
 
     from higgs_train.config import model_size
     from higgs_train.llm.model import DualFFNConfig
@@ -230,7 +227,8 @@ def fresh_process(c: dict) -> dict:
     # tensors freed), so RSS would count memory no longer in use: a fixed threshold maps and unmaps
     # every large tensor, and RSS follows the live tensors as a GPU allocator's count does
     # (a 4-layer LoRA step at 2048: 5.04 GiB peak with glibc's default, 4.27 with this)
-    p = subprocess.run([sys.executable, __file__, "--case", json.dumps(c)], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-m", "benchmarks.release_memory", "--case", json.dumps(c)],
+                       cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
                        env={**os.environ, "PYTHONUNBUFFERED": "1", "MALLOC_MMAP_THRESHOLD_": "131072"})
     if p.returncode:
         return {"error": (p.stderr.strip().splitlines() or ["?"])[-1], "rc": p.returncode}

@@ -1,6 +1,6 @@
 """Speech rates behind the frame budget (higgs_train/llm/stops.py RATES and StopRules' budget).
 
-    python benchmarks/speech_rates.py [--synthetic 6]
+    python -m benchmarks.speech_rates [--synthetic 6]
 
 1. The recorded clips of tests/fixtures/real_speech (English and Mandarin, with transcripts): each
    clip's speech is split into voiced time and pauses (40 ms frames, silent = 35 dB below the

@@ -1,7 +1,7 @@
 """Audio tokenizer benchmark: encode/decode real-time factor on CPU (tiny and full), parameter
 counts, and training steps/s of the tiny config.
 
-    python benchmarks/tokenizer.py [--seconds 4] [--threads N] [--train-steps 20]
+    python -m benchmarks.tokenizer [--seconds 4] [--threads N] [--train-steps 20]
 
 RTF = compute seconds / audio seconds (below 1 is faster than real time). Both sizes have the
 released topology and run their HuBERT teacher when encoding (full: hubert-base's config, random

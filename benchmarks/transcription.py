@@ -1,6 +1,6 @@
 """pocketsphinx on real recordings: word error rate, its confidence, and what the confidence filter keeps.
 
-    python benchmarks/transcription.py [dir=tests/fixtures/real_speech] [threshold=FILTER_DEFAULT]
+    python -m benchmarks.transcription [dir=tests/fixtures/real_speech] [threshold=FILTER_DEFAULT]
 
 Input: every NAME.flac / NAME.wav with a NAME.txt reference in `dir`, each recording one segment (as
 the pipeline cuts a one-speaker clip of 6-20 s). English recordings give the WER; a recording whose
@@ -19,9 +19,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 
 def load(d: Path) -> list[tuple[str, np.ndarray, str]]:

@@ -44,6 +44,12 @@ VOICES: list[Voice] = [
     Voice("v7", "en+steph", pitch=40, speed=160, gain_db=-1.5),
 ]
 VOICE_BY_NAME = {v.name: v for v in VOICES}
+# The codec check's probe (tests/test_codec_decodes.py, scripts/demo_codec/publish.py): one sentence,
+# cut to PROBE_SECONDS, spoken by every voice above and by espeak-ng voices outside VOICES, never in
+# any training corpus of this project.
+PROBE_TEXT = "Please remember to open the kitchen window before Friday, my neighbour said."
+UNSEEN_VOICES = [Voice("new_m", "en-us+m3", pitch=45, speed=160), Voice("new_f", "en-gb+f1", pitch=70, speed=150)]
+PROBE_SECONDS = 3.0
 
 
 # ---------------------------------------------------------------- sentences

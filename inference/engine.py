@@ -114,8 +114,8 @@ class Result:
 
 
 @dataclass
-class _Row:
-    """One prompt being decoded."""
+class Row:
+    """One prompt being decoded: what generate_codes takes (benchmarks build one from a prompt of ids)."""
     ids: Tensor        # [P] long
     codes: Tensor      # [P, K] long
     amask: Tensor      # [P] bool
@@ -305,7 +305,7 @@ class Engine:
             raise RequestError("input text has nothing to speak")
         return self.references(req), chunks
 
-    def _row(self, req: Request, plan, done: list[Tensor], c: int) -> _Row:
+    def _row(self, req: Request, plan, done: list[Tensor], c: int) -> Row:
         refs, chunks = plan
         k = self.cfg.context_chunks
         history = list(zip(chunks[:c], done))[max(0, c - k):] if k else []
@@ -313,11 +313,11 @@ class Engine:
         cfg = self._sampling(req, c)
         watch = StopWatch(req.stops or self.stops, chunks[c], self.codec.frame_rate, cfg.max_frames, self.codec.hop,
                           self.decode)
-        return _Row(ids, codes, amask, cfg, torch.Generator().manual_seed(cfg.seed), watch)
+        return Row(ids, codes, amask, cfg, torch.Generator().manual_seed(cfg.seed), watch)
 
     # ---- decoding ----------------------------------------------------------------------
     @torch.no_grad()
-    def generate_codes(self, rows: list[_Row], progress=None, use_cache: bool = True) -> list[Tensor]:
+    def generate_codes(self, rows: list[Row], progress=None, use_cache: bool = True) -> list[Tensor]:
         """Decode each row to the end of its stream (or its StopWatch's); returns codes [K, F] per row,
         a guarded tail trimmed (the row's watch.reason says why it ended)."""
         last = None
@@ -374,7 +374,7 @@ class Engine:
             self._allowed_masks[key] = allowed
         return allowed
 
-    def _decode_frames(self, rows: list[_Row], use_cache: bool = True) -> Iterator[list[Tensor]]:
+    def _decode_frames(self, rows: list[Row], use_cache: bool = True) -> Iterator[list[Tensor]]:
         """Yields, after every decode step, each row's code frames complete so far ([K, F_b])."""
         B, K, dev = len(rows), self.K, self.device
         P = max(len(r.ids) for r in rows)

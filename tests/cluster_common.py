@@ -4,7 +4,7 @@ import pytest
 
 @pytest.fixture(scope="module")
 def llm_corpus(tmp_path_factory):
-    from synthetic_llm import write_synthetic_shards
+    from higgs_train.testing.synthetic_llm import write_synthetic_shards
     from higgs_train.llm.text_tokenizer import train_bpe
 
     d = tmp_path_factory.mktemp("slurm_llm")

@@ -22,7 +22,7 @@ from torch import nn
 
 from higgs_train.llm.model import DualFFNConfig, KVCache
 from higgs_train.llm.text_tokenizer import load_text_tokenizer
-from tiny_exports import TINY_LLM, tiny_text_tokenizer
+from higgs_train.testing.tiny_exports import TINY_LLM, tiny_text_tokenizer
 
 K, CODES, FPS, HOP = 8, 1024, 25, 960
 SILENT = 0                          # the codebook-0 code ToneCodec decodes to silence

@@ -11,7 +11,7 @@ import pytest
 
 import higgs_train.llm.data as llm_data
 import higgs_train.tokenizer.data as tok_data
-from synthetic_llm import write_synthetic_shards
+from higgs_train.testing.synthetic_llm import write_synthetic_shards
 from higgs_train.llm.text_tokenizer import train_bpe
 from higgs_train.shards import list_shards
 

@@ -12,15 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from data_pipeline.synth import VOICES, Voice, tts
+from data_pipeline.espeak import PROBE_SECONDS, PROBE_TEXT, UNSEEN_VOICES, VOICES, tts
 from higgs_train.tokenizer import AudioTokenizer
 from higgs_train.tokenizer import checks
 
 CODEC = Path(os.environ.get("HIGGS_CODEC", Path(__file__).parents[1] / "pretrained" / "demo_codec"))
-TEXT = "Please remember to open the kitchen window before Friday, my neighbour said."
-# espeak-ng voices outside data_pipeline.synth.VOICES: never in any training corpus of this project
-UNSEEN = [Voice("new_m", "en-us+m3", pitch=45, speed=160), Voice("new_f", "en-gb+f1", pitch=70, speed=150)]
-SECONDS = 3.0
 
 # No codec this project can train on 2 CPU cores in the time given decodes yet
 # (pretrained/demo_codec is not committed; the demo's own 200-step export fails all three, the
@@ -40,7 +36,7 @@ def codec():
 
 @pytest.fixture(scope="module")
 def speech():
-    return {v.name: (0.8 * tts(TEXT, v))[:int(SECONDS * 24000)] for v in VOICES + UNSEEN}
+    return {v.name: (0.8 * tts(PROBE_TEXT, v))[:int(PROBE_SECONDS * 24000)] for v in VOICES + UNSEEN_VOICES}
 
 
 @pytest.fixture(scope="module")

@@ -157,7 +157,7 @@ def test_partial_dual_layers_are_filled_with_copies_and_outputs_unchanged(tmp_pa
 def test_shards_tokenizer_files_and_the_cli(tmp_path):
     from transformers import HiggsAudioV2ForConditionalGeneration
 
-    from tiny_exports import tiny_text_tokenizer
+    from higgs_train.testing.tiny_exports import tiny_text_tokenizer
 
     tok = tiny_text_tokenizer(tmp_path / "nat", vocab_size=300)
     m = tiny(vocab_size=len(tok), special_tokens=None)

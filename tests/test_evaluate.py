@@ -150,7 +150,7 @@ def test_harness_measures_rtf_and_keeps_going(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from tiny_exports import make_tiny_exports
+    from higgs_train.testing.tiny_exports import make_tiny_exports
 
     return make_tiny_exports(tmp_path_factory.mktemp("tiny_exports"))
 
@@ -227,7 +227,7 @@ def test_same_audio_from_model_in_memory_and_from_exports(tiny, clips):
 # ---------------------------------------------------------------- the training callback
 
 def _train_config(tmp_path, tok, eval_set, *extra):
-    from synthetic_llm import write_synthetic_shards
+    from higgs_train.testing.synthetic_llm import write_synthetic_shards
     from higgs_train.llm.text_tokenizer import train_bpe
 
     rows = write_synthetic_shards(tmp_path / "shards", n_sources=2, segments_per_source=4, words=(2, 4),

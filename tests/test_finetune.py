@@ -20,7 +20,7 @@ from recipes.finetune.stops import candidate
 from higgs_train.finetune.lora import FinetuneModule, merged
 from higgs_train.llm.model import DualFFNModel
 from higgs_train.shards import iter_shard, list_shards, rewrite_shard
-from tiny_exports import make_tiny_exports
+from higgs_train.testing.tiny_exports import make_tiny_exports
 
 MICRO = dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=16)
 NAME = "nyc"

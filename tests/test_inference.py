@@ -13,7 +13,7 @@ from higgs_train.llm.stops import StopRules
 from inference.engine import Engine, EngineConfig, Request, RequestError
 from inference.sampling import SamplingConfig, filter_logits, sample_frame
 from inference.text import split_text
-from tiny_exports import make_tiny_exports
+from higgs_train.testing.tiny_exports import make_tiny_exports
 from inference.voices import VoiceError, VoiceLibrary
 
 GREEDY = SamplingConfig(temperature=0, max_frames=24)

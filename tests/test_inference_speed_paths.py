@@ -18,7 +18,7 @@ from higgs_train.llm.model import DualFFNConfig, DualFFNModel
 from inference.engine import Engine, EngineConfig, Request
 from inference.packed_gemm import PackedLinears, kernel_available
 from inference.sampling import SamplingConfig
-from tiny_exports import TINY_LLM, make_tiny_exports
+from higgs_train.testing.tiny_exports import TINY_LLM, make_tiny_exports
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 

@@ -8,11 +8,11 @@ import torch
 from higgs_train.llm.data import collate
 from higgs_train.llm.model import DualFFNConfig, DualFFNModel
 from higgs_train.llm.prompt import tts_sample
-from synthetic_llm import text_codes
+from higgs_train.testing.synthetic_llm import text_codes
 from higgs_train.tokenizer import AudioTokenizer, TokenizerConfig
 from inference.engine import Engine, EngineConfig, Request
 from inference.sampling import SamplingConfig
-from tiny_exports import TINY_CODEC, TINY_LLM, tiny_text_tokenizer
+from higgs_train.testing.tiny_exports import TINY_CODEC, TINY_LLM, tiny_text_tokenizer
 
 TEXTS = ["the quick brown fox", "seven happy voices sing", "bright morning light"]
 

@@ -10,7 +10,7 @@ import torch
 from higgs_train.llm.data import LLMStream, bucket, collate, read_segments
 from higgs_train.llm.delay import strip_stream
 from higgs_train.llm.prompt import Message, clone_sample, dialogue_sample, encode_chat, system_message, tts_sample
-from synthetic_llm import write_synthetic_shards
+from higgs_train.testing.synthetic_llm import write_synthetic_shards
 from higgs_train.llm.text_tokenizer import SPECIAL_TOKENS, load_text_tokenizer, main as tok_cli
 from higgs_train.shards import list_shards
 

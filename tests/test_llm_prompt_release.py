@@ -184,7 +184,7 @@ def _tiny_engine(tmp_path):
 
     from higgs_train.tokenizer import AudioTokenizer, TokenizerConfig
     from inference.engine import Engine
-    from tiny_exports import TINY_CODEC, TINY_LLM
+    from higgs_train.testing.tiny_exports import TINY_CODEC, TINY_LLM
 
     # the special tokens the BPE had before the delay token existed: same ids, so the same prompt
     bpe = Tokenizer(models.BPE())
@@ -201,12 +201,12 @@ def _tiny_engine(tmp_path):
 
 
 def _greedy(engine, refs, frames=20):
-    from inference.engine import _Row
+    from inference.engine import Row
     from inference.sampling import SamplingConfig
 
     ids, codes, amask = engine.prompt("hello there, how are you today?", refs, [], scene="a quiet room")
     s = SamplingConfig(temperature=0, max_frames=frames, seed=0)
-    [out] = engine.generate_codes([_Row(ids, codes, amask, s, torch.Generator().manual_seed(0))])
+    [out] = engine.generate_codes([Row(ids, codes, amask, s, torch.Generator().manual_seed(0))])
     return ids, codes, amask, out
 
 

@@ -196,7 +196,7 @@ TOK_ORIGINAL = Path(__file__).parent / "fixtures" / "release" / "tokenizer_origi
 def layouts(tmp_path_factory):
     """One tiny 8 x 1024-code LLM with its text tokenizer in all three layouts (the codebooks of the
     original-layout audio tokenizer fixture); hf and original written by our converter."""
-    from tiny_exports import tiny_text_tokenizer
+    from higgs_train.testing.tiny_exports import tiny_text_tokenizer
 
     root = tmp_path_factory.mktemp("layouts")
     tok = tiny_text_tokenizer(root / "native", vocab_size=300)

@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 
 from higgs_train.config import CONFIG_DIR
 from higgs_train.llm import DualFFNModel
-from synthetic_llm import write_synthetic_shards
+from higgs_train.testing.synthetic_llm import write_synthetic_shards
 from higgs_train.llm.text_tokenizer import SPECIAL_TOKENS, load_text_tokenizer, train_bpe
 from higgs_train.train import fit
 

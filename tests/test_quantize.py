@@ -22,7 +22,7 @@ from higgs_train.llm.model import IGNORE, DualFFNConfig, DualFFNModel
 from inference.engine import Engine, EngineConfig
 from inference.packed_gemm import PackedLinears, kernel_available
 from test_inference_speed_paths import BEFORE, TEXTS, _digest, _rows
-from tiny_exports import TINY_LLM, make_tiny_exports
+from higgs_train.testing.tiny_exports import TINY_LLM, make_tiny_exports
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 

@@ -23,7 +23,7 @@ from inference.engine import Engine, EngineConfig
 from inference.sampling import SamplingConfig
 from inference.server import ServerSettings, create_app
 from inference.server_http import HttpLimits
-from tiny_exports import make_tiny_exports
+from higgs_train.testing.tiny_exports import make_tiny_exports
 from inference.voices import VoiceLibrary
 from server_common import serving  # tests/ is on sys.path
 

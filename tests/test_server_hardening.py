@@ -26,7 +26,7 @@ from inference.engine import Engine, EngineConfig
 from inference.sampling import SamplingConfig
 from inference.server import OPENAI_VOICES, ServerSettings, create_app
 from inference.server_http import HttpLimits, RateLimited, check_exposure
-from tiny_exports import make_tiny_exports
+from higgs_train.testing.tiny_exports import make_tiny_exports
 from inference.voices import VoiceLibrary
 from server_common import free_port, serving, wait_up  # tests/ is on sys.path
 

@@ -204,7 +204,7 @@ def test_frames_before_a_stop_are_todays(tmp_path):
     """A real (tiny, random) model: the budget only ends the stream (and takes a smaller KV-cache
     bucket); what was drawn before the end of stream was fed equals a run with every rule off."""
     from inference.engine import EngineConfig
-    from tiny_exports import make_tiny_exports
+    from higgs_train.testing.tiny_exports import make_tiny_exports
 
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(1)

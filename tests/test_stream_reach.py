@@ -10,7 +10,7 @@ import torch
 
 from higgs_train.tokenizer import AudioTokenizer, TokenizerConfig
 from inference.engine import EngineConfig
-from tiny_exports import TINY_CODEC
+from higgs_train.testing.tiny_exports import TINY_CODEC
 
 
 def reach(codec, n=60, at=30, rel=1e-3) -> tuple[int, int]:

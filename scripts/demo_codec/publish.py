@@ -17,14 +17,10 @@ from pathlib import Path
 
 import torch
 
+from data_pipeline.espeak import PROBE_SECONDS, PROBE_TEXT, UNSEEN_VOICES, VOICES, tts
 from higgs_train.files import write_text_atomic
 from higgs_train.tokenizer import AudioTokenizer, TokenizerConfig
 from higgs_train.tokenizer import checks
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
-from test_codec_decodes import SECONDS, TEXT, UNSEEN  # noqa: E402  (the test's voices and sentence)
-
-from data_pipeline.synth import VOICES, tts  # noqa: E402
 
 
 def load(src: Path) -> AudioTokenizer:
@@ -38,7 +34,7 @@ def load(src: Path) -> AudioTokenizer:
 
 
 def measure(tok: AudioTokenizer) -> dict:
-    speech = {v.name: (0.8 * tts(TEXT, v))[:int(SECONDS * 24000)] for v in VOICES + UNSEEN}
+    speech = {v.name: (0.8 * tts(PROBE_TEXT, v))[:int(PROBE_SECONDS * 24000)] for v in VOICES + UNSEEN_VOICES}
     with torch.no_grad():
         return checks.report(tok, speech)
 

@@ -1,6 +1,6 @@
 """Inference speed on CPU with tiny random exports (or real ones: model=DIR tokenizer=DIR).
 
-    python benchmarks/inference.py [model=DIR tokenizer=DIR] [frames=100] [batch=8] [threads=1]
+    python -m benchmarks.inference_speed [model=DIR tokenizer=DIR] [frames=100] [batch=8] [threads=1]
 
 Rows: real-time factor (compute seconds per audio second, generation + decoding), the KV cache's
 speed-up over recomputing the whole sequence every step, batched vs sequential throughput
@@ -12,18 +12,12 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-# Run as a script, this file's folder comes first on sys.path and its name would shadow the
-# `inference` package: put the repository root there instead.
-_here = Path(__file__).resolve().parent
-sys.path[:] = [str(_here.parent), str(_here.parent / "tests")] + [p for p in sys.path if Path(p or ".").resolve() != _here]
+import torch
 
-import torch  # noqa: E402
-
-from inference.engine import Engine, EngineConfig, Request  # noqa: E402
-from inference.sampling import SamplingConfig  # noqa: E402
-from tiny_exports import make_tiny_exports  # noqa: E402
+from higgs_train.testing.tiny_exports import make_tiny_exports
+from inference.engine import Engine, EngineConfig, Request
+from inference.sampling import SamplingConfig
 
 
 def timed(fn):

@@ -1,5 +1,5 @@
-"""Tiny random exports (LLM + text tokenizer, audio tokenizer) for tests and benchmarks (a test helper,
-not part of the installed packages).
+"""Tiny random exports (LLM + text tokenizer, audio tokenizer) for tests and
+benchmarks.
 
     llm_dir, tok_dir = make_tiny_exports(out_dir)   # out_dir/llm, out_dir/tokenizer
 """
@@ -11,8 +11,8 @@ import torch
 
 from higgs_train.config import model_size
 from higgs_train.llm.model import DualFFNConfig, DualFFNModel
-from synthetic_llm import WORDS
 from higgs_train.llm.text_tokenizer import train_bpe
+from higgs_train.testing.synthetic_llm import WORDS
 from higgs_train.tokenizer import AudioTokenizer, TokenizerConfig
 
 # The one size table: configs/model/*/tiny.yaml (vocab_size comes from the text tokenizer).
