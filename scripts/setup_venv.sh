@@ -24,9 +24,16 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
-if [ -f "$VENV/.complete" ]; then exit 0; fi
-echo "[setup] creating $VENV (about 2 minutes)"
-"$PY" -m venv "$VENV"
+# .complete holds a digest of what decides the installed set: a venv made before a dependency was
+# added (pyproject.toml, the CPU constraints, this script) is brought up to date, not left as it is.
+want=$(cat pyproject.toml constraints/cpu.txt scripts/setup_venv.sh | sha1sum | cut -c1-40)
+if [ -f "$VENV/.complete" ] && [ "$(cat "$VENV/.complete")" = "$want" ]; then exit 0; fi
+if [ -x "$VENV/bin/python" ]; then
+  echo "[setup] updating $VENV (its dependencies changed)"
+else
+  echo "[setup] creating $VENV (about 2 minutes)"
+  "$PY" -m venv "$VENV"
+fi
 PIP="$VENV/bin/pip"
 "$PIP" install -q --upgrade pip
 if command -v nvidia-smi >/dev/null 2>&1; then
@@ -46,5 +53,5 @@ if [ "$GPU" = 0 ]; then
   rm -f "$VENV"/lib/python3*/site-packages/torchaudio/lib/*.so
 fi
 "$VENV/bin/python" -c "import torch, lightning, hydra, webdataset, resemblyzer, pyannote.audio, peft, bitsandbytes, silero_vad, pocketsphinx, speechmos, faster_whisper" \
-  && touch "$VENV/.complete"
+  && echo "$want" > "$VENV/.complete"
 echo "[setup] $VENV ready"
