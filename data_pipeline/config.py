@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from higgs_train.config import CONFIG_DIR
 
@@ -19,6 +19,23 @@ def config_args(argv: list[str]) -> list[str]:
     if any(a.startswith("hydra.searchpath") for a in argv):
         return argv
     return [f"hydra.searchpath=[file://{PIPELINE_CONFIGS}]", *argv]
+
+
+def compose_curation(overrides: list[str]) -> DictConfig:
+    """The config `python -m data_pipeline OVERRIDES` runs with (its `hydra:` node left out), for a
+    caller that curates in its own process (recipes/finetune/run.py). Works inside another Hydra
+    app too: its Hydra (one per process) is set aside while composing and put back after."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    caller = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+            return compose("curate", overrides=config_args(list(overrides)))
+    finally:
+        if caller is not None:
+            GlobalHydra.instance().initialize(caller)
 
 
 def register_resolvers() -> None:

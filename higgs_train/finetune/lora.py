@@ -97,6 +97,16 @@ def export_dtype(export_dir) -> torch.dtype:
         return SAFETENSORS_DTYPES.get(f.get_slice(next(iter(f.keys()))).get_dtype(), torch.float32)
 
 
+def resolve_export_layout(export_layout: str | None, base_layout: str) -> str:
+    """The layout the export is written in: the one asked for, or the base's (null); ValueError for
+    an unknown one. The fine-tuning recipe calls it too, before any work (recipes/finetune/run.py)."""
+    from higgs_train.llm.layouts import LAYOUTS
+
+    if export_layout not in (None, *LAYOUTS):
+        raise ValueError(f"export_layout={export_layout!r}: use one of {', '.join(LAYOUTS)} (or null: the base's)")
+    return export_layout or base_layout
+
+
 class LastAfterValidation(ModelCheckpoint):
     """Rewrites last.ckpt when a validation ends. train.py's checkpoint is written at the end of
     the training batch, before that step's validation, so a run resumed from it would not know
@@ -114,7 +124,7 @@ class FinetuneModule(LLMModule):
     def __init__(self, *args, lora: dict | None = None, export_layout: str | None = None,
                  quantize: str = "none", **kw):
         from higgs_train.llm import quantize as q
-        from higgs_train.llm.layouts import LAYOUTS, read_config
+        from higgs_train.llm.layouts import read_config
 
         self.lora, self.quantize = lora, q.check(quantize)   # read by _make_model, below
         if self.quantize != "none" and not lora:
@@ -122,9 +132,7 @@ class FinetuneModule(LLMModule):
         super().__init__(*args, **kw)
         self.base_dir = kw["init_from"]
         self.base_layout = read_config(self.base_dir)[1]
-        if export_layout not in (None, *LAYOUTS):
-            raise ValueError(f"export_layout={export_layout!r}: use one of {', '.join(LAYOUTS)} (or null: the base's)")
-        self.export_layout = export_layout or self.base_layout
+        self.export_layout = resolve_export_layout(export_layout, self.base_layout)
         if lora:
             self.model = add_lora(self.model, **lora, layout=self.base_layout)
         # a quantized base is rebuilt from disk; checkpoints hold (and restore) the adapters only

@@ -268,10 +268,31 @@ def read_hf(d: Path) -> tuple[TokenizerConfig, dict]:
 READERS = {"native": read_native, "hf": read_hf, "original": read_original}
 
 
+def tokenizer_layout(model_dir) -> str:
+    """The layout of an audio tokenizer directory; ValueError when it holds an LLM."""
+    kind, layout = detect(model_dir)
+    if kind != "tokenizer":
+        raise ValueError(f"{model_dir} holds an LLM ({layout} layout), not an audio tokenizer")
+    return layout
+
+
+def codebook_shape(model_dir) -> tuple[int | None, int | None]:
+    """(codebooks, codes per codebook) of a tokenizer directory in any layout, from its config.json
+    alone (no weights read: cheap enough to check before a run)."""
+    d = Path(model_dir)
+    layout = tokenizer_layout(d)
+    raw = _json(d / "config.json")
+    if layout == "original":   # the release's config.json: n_q codebooks of `bins` codes
+        return raw.get("n_q"), raw.get("bins")
+    if layout == "hf":
+        from transformers import HiggsAudioV2TokenizerConfig
+
+        c = HiggsAudioV2TokenizerConfig.from_dict(raw)
+        return c.num_quantizers, c.codebook_size
+    return raw.get("n_codebooks"), raw.get("codebook_size")
+
+
 def read(model_dir) -> tuple[TokenizerConfig, dict]:
     """Any tokenizer directory -> (our config, a state dict in our names)."""
     d = Path(model_dir)
-    kind, layout = detect(d)
-    if kind != "tokenizer":
-        raise ValueError(f"{d} holds an {kind}, not an audio tokenizer")
-    return READERS[layout](d)
+    return READERS[tokenizer_layout(d)](d)

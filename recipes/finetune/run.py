@@ -6,10 +6,11 @@ downloaded bosonai/higgs-audio-v2-generation-3B-base folder); the merged export 
 base's layout unless export_layout=native|hf|original asks for another.
 
 Steps, each resumable (rerun the command after an interruption; a finished run is skipped):
-    1 curate    python -m data_pipeline on DIR -> OUT/corpus (a subprocess: curation runs its own
-                worker pool and signal handling). Transcripts from sidecar files when every audio
-                file has one, else ASR; diarization kept to one speaker.
-    2 tokenize  python -m data_pipeline.tokenize with the audio tokenizer -> codes in the shards
+    1 curate    DIR -> OUT/corpus: data_pipeline.run.curate in this process, with the config
+                `python -m data_pipeline` composes (data_pipeline.config.compose_curation) and the
+                curate.* overrides. Transcripts from sidecar files when every audio file has one,
+                else ASR; diarization kept to one speaker.
+    2 tokenize  data_pipeline.tokenize with the audio tokenizer -> codes in the shards
     3 train     held-out split (OUT/split/{train,val}) and the voice preset (the cleanest 3-15 s
                 clip + transcript -> OUT/split/preset), then train.py's fit() from the base export
                 (LoRA or full), validating every N steps: held-out loss, and a few held-out
@@ -29,13 +30,12 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from higgs_train.config import CONFIG_DIR
@@ -53,42 +53,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 def step(i: int, what: str) -> None:
     print(f"\n==> [{time.strftime('%H:%M:%S')}] {i}/{STEPS} {what}", flush=True)
-
-
-def _q(value) -> str:
-    """A Hydra override value: quoted unless plainly safe (paths may hold spaces, commas, '=')."""
-    s = str(value)
-    if re.fullmatch(r"[\w./+-]+", s):
-        return s
-    return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def _run(args: list[str], what: str) -> None:
-    print("$ " + shlex.join(args), flush=True)
-    rc = subprocess.run(args).returncode
-    if rc != 0:
-        raise FinetuneError(f"{what} failed (exit code {rc}): see its messages above")
-
-
-def _codec_shape(d: Path) -> tuple[int | None, int | None]:
-    """(codebooks, codes per codebook) of an audio tokenizer directory in any layout (config only)."""
-    from higgs_train.layout import detect
-
-    try:
-        kind, layout = detect(d)
-    except (FileNotFoundError, ValueError) as e:
-        raise FinetuneError(f"tokenizer={d}: {e}") from None
-    if kind != "tokenizer":
-        raise FinetuneError(f"tokenizer={d} holds an LLM ({layout} layout), not an audio tokenizer")
-    raw = json.loads((d / "config.json").read_text())
-    if layout == "original":   # the release's config.json: n_q codebooks of `bins` codes
-        return raw.get("n_q"), raw.get("bins")
-    if layout == "hf":
-        from transformers import HiggsAudioV2TokenizerConfig
-
-        c = HiggsAudioV2TokenizerConfig.from_dict(raw)
-        return c.num_quantizers, c.codebook_size
-    return raw.get("n_codebooks"), raw.get("codebook_size")
 
 
 # ---------------------------------------------------------------- checks before any work
@@ -113,7 +77,12 @@ def check_inputs(cfg: DictConfig) -> dict:
     base_cfg = asdict(model_cfg)
     if not any((base / f).is_file() for f in TOKENIZER_FILES):
         raise FinetuneError(f"base={base} holds no text tokenizer files ({', '.join(TOKENIZER_FILES)})")
-    got = _codec_shape(tok)
+    from higgs_train.tokenizer.layouts import codebook_shape
+
+    try:   # any of the three layouts (higgs_train.tokenizer.layouts)
+        got = codebook_shape(tok)
+    except (FileNotFoundError, ValueError) as e:
+        raise FinetuneError(f"tokenizer={tok}: {e}") from None
     want = (base_cfg["num_codebooks"], base_cfg["codebook_size"])
     if got != want:
         raise FinetuneError(f"base={base} expects {want[0]} codebooks x {want[1]} codes, but tokenizer={tok} "
@@ -124,8 +93,12 @@ def check_inputs(cfg: DictConfig) -> dict:
         raise FinetuneError(f"mode={cfg.mode!r}: use lora or full")
     if cfg.quantize not in ("none", "int8", "nf4") or (cfg.quantize != "none" and cfg.mode != "lora"):
         raise FinetuneError(f"quantize={cfg.quantize!r} with mode={cfg.mode}: use none, or int8 | nf4 with mode=lora")
-    if cfg.export_layout not in (None, "native", "hf", "original"):
-        raise FinetuneError(f"export_layout={cfg.export_layout!r}: use native, hf or original (or null: the base's)")
+    from higgs_train.finetune.lora import resolve_export_layout
+
+    try:   # the fine-tuning task's own check, made before any work
+        resolve_export_layout(cfg.export_layout, layout)
+    except ValueError as e:
+        raise FinetuneError(str(e)) from None
     return base_cfg
 
 
@@ -155,9 +128,18 @@ def curate(cfg: DictConfig, corpus: Path) -> list[dict]:
               f"(e.g. {missing[0].name}): transcribing with ASR", flush=True)
     else:
         print(f"all {len(files)} audio files have sidecar transcripts", flush=True)
-    stage = list(cfg.curate.asr if missing else cfg.curate.sidecar)
-    _run([sys.executable, "-m", "data_pipeline", f"input_dir={_q(Path(cfg.voice_dir).resolve())}",
-          f"output_dir={_q(corpus)}", *cfg.curate.overrides, *stage, *cfg.curate.extra], "curation")
+    from data_pipeline.config import compose_curation
+    from data_pipeline.run import curate as run_curation
+
+    overrides = [*cfg.curate.overrides, *(cfg.curate.asr if missing else cfg.curate.sidecar), *cfg.curate.extra]
+    print("curating as: python -m data_pipeline input_dir=... output_dir=... " + shlex.join(overrides), flush=True)
+    try:   # the paths set after composing: no override quoting (they may hold spaces, commas, '=')
+        curation = compose_curation(overrides)
+        with open_dict(curation):
+            curation.input_dir, curation.output_dir = str(Path(cfg.voice_dir).resolve()), str(corpus)
+        run_curation(curation)
+    except (HydraException, ValueError) as e:
+        raise FinetuneError(f"curation failed: {e}") from None
     if not (corpus / "manifest.jsonl").is_file():
         raise FinetuneError(f"curation wrote no {corpus / 'manifest.jsonl'}")
     rows = read_manifest(corpus)
@@ -174,9 +156,11 @@ def curate(cfg: DictConfig, corpus: Path) -> list[dict]:
 
 
 def tokenize(cfg: DictConfig, corpus: Path) -> None:
-    _run([sys.executable, "-m", "data_pipeline.tokenize", f"shards={_q(corpus / 'shards')}",
-          f"tokenizer={_q(Path(cfg.tokenizer).resolve())}", f"batch_size={cfg.tokenize.batch_size}",
-          f"device={cfg.tokenize.device}"], "tokenization")
+    from data_pipeline.tokenize import tokenize_shards
+
+    stats = tokenize_shards(str(corpus / "shards"), str(Path(cfg.tokenizer).resolve()),
+                            batch_size=cfg.tokenize.batch_size, device=cfg.tokenize.device)
+    print(json.dumps(stats, indent=2), flush=True)
 
 
 def train(cfg: DictConfig, base_cfg: dict, out: Path, rows: list[dict]) -> tuple[Path, dict, dict]:
