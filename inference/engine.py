@@ -411,6 +411,7 @@ class Engine:
             j += 1
             logits = audio_logits[:, -1].float().cpu()                               # [B, K, A]
             frame = torch.full((B, K), self.eos, dtype=torch.long)
+            complete: list[Tensor | None] = [None] * B   # a running row's frames, made once for its watch and the yield
             for b, r in enumerate(rows):
                 if done[b]:
                     continue
@@ -423,10 +424,14 @@ class Engine:
                 frame[b] = c
                 stream[b, :, j] = c
                 done[b] = j >= eos_frame[b] + K - 1
-                cut = None if done[b] else r.watch.update(self._complete(stream[b], j, eos_frame[b]))
+                if done[b]:
+                    continue
+                complete[b] = self._complete(stream[b], j, eos_frame[b])
+                cut = r.watch.update(complete[b])
                 if cut is not None:   # a guard ended the row: its stream ends after frame `cut`
-                    eos_frame[b], done[b] = cut + 1, True
-            yield [self._complete(stream[b], j, eos_frame[b], done[b]) for b in range(B)]
+                    eos_frame[b], done[b], complete[b] = cut + 1, True, None
+            yield [c if c is not None else self._complete(stream[b], j, eos_frame[b], done[b])
+                   for b, c in enumerate(complete)]
             if all(done):
                 break
             if use_cache:
