@@ -37,13 +37,15 @@ def _bad(v) -> bool:
 
 def filter_source(segments: list[dict], cfg: FilterConfig, transcribed: bool) -> list[tuple[dict, str | None]]:
     """[(segment_row, None if kept else reason)] for one source's candidate segments, in order."""
+    def bounds(limits: dict | None) -> dict:   # the ones that apply to this source
+        return {k: v for k, v in (limits or {}).items() if transcribed or not k.startswith(ASR_KEY_PREFIX)}
+
+    floors, ceils = bounds(cfg.min), bounds(cfg.max)
     out: list[tuple[dict, str | None]] = []
     for row in segments:
         q = row.get("quality") or {}
         reason = None
-        for key, floor in (cfg.min or {}).items():
-            if key.startswith(ASR_KEY_PREFIX) and not transcribed:
-                continue
+        for key, floor in floors.items():
             if _bad(q.get(key)):
                 reason = f"missing_{key}"
             elif q[key] < floor:
@@ -51,9 +53,7 @@ def filter_source(segments: list[dict], cfg: FilterConfig, transcribed: bool) ->
             if reason:
                 break
         if reason is None:
-            for key, ceil in (cfg.max or {}).items():
-                if key.startswith(ASR_KEY_PREFIX) and not transcribed:
-                    continue
+            for key, ceil in ceils.items():
                 if _bad(q.get(key)):
                     reason = f"missing_{key}"
                 elif q[key] > ceil:
