@@ -82,15 +82,15 @@ def filter_effects(manifest_rows: list[dict], rejected_rows: list[dict], thresho
     out = {}
     for key, thr in thresholds.items():
         here = f"filter/low_{key}"
+        removed = [r for r in seg_rej if reason_key(r) == here]
         groups = {"kept": [_quality(r, key) for r in manifest_rows],
-                  "removed": [_quality(r, key) for r in seg_rej if reason_key(r) == here],
+                  "removed": [_quality(r, key) for r in removed],
                   "removed_other": [_quality(r, key) for r in seg_rej if reason_key(r) != here]}
         groups = {g: [v for v in vals if v is not None] for g, vals in groups.items()}
         scored = sum(len(v) for v in groups.values())
-        removed = [r for r in seg_rej if reason_key(r) == here]
         candidates = len(manifest_rows) + len(seg_rej)
-        both = [v for vals in groups.values() for v in vals] or [float(thr)]
-        lo, hi = min(both + [float(thr)]), max(both + [float(thr)])
+        span = [v for vals in groups.values() for v in vals] + [float(thr)]
+        lo, hi = min(span), max(span)
         edges = np.linspace(lo, hi if hi > lo else lo + 1.0, FILTER_BINS + 1)
         out[key] = {"threshold": thr, "removed_segments": len(removed),
                     "removed_hours": round(sum(_duration(r) for r in removed) / 3600, 4),
