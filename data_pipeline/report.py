@@ -24,7 +24,6 @@ from the source file.
 """
 from __future__ import annotations
 
-import html
 import io
 import json
 import os
@@ -33,6 +32,7 @@ import tarfile
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import jinja2
 import numpy as np
 
 from data_pipeline.records import PARTS
@@ -43,8 +43,6 @@ CLIP_MAX_SECONDS = 15.0
 CLIP_SR = 16_000
 OVRL_BANDS = [("< 2.0", 0.0, 2.0), ("2.0–2.5", 2.0, 2.5), ("2.5–3.0", 2.5, 3.0), ("3.0–3.5", 3.0, 3.5),
               ("≥ 3.5", 3.5, 9.9)]  # DNSMOS OVRL (MOS 1..5)
-QUALITY_KEYS = ["dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak", "snr_db", "clipping", "bandwidth_hz", "loudness_lufs",
-                "asr_confidence", "asr_avg_logprob", "asr_no_speech_prob"]
 FILTER_BINS = 20
 
 
@@ -62,9 +60,10 @@ def _duration(row: dict) -> float:
 
 
 def _score_keys(rows: list[dict]) -> list[str]:
-    """The known scores first, in QUALITY_KEYS order, then any other numeric score a scorer gave."""
-    seen = {k for r in rows for k, v in (r.get("quality") or {}).items() if isinstance(v, (int, float))}
-    return [k for k in QUALITY_KEYS if k in seen] + sorted(seen - set(QUALITY_KEYS))
+    """Every numeric score, in the order the rows carry them: the order of the metrics in the quality
+    config (configs/pipeline/quality/dnsmos.yaml) and of the stages that score."""
+    return list(dict.fromkeys(k for r in rows for k, v in (r.get("quality") or {}).items()
+                              if isinstance(v, (int, float))))
 
 
 def _quality(row: dict, key: str):
@@ -355,86 +354,12 @@ def _examples(report: Path, out_dir: Path, groups: dict[str, list[dict]], input_
 
 # ---------------------------------------------------------------- html
 
-_CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}
-th{background:#f3f3f3}td.n{text-align:right}img{max-width:100%;border:1px solid #eee;margin:.3em 0}
-.ex{display:flex;gap:1em;align-items:center;margin:.3em 0;font-size:.9em}.ex audio{height:2em;flex:none;width:300px}
-.meta{color:#666}h2{border-bottom:2px solid #eee;padding-bottom:.2em;margin-top:1.6em}"""
-
-
-def _e(x) -> str:
-    return html.escape(str(x))
-
-
-def _example_html(row: dict, clip: str | None) -> str:
-    q = row.get("quality") or {}
-    scores = ", ".join(f"{k} {q[k]:.3g}" for k in ("dnsmos_ovrl", "snr_db") if isinstance(q.get(k), (int, float)))
-    where = f"{row.get('source')} {float(row['start']):.2f}–{float(row['end']):.2f} s, {row.get('speaker', '')}"
-    player = f'<audio controls preload="none" src="{_e(clip)}"></audio>' if clip else "<i>audio unavailable</i>"
-    text = f" “{_e(row['text'])}”" if row.get("text") else ""
-    return (f'<div class="ex">{player}<div><span class="meta">{_e(where)}'
-            f'{" · " + _e(scores) if scores else ""}</span>{text}</div></div>')
-
-
 def _html(summary: dict, figs: list[tuple], reason_ex: dict, band_ex: dict, band_counts: dict,
           file_rejects: list[dict]) -> str:
-    s = summary
-    rows = [("hours in", s["hours_in"]), ("hours kept", f"{s['hours_kept']} ({100 * s['kept_fraction']:.1f} %)"),
-            ("files in", s["sources"]), ("files rejected", s["files_rejected"]),
-            ("files with kept segments", s["files_with_segments"]), ("segments kept", s["segments_kept"]),
-            ("segments rejected", s["segments_rejected"]), ("speakers kept", s["speakers"]),
-            ("real-time factor", s["real_time_factor"])]
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Curation report</title>"
-             f"<style>{_CSS}</style></head><body><h1>Curation report</h1><table>"]
-    parts += [f"<tr><th>{_e(k)}</th><td class='n'>{_e(v)}</td></tr>" for k, v in rows if v is not None]
-    parts.append("</table>")
-    if s["timings"]:
-        cores = s.get("stage_cores") or {}
-        parts.append("<h2>Stage timings</h2><table><tr><th>stage</th><th>seconds (all workers)</th>"
-                     "<th>cores per worker (CPU s / s)</th></tr>")
-        parts += [f"<tr><td>{_e(k)}</td><td class='n'>{float(v):.1f}</td>"
-                  f"<td class='n'>{_e(cores.get(k, '–'))}</td></tr>" for k, v in s["timings"].items()]
-        if s.get("cores_busy") is not None:  # the stages' CPU seconds over the run's wall (starting the workers aside)
-            parts.append(f"<tr><td>whole run (wall)</td><td class='n'>{float(s['wall_seconds']):.1f}</td>"
-                         f"<td class='n'>{s['cores_busy']:.2f} of {s['cores']} cores busy</td></tr>")
-        parts.append("</table>")
-    if s.get("filters"):
-        parts.append("<h2>Score filters</h2><table><tr><th>score</th><th>floor</th><th>segments removed</th>"
-                     "<th>of all segments</th><th>hours removed</th></tr>")
-        parts += [f"<tr><td>{_e(k)}</td><td class='n'>{_e(f['threshold'])}</td>"
-                  f"<td class='n'>{f['removed_segments']}</td><td class='n'>{100 * f['removed_fraction']:.1f} %</td>"
-                  f"<td class='n'>{f['removed_hours']}</td></tr>" for k, f in s["filters"].items()]
-        parts.append("</table>")
-    parts.append("<h2>Figures</h2>")
-    parts += [f"<figure><img src='{_e(n)}' alt='{_e(c)}'><figcaption>{_e(c)}</figcaption></figure>" for n, c in figs]
-
-    parts.append("<h2>Rejections per reason</h2><table><tr><th>reason</th><th>rows</th><th>seconds</th></tr>")
-    anchors = {reason: f"r{i}" for i, reason in enumerate(reason_ex)}
-    for reason, n in s["rejected_by_reason"].items():
-        sec = s["rejected_seconds_by_reason"].get(reason, "")
-        name = f"<a href='#{anchors[reason]}'>{_e(reason)}</a>" if reason in anchors else _e(reason)
-        parts.append(f"<tr><td>{name}</td><td class='n'>{n}</td><td class='n'>{_e(sec)}</td></tr>")
-    parts.append("</table>")
-    for reason, items in reason_ex.items():
-        parts.append(f"<h3 id='{anchors[reason]}'>Rejected: {_e(reason)} "
-                     f"({s['rejected_by_reason'].get(reason, 0)})</h3>")
-        parts += [_example_html(r, c) for r, c in items]
-
-    parts.append("<h2>Examples per DNSMOS OVRL band</h2><p>Kept and rejected segments alike, to place the "
-                 f"threshold by ear (current: {_e(s['thresholds'].get('dnsmos_ovrl', 'none'))}).</p>")
-    for band, items in band_ex.items():
-        n = band_counts[band]
-        parts.append(f"<h3>OVRL {_e(band)} ({n} segment{'' if n == 1 else 's'})</h3>")
-        parts += [_example_html(r, c) for r, c in items] or ["<p class='meta'>none</p>"]
-
-    if file_rejects:
-        parts.append("<h2>Rejected files</h2><table><tr><th>source</th><th>stage</th><th>reason</th>"
-                     "<th>detail</th></tr>")
-        parts += [f"<tr><td>{_e(r.get('source'))}</td><td>{_e(r.get('stage'))}</td><td>{_e(r.get('reason'))}</td>"
-                  f"<td>{_e(r.get('detail', ''))}</td></tr>" for r in file_rejects[:200]]
-        parts.append("</table>")
-    parts.append("</body></html>\n")
-    return "\n".join(parts)
+    env = jinja2.Environment(loader=jinja2.PackageLoader("data_pipeline"), autoescape=True, trim_blocks=True,
+                             lstrip_blocks=True)
+    return env.get_template("report.html").render(s=summary, figs=figs, reason_ex=reason_ex, band_ex=band_ex,
+                                                  band_counts=band_counts, file_rejects=file_rejects)
 
 
 # ---------------------------------------------------------------- entry point

@@ -1,10 +1,10 @@
 """The shard format shared by curation (writes) and training (reads).
 
-A shard is a plain WebDataset tar. Each sample is one kept segment:
+A shard is a plain WebDataset tar. Each sample is one kept segment, its files in name order:
 
+    KEY.codes.npy   int16 [8, frames] audio-tokenizer codes (after the tokenize stage)
     KEY.flac        24 kHz mono FLAC (16-bit)
     KEY.json        the manifest row (UTF-8 JSON)
-    KEY.codes.npy   int16 [8, frames] audio-tokenizer codes (after the tokenize stage)
 
 Shards are named shard-NNNNNN.tar and written under a temporary name, renamed
 only when complete, so a killed writer never leaves a half shard behind.
@@ -15,11 +15,13 @@ import io
 import json
 import os
 import tarfile
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 import soundfile as sf
+import webdataset as wds
 
 from higgs_train.files import atomic_path, dumps
 
@@ -54,12 +56,14 @@ def decode_codes(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data))
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = 0  # deterministic bytes: a rerun produces identical shards
-    info.mode = 0o644
-    tar.addfile(info, io.BytesIO(data))
+def _tar(path) -> wds.TarWriter:
+    """mtime 0, no owner: deterministic bytes, a rerun produces identical shards. PAX: keys of any length."""
+    return wds.TarWriter(str(path), user="", group="", mode=0o644, mtime=0, encoder=False, format="PAX_FORMAT")
+
+
+def _sample(key: str, flac: bytes, row: dict, codes: np.ndarray | None) -> dict:
+    sample = {"__key__": key, "flac": flac, "json": dumps(row).encode()}
+    return sample if codes is None else {**sample, "codes.npy": encode_codes(codes)}
 
 
 class ShardWriter:
@@ -76,7 +80,7 @@ class ShardWriter:
         self.max_bytes = max_bytes
         self.index = start_index
         self.pattern = pattern
-        self.tar: tarfile.TarFile | None = None
+        self.tar: wds.TarWriter | None = None
         self.size = 0
         self.written: list[Path] = []
 
@@ -85,8 +89,8 @@ class ShardWriter:
         return self.pattern.format(self.index)
 
     def _open(self) -> None:
-        self.tmp = self.out_dir / f".{self.current_name}.{os.getpid()}.tmp"
-        self.tar = tarfile.open(self.tmp, "w")
+        self.rename = ExitStack()  # the shard's atomic_path, held open until the shard is closed
+        self.tar = _tar(self.rename.enter_context(atomic_path(self.out_dir / self.current_name)))
         self.size = 0
 
     def write(self, key: str, flac: bytes, row: dict, codes: np.ndarray | None = None,
@@ -98,24 +102,20 @@ class ShardWriter:
         if "." in key or "/" in key:
             raise ValueError(f"WebDataset keys may not contain '.' or '/': {key!r}")
 
-        def encoded() -> list[tuple[str, bytes]]:
-            r = {**row, shard_key: shard_prefix + self.current_name} if shard_key else row
-            parts = [(f"{key}.flac", flac), (f"{key}.json", dumps(r).encode())]
-            if codes is not None:
-                parts.append((f"{key}.codes.npy", encode_codes(codes)))
-            return parts
+        def encoded() -> dict:
+            return _sample(key, flac, {**row, shard_key: shard_prefix + self.current_name} if shard_key else row,
+                           codes)
 
-        parts = encoded()
-        nbytes = sum(len(d) + 1024 for _, d in parts)
+        sample = encoded()
+        nbytes = sum(len(d) + 1024 for k, d in sample.items() if k != "__key__")
         # roll over before a sample that would overflow a non-empty shard (shard names all have
         # one length, so the stamped row's size does not change with the shard it lands in)
         if self.tar is not None and self.size > 0 and self.size + nbytes > self.max_bytes:
             self.close_shard()
-            parts = encoded()
+            sample = encoded()
         if self.tar is None:
             self._open()
-        for name, data in parts:
-            _add(self.tar, name, data)
+        self.tar.write(sample)
         self.size += nbytes
         return self.current_name
 
@@ -123,9 +123,8 @@ class ShardWriter:
         if self.tar is None:
             return
         self.tar.close()
-        final = self.out_dir / self.current_name
-        os.replace(self.tmp, final)
-        self.written.append(final)
+        self.rename.close()
+        self.written.append(self.out_dir / self.current_name)
         self.tar = None
         self.index += 1
 
@@ -141,7 +140,7 @@ class ShardWriter:
             self.close()
         elif self.tar is not None:  # failed mid-shard: drop the partial file
             self.tar.close()
-            self.tmp.unlink(missing_ok=True)
+            self.rename.__exit__(exc_type, exc, tb)
             self.tar = None
 
 
@@ -174,12 +173,9 @@ def iter_shard(path) -> Iterator[dict]:
 
 def rewrite_shard(path, samples: Iterable[dict]) -> None:
     """Replace a shard atomically with `samples` (dicts as from iter_shard)."""
-    with atomic_path(path) as tmp, tarfile.open(tmp, "w") as tar:
+    with atomic_path(path) as tmp, _tar(tmp) as tar:
         for s in samples:
-            _add(tar, f"{s['key']}.flac", s["flac"])
-            _add(tar, f"{s['key']}.json", dumps(s["row"]).encode())
-            if s.get("codes") is not None:
-                _add(tar, f"{s['key']}.codes.npy", encode_codes(s["codes"]))
+            tar.write(_sample(s["key"], s["flac"], s["row"], s.get("codes")))
 
 
 def list_shards(spec) -> list[str]:
