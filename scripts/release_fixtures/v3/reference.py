@@ -17,7 +17,8 @@ What is stubbed, and why (nothing of the Higgs code itself is re-implemented):
         greedy, which the reference short-circuits to argmax before any draw).
   * `sglang_omni.platforms` (imports sglang's platform registry): a namespace whose
     `current_platform.device_type` is "cpu", the one attribute the sampler reads (it then takes
-    the pure-torch top-k/top-p renorm of npu_fallback.py).
+    the pure-torch top-k/top-p renorm of npu_fallback.py); its submodules (device_graph, which
+    the codec facade imports) still load from the installed files.
   * `sglang_omni.models.higgs_tts` is registered as a bare package (its `__init__.py` imports the
     pipeline config, which needs msgspec/pydantic/... of the serving stack); its modules then
     import normally from the installed files, except `utils.py`, which imports the codec facade
@@ -27,9 +28,11 @@ The model's forward needs sglang's ForwardBatch (paged KV cache); the fixtures c
 reference's own pieces instead: `HiggsTTSModel.load_weights`, its fused embedding
 (`multimodal_embedding.modality_embedding_0`) and head (`modality_head.generate`), the prompt
 builder (`text_tokenizer.HiggsTokenizerAdapter`), the delay pattern (`utils.apply_delay_pattern`),
-the prefill embedding paste (`model_runner.HiggsModelRunner.build_prefill_input_embeds` logic,
+the prefill embedding paste (`model_runner.HiggsTTSModelRunner.build_prefill_input_embeds` logic,
 re-stated in `prompt_embeds` below because the runner class needs sglang's scheduler) and the
-per-row sampler oracle (`sampler.step`).
+per-row sampler oracle (`sampler.step`). The codec facade (`audio_codec.HiggsAudioCodec`) is
+real; only its packaged codec-config path is pointed at the tiny config (load_reference_codec).
+mlx-audio's higgs_audio_v3 needs no stub (mlx_model and below).
 """
 from __future__ import annotations
 

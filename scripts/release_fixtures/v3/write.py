@@ -139,7 +139,7 @@ def write_checkpoint(d: str, cfg: dict, state: dict) -> None:
 
 
 @torch.no_grad()
-def bias_stop(state: dict, d: str, adapter, g: torch.Generator) -> None:
+def bias_stop(state: dict, d: str, adapter) -> None:
     """Makes the greedy loop stop early: codebook 0's EOC row of the fused (tied) table is moved
     towards the mean final hidden state of a few prompts, so argmax picks 1025 for cb0 soon."""
     model, _ = ref.load_reference_model(d)
@@ -173,7 +173,7 @@ def main() -> None:
     state = release_state(vocab, g)
     write_checkpoint(tiny, cfg, state)
     adapter = ref.reference_tokenizer(tiny)
-    bias_stop(state, tiny, adapter, g)
+    bias_stop(state, tiny, adapter)
     write_checkpoint(tiny, cfg, bundle_codec(state, g))
     model, ns = ref.load_reference_model(tiny)
     ref.log(f"tiny/: vocab {vocab} (tokenizer {vocab_tok}), {len(state)} tensors")
