@@ -356,3 +356,16 @@ def mlx_greedy(model, text, ref_text, ref_delayed, max_steps: int) -> np.ndarray
     for _ in model.generate(text, temperature=0.0, max_new_tokens=max_steps, **kw):
         pass
     return np.stack(rows).astype(np.int64)
+
+
+if __name__ == "__main__":   # setup_venv.sh's check: everything the fixture scripts import
+    import mlx.core
+    import transformers
+    from transformers import HiggsAudioV2TokenizerModel  # noqa: F401  (needs torchaudio importable)
+
+    import mlx_audio.codec.models.higgs_audio.higgs_audio  # noqa: F401  (imports scipy)
+    from mlx_audio.tts.models.higgs_audio_v3 import Model  # noqa: F401
+
+    sglang_higgs()
+    print(f"[v3_venv] torch {torch.__version__}, transformers {transformers.__version__}, "
+          f"mlx {mlx.core.__version__}; sglang_omni higgs_tts + mlx_audio higgs_audio_v3 import")

@@ -8,31 +8,18 @@
 #
 # Idempotent: a venv that already imports everything is left alone (delete it to rebuild).
 set -euo pipefail
-VENV=${V3_VENV:-/tmp/v3_venv}
-PY=${PYTHON:-python3}
-PIP="$VENV/bin/pip"
-
-check() {
-  "$VENV/bin/python" - <<'PY'
-import sys, torch, transformers, mlx.core, safetensors, tokenizers
-sys.path.insert(0, "scripts/release_fixtures/v3")
-import reference
-ns = reference.sglang_higgs()                 # sglang-omni's Higgs modules, sglang stubbed
-from transformers import HiggsAudioV2TokenizerModel  # needs torchaudio importable
-from mlx_audio.tts.models.higgs_audio_v3 import Model
-import mlx_audio.codec.models.higgs_audio.higgs_audio  # imports scipy
-print(f"[v3_venv] torch {torch.__version__}, transformers {transformers.__version__}, "
-      f"mlx {mlx.core.__version__}; sglang_omni higgs_tts + mlx_audio higgs_audio_v3 import")
-PY
-}
-
 cd "$(dirname "$0")/../../.."
+VENV=${V3_VENV:-/tmp/v3_venv}
+# The import check is reference.py's own (__main__): sglang-omni's Higgs modules with sglang
+# stubbed, the transformers codec class, mlx-audio's model and codec package.
+check() { "$VENV/bin/python" scripts/release_fixtures/v3/reference.py; }
 if [ -x "$VENV/bin/python" ] && check 2>/dev/null; then
   echo "[v3_venv] $VENV already complete: nothing to do"; exit 0
 fi
+PIP="$VENV/bin/pip"
 
 echo "[v3_venv] creating $VENV"
-"$PY" -m venv "$VENV"
+"${PYTHON:-python3}" -m venv "$VENV"
 # torch: the CPU wheel from the local wheel folder (pip's find-links), as scripts/release_fixtures/
 # setup_venv.sh and the project's .venv get it. sglang-omni pins torch 2.14.1 (CUDA); its Higgs
 # modules use nothing newer than 2.13, so it is installed --no-deps below.
