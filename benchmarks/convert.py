@@ -17,13 +17,14 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
+from higgs_train.cli import parse
 from higgs_train.llm.checkpoints import Checkpoint, SafetensorsShardWriter
 from higgs_train.llm.layouts import export_plan, layout_config, native_shapes
 from higgs_train.llm.model import DualFFNConfig
@@ -76,10 +77,17 @@ def baseline_rss() -> float:
     return peak_of("import higgs_train.convert.llm; from transformers import HiggsAudioV2Config")
 
 
+@dataclass
+class Args:
+    layers: int = field(default=14, metadata={"help": "decoder layers (28: the release's size)"})
+    dir: str = field(default="/tmp/convert_bench", metadata={"help": "work folder (emptied first)"})
+    keep: bool = field(default=False, metadata={"help": "keep the checkpoints"})
+
+
 def main(argv: list[str]) -> None:
-    args = dict(a.split("=", 1) for a in argv)
-    layers = int(args.get("layers", 14))
-    root = Path(args.get("dir", "/tmp/convert_bench"))
+    args = parse(Args, argv, "python -m benchmarks.convert", __doc__)
+    layers = args.layers
+    root = Path(args.dir)
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     t0 = time.perf_counter()
@@ -105,7 +113,7 @@ def main(argv: list[str]) -> None:
     for name in ("embed_tokens.weight", f"layers.{layers - 1}.audio_mlp.down_proj.weight"):
         assert torch.equal(a.get(name), b.get(name)), f"round trip changed {name}"
     print(f"largest input shard {largest:.2f} GB: the limit is largest shard + 1 GB = {largest + 1:.2f} GB")
-    if args.get("keep", "false") != "true":
+    if not args.keep:
         shutil.rmtree(root)
 
 

@@ -33,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import soundfile as sf
@@ -40,9 +41,19 @@ import soundfile as sf
 ROOT = Path(__file__).resolve().parent.parent
 
 from data_pipeline.synth import make_corpus
+from higgs_train.cli import parse
 
-ARGS = {"out": "bench_out/curate", "workers": str(len(os.sched_getaffinity(0))), "baseline_files": "3",
-        "two_hours": "false", "long_minutes": "9", "shapes_only": "false"}
+
+@dataclass
+class Args:
+    out: str = field(default="bench_out/curate", metadata={"help": "work folder (relative to the repository)"})
+    workers: int = field(default=len(os.sched_getaffinity(0)), metadata={"help": "curation workers"})
+    baseline_files: int = field(default=3, metadata={"help": "conversations the slow baseline runs on"})
+    two_hours: bool = field(default=False, metadata={"help": "also the peak RSS on a 2-hour file"})
+    long_minutes: float = field(default=9.0, metadata={"help": "minutes of the shapes part's recording"})
+    shapes_only: bool = field(default=False, metadata={"help": "only the length-shape table"})
+
+
 COMMON = ["transcribe=none", "filter.min.dnsmos_ovrl=2.0"]
 
 
@@ -200,15 +211,11 @@ def rtf(audio: float, seconds: float) -> str:
 
 
 def main(argv: list[str]) -> None:
-    for a in argv:
-        k, _, v = a.partition("=")
-        if k not in ARGS:
-            raise SystemExit(f"unknown argument {a!r}; known: {', '.join(ARGS)}")
-        ARGS[k] = v
-    out = (ROOT / ARGS["out"]).resolve()
-    workers, n_base = int(ARGS["workers"]), int(ARGS["baseline_files"])
-    if ARGS["shapes_only"].lower() in ("1", "true", "yes"):
-        shapes(out, workers, float(ARGS["long_minutes"]))
+    args = parse(Args, argv, "python -m benchmarks.curate", __doc__)
+    out = (ROOT / args.out).resolve()
+    workers, n_base = args.workers, args.baseline_files
+    if args.shapes_only:
+        shapes(out, workers, args.long_minutes)
         return
     corpus = out / "corpus"
     if not (corpus / ".done").is_file():
@@ -271,14 +278,14 @@ def main(argv: list[str]) -> None:
     b_long, _ = run_baseline([long_file], out, with_quality=False)  # its DNSMOS is per clip: no memory at stake
     print(f"\nlong file ({s_long['hours_in'] * 60:.1f} min), workers=1: {rtf(s_long['hours_in'] * 3600, w_long)} "
           f"real time, peak RSS {rss_long:.2f} GiB (baseline without DNSMOS {b_long['peak_rss_gib']:.2f} GiB)")
-    if ARGS["two_hours"].lower() in ("1", "true", "yes"):
+    if args.two_hours:
         two = out / "two_hours"
         if not (two / "two_hours.flac").is_file():
             tile_to(long_file, two / "two_hours.flac", 2 * 3600)
         s2, w2, rss2 = run_pipeline(two, out / "ours_two_hours", 1)
         print(f"2-hour file, workers=1: {rtf(s2['hours_in'] * 3600, w2)} real time ({w2:.0f} s), "
               f"peak RSS {rss2:.2f} GiB")
-    shapes(out, workers, float(ARGS["long_minutes"]))
+    shapes(out, workers, args.long_minutes)
 
 
 if __name__ == "__main__":

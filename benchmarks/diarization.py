@@ -1,7 +1,7 @@
 """Diarization on CPU: accuracy on real and synthetic speech side by side, and speed against the
 per-clip baseline.
 
-    python -m benchmarks.diarization [part=accuracy,speed] [minutes=10] [threads=1,2] [seed=0]
+    python -m benchmarks.diarization [part=[accuracy,speed]] [minutes=10] [threads=[1,2]] [seed=0]
 
 Accuracy (part=accuracy): the default VAD (Silero) + diarization (EmbeddingClusterDiarizer), the
 speaker count never given, on
@@ -35,7 +35,9 @@ import sys
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import List
 
 os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
 warnings.filterwarnings("ignore")
@@ -44,6 +46,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from data_pipeline.stages.base import ANALYSIS_SR  # noqa: E402
+from higgs_train.cli import parse  # noqa: E402
 
 
 REAL = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "real_speech"
@@ -128,14 +131,16 @@ def der_of(utts, turns) -> float:
     return der(utts, turns, utts[-1]["end"] + 1)
 
 
+@dataclass
+class Args:
+    part: List[str] = field(default_factory=lambda: ["accuracy", "speed"], metadata={"help": "accuracy, speed"})
+    minutes: float = field(default=10.0, metadata={"help": "the generated conversation's length"})
+    threads: List[int] = field(default_factory=lambda: [1, 2], metadata={"help": "torch threads, one speed row each"})
+    seed: int = field(default=0, metadata={"help": "the generated conversation's seed"})
+
+
 def main(argv: list[str]) -> int:
-    args = {"part": "accuracy,speed", "minutes": "10", "threads": "1,2", "seed": "0"}
-    for a in argv:
-        k, _, v = a.partition("=")
-        if k not in args:
-            print(__doc__)
-            return 2
-        args[k] = v
+    args = parse(Args, argv, "python -m benchmarks.diarization", __doc__)
     from data_pipeline.stages.diarization import EmbeddingClusterDiarizer
     from data_pipeline.stages.vad import SileroVAD
     from data_pipeline.synth import make_long_file
@@ -143,12 +148,12 @@ def main(argv: list[str]) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "long.wav"
-        utts = make_long_file(path, minutes=float(args["minutes"]), seed=int(args["seed"]), sample_rate=ANALYSIS_SR)
+        utts = make_long_file(path, minutes=args.minutes, seed=args.seed, sample_rate=ANALYSIS_SR)
         wav, sr = load_audio(path, ANALYSIS_SR)
     seconds = len(wav) / sr
     vad = SileroVAD()
     diarizer = EmbeddingClusterDiarizer()
-    parts = args["part"].split(",")
+    parts = args.part
     if "accuracy" in parts:
         print(f"diarization accuracy (default VAD + diarization, speaker count not given), "
               f"{os.cpu_count()} CPUs visible\n")
@@ -160,7 +165,7 @@ def main(argv: list[str]) -> int:
     diarizer(wav[:sr * 20], sr, [r for r in speech if r[1] < 20])  # warm-up (first-call allocations)
 
     rows = []
-    for threads in [int(t) for t in args["threads"].split(",")]:
+    for threads in args.threads:
         torch.set_num_threads(threads)
         t, c = time.perf_counter(), time.process_time()
         turns = diarizer(wav, sr, speech)

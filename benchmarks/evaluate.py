@@ -1,6 +1,6 @@
 """Evaluation harness cost: each scorer per second of audio, and the whole harness on a model.
 
-    python -m benchmarks.evaluate [--items 6] [--model LLM_EXPORT --tokenizer AUDIO_TOKENIZER_EXPORT]
+    python -m benchmarks.evaluate [items=6] [model=LLM_EXPORT tokenizer=AUDIO_TOKENIZER_EXPORT]
 
 Scorer rows: espeak-ng sentences (voices v0-v3, 24 kHz), each scorer called once per clip as the
 harness calls it; x RT = scorer seconds / audio seconds (lower is cheaper). The first call of each
@@ -10,10 +10,12 @@ are given; rtf there is synthesis only, as the harness reports it.
 """
 from __future__ import annotations
 
-import argparse
+import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -22,25 +24,29 @@ from hydra.utils import instantiate
 
 from data_pipeline.synth import SENTENCES, VOICES, tts
 from higgs_train.audio import save_audio
-from higgs_train.config import CONFIG_DIR
+from higgs_train.cli import parse
+from higgs_train.config import package_configs
 from higgs_train.evaluate import EvalItem
 
 SR = 24_000
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--items", type=int, default=6)
-    ap.add_argument("--model")
-    ap.add_argument("--tokenizer")
-    args = ap.parse_args()
+@dataclass
+class Args:
+    items: int = field(default=6, metadata={"help": "espeak-ng sentences scored"})
+    model: Optional[str] = field(default=None, metadata={"help": "LLM export (null: tiny random exports)"})
+    tokenizer: Optional[str] = field(default=None, metadata={"help": "its audio tokenizer export"})
+
+
+def main(argv: list[str]) -> None:
+    args = parse(Args, argv, "python -m benchmarks.evaluate", __doc__)
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp())
     save_audio(tmp / "ref.wav", tts(SENTENCES[0], VOICES[0], SR), SR)
     items = [EvalItem(f"i{k}", SENTENCES[10 + k], speakers={"v0": [tmp / "ref.wav"]}) for k in range(args.items)]
     wavs = [tts(it.text, VOICES[k % 4], SR) for k, it in enumerate(items)]
     audio_s = sum(len(w) for w in wavs) / SR
-    with initialize_config_dir(str(CONFIG_DIR / "evaluate"), version_base="1.3"):
+    with initialize_config_dir(str(package_configs("recipes") / "recipes/evaluate"), version_base="1.3"):
         model, tok = args.model, args.tokenizer
         if not model:
             from higgs_train.testing.tiny_exports import make_tiny_exports
@@ -77,4 +83,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -1,24 +1,26 @@
 """GPU check at full size: LLM training throughput (a layer subset), inference speed and peak memory.
 
     python -m benchmarks.gpu_bench                       # on a CUDA machine (full size, bf16)
-    python -m benchmarks.gpu_bench --size tiny --device cpu --steps 2 --frames 20   # smoke test
+    python -m benchmarks.gpu_bench size=tiny device=cpu steps=2 frames=20   # smoke test
 
 Random weights: speed and memory do not depend on what the weights know. Prints a
 markdown table; benchmarks/gpu_check.sh runs it. Needs only torch, safetensors,
-transformers and tokenizers (what the GPU image has) plus this repository.
+transformers and tokenizers (what the GPU image has), omegaconf (the command line, higgs_train/cli.py)
+and this repository.
 """
 from __future__ import annotations
 
-import argparse
+import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 import yaml
 
+from higgs_train.cli import parse
 from higgs_train.llm.model import DualFFNConfig, DualFFNModel
 from higgs_train.tokenizer import AudioTokenizer, TokenizerConfig
 
@@ -125,16 +127,19 @@ def bench_infer(size, tok_size, frames, batch, device, dtype) -> dict:
     return res
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", default="full", choices=["tiny", "full"])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--train-layers", type=int, default=4)
-    ap.add_argument("--seq", type=int, default=4096)
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--frames", type=int, default=250, help="frames generated per request (25 = 1 s)")
-    ap.add_argument("--batch", type=int, default=8)
-    args = ap.parse_args()
+@dataclass
+class Args:
+    size: str = field(default="full", metadata={"help": "tiny | full (configs/model/*/<size>.yaml)"})
+    device: str = field(default="cuda" if torch.cuda.is_available() else "cpu", metadata={"help": "torch device"})
+    train_layers: int = field(default=4, metadata={"help": "decoder layers trained (the rest extrapolated)"})
+    seq: int = field(default=4096, metadata={"help": "training sequence length"})
+    steps: int = field(default=10, metadata={"help": "training steps timed"})
+    frames: int = field(default=250, metadata={"help": "frames generated per request (25 = 1 s)"})
+    batch: int = field(default=8, metadata={"help": "requests decoded together"})
+
+
+def main(argv: list[str]) -> None:
+    args = parse(Args, argv, "python -m benchmarks.gpu_bench", __doc__)
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
@@ -147,4 +152,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -1,33 +1,35 @@
 """A release-shaped random checkpoint through the converter path, then peak GPU memory at 8k context.
 
     python -m benchmarks.gpu_release                               # CUDA machine: full size, bf16
-    python -m benchmarks.gpu_release --size tiny --device cpu --context 256   # smoke test
+    python -m benchmarks.gpu_release size=tiny device=cpu context=256   # smoke test
 
 1. writes random bf16 weights in the ORIGINAL release's layout (config.json model_type higgs_audio,
    shards of at most 4.6 GB + index, the release's names; full size = the release's 397 tensors),
 2. converts it to our layout (python -m higgs_train.convert, in a fresh process: time, peak RSS),
 3. loads the original directory directly onto the device (DualFFNModel.from_pretrained, bf16),
-4. prefills `--context` positions (half of them audio, 1024 per forward as the engine does) into a
+4. prefills `context` positions (half of them audio, 1024 per forward as the engine does) into a
    static KV cache of that many slots and decodes a few steps: peak GPU memory
    (torch.cuda.max_memory_allocated) for weights + cache + activations, and the decode step time.
-Needs torch, safetensors, transformers (config classes only) and this repository.
+Needs torch, safetensors, transformers (config classes only), omegaconf (the command line) and this
+repository.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Optional
 
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
 
+from higgs_train.cli import parse
 from higgs_train.llm.checkpoints import SafetensorsShardWriter
 from higgs_train.llm.layouts import export_plan, layout_config, native_shapes
 from higgs_train.llm.model import DualFFNConfig, DualFFNModel
@@ -95,14 +97,17 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", default="full", choices=["tiny", "full"])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--context", type=int, default=8192)
-    ap.add_argument("--steps", type=int, default=16, help="decode steps after the prefill")
-    ap.add_argument("--dir", default=None, help="where the random checkpoint goes (default: a temp dir)")
-    args = ap.parse_args()
+@dataclass
+class Args:
+    size: str = field(default="full", metadata={"help": "full (the release's shape) | tiny"})
+    device: str = field(default="cuda" if torch.cuda.is_available() else "cpu", metadata={"help": "torch device"})
+    context: int = field(default=8192, metadata={"help": "prompt positions prefilled, and the KV-cache slots"})
+    steps: int = field(default=16, metadata={"help": "decode steps after the prefill"})
+    dir: Optional[str] = field(default=None, metadata={"help": "where the random checkpoint goes (null: a temp dir)"})
+
+
+def main(argv: list[str]) -> None:
+    args = parse(Args, argv, "python -m benchmarks.gpu_release", __doc__)
     device = torch.device(args.device)
     cfg = DualFFNConfig() if args.size == "full" else DualFFNConfig(**TINY)
     cfg = replace(cfg, encode_audio_in_tokens=True)
@@ -141,4 +146,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

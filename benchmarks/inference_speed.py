@@ -12,9 +12,12 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
+from higgs_train.cli import parse
 from higgs_train.testing.tiny_exports import make_tiny_exports
 from inference.engine import Engine, EngineConfig, Request
 from inference.sampling import SamplingConfig
@@ -26,12 +29,21 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
+@dataclass
+class Args:
+    model: Optional[str] = field(default=None, metadata={"help": "LLM export (null: tiny random exports)"})
+    tokenizer: Optional[str] = field(default=None, metadata={"help": "its audio tokenizer export"})
+    frames: int = field(default=100, metadata={"help": "frames per request"})
+    batch: int = field(default=8, metadata={"help": "requests decoded together"})
+    threads: int = field(default=1, metadata={"help": "torch threads"})
+
+
 def main(argv: list[str]) -> None:
-    args = dict(a.split("=", 1) for a in argv)
-    frames, batch = int(args.get("frames", 100)), int(args.get("batch", 8))
-    torch.set_num_threads(int(args.get("threads", 1)))
+    args = parse(Args, argv, "python -m benchmarks.inference_speed", __doc__)
+    frames, batch = args.frames, args.batch
+    torch.set_num_threads(args.threads)
     tmp = tempfile.TemporaryDirectory()
-    llm, tok = (args["model"], args["tokenizer"]) if "model" in args else make_tiny_exports(tmp.name)
+    llm, tok = (args.model, args.tokenizer) if args.model else make_tiny_exports(tmp.name)
     # fixed length (temperature > 0 on random weights rarely draws EOS; max_frames bounds it)
     s = SamplingConfig(temperature=0.8, max_frames=frames, seed=0)
     engine = Engine.from_pretrained(llm, tok, "cpu", cfg=EngineConfig(buckets=(256, 1024, 4096)), sampling=s)

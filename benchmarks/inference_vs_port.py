@@ -1,9 +1,9 @@
 """Our engine against the transformers port (HiggsAudioV2ForConditionalGeneration.generate) on the
 same random weights, in one process on this CPU.
 
-    python -m benchmarks.inference_vs_port [--frames 200] [--repeats 3] [--rows all|fp32-b1-t1,bf16-b4-t2,...]
+    python -m benchmarks.inference_vs_port [frames=200] [repeats=3] [rows=[fp32-b1-t1,bf16-b4-t2,...]]
     # on a GPU (benchmarks/gpu_check.sh): the release's shape, random weights
-    python -m benchmarks.inference_vs_port --device cuda --size release --rows bf16-b1-t1,bf16-b1-t1-graphs,...
+    python -m benchmarks.inference_vs_port device=cuda size=release rows=[bf16-b1-t1,bf16-b1-t1-graphs,...]
 
 Model: hidden 512, intermediate 1536, 8 layers, 8 heads / 4 KV heads, head_dim 64, every layer
 dual, a 2k BPE vocabulary; the port loads our weights through save_llm(model, dir, "hf", tok_dir).
@@ -25,15 +25,18 @@ loop on F.linear does not beat that ratio; ours multiplies by packed weights on 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import List
 
 import torch
 
+from higgs_train.cli import parse
 from higgs_train.llm.delay import revert_delay
 from higgs_train.llm.checkpoints import save_llm
 from higgs_train.llm.model import DualFFNConfig, DualFFNModel
@@ -125,17 +128,21 @@ def port_run(port, prompt, batch, frames, K=8):
     return dt, dc, [revert_delay(out[b, n:].T)[:, 1:] for b in range(batch)]
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--frames", type=int, default=200)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--rows", default="all", help="comma list of DTYPE-bB-tT[-graphs], e.g. fp32-b1-t1,bf16-b4-t2")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--size", choices=("small", "release"), default="small")
-    a = ap.parse_args(argv)
+@dataclass
+class Args:
+    frames: int = field(default=200, metadata={"help": "frames each side generates (forced)"})
+    repeats: int = field(default=3, metadata={"help": "runs per side; the median is reported"})
+    rows: List[str] = field(default_factory=list, metadata={
+        "help": "DTYPE-bB-tT[-graphs] rows, e.g. [fp32-b1-t1,bf16-b4-t2] (empty: fp32/bf16 x batch 1/4 x threads 1/2)"})
+    device: str = field(default="cpu", metadata={"help": "torch device"})
+    size: str = field(default="small", metadata={"help": "small | release (the release's shape, built in bf16)"})
+
+
+def main(argv: list[str]) -> None:
+    a = parse(Args, argv, "python -m benchmarks.inference_vs_port", __doc__)
     rows = [(d, b, t, False) for d in ("fp32", "bf16") for b in (1, 4) for t in (1, 2)]
-    if a.rows != "all":
-        rows = [(d, int(b[1:]), int(t[1:]), g == ["graphs"]) for d, b, t, *g in (r.split("-") for r in a.rows.split(","))]
+    if a.rows:
+        rows = [(d, int(b[1:]), int(t[1:]), g == ["graphs"]) for d, b, t, *g in (r.split("-") for r in a.rows)]
     tmp = tempfile.TemporaryDirectory()
     # the release shape is built in bf16 (14.6 GB in fp32)
     engine, port, prompt = build(Path(tmp.name), a.size, torch.float32 if a.size == "small" else torch.bfloat16)
@@ -189,4 +196,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -7,10 +7,12 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
+from typing import Optional
 
 import torch
 
+from higgs_train.cli import parse
 from higgs_train.llm import DualFFNConfig, DualFFNModel
 from higgs_train.llm.data import LLMStream
 from higgs_train.llm.model import count_parameters
@@ -87,11 +89,17 @@ def memory_table(cfg: DualFFNConfig) -> list[tuple]:
     return rows
 
 
-def main(argv):
-    args = dict(a.split("=", 1) for a in argv)
-    steps = int(args.get("steps", 10))
-    if "threads" in args:
-        torch.set_num_threads(int(args["threads"]))
+@dataclass
+class Args:
+    steps: int = field(default=10, metadata={"help": "training steps timed per max_tokens"})
+    threads: Optional[int] = field(default=None, metadata={"help": "torch threads (null: torch's default)"})
+
+
+def main(argv: list[str]) -> None:
+    args = parse(Args, argv, "python -m benchmarks.llm", __doc__)
+    steps = args.steps
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     with tempfile.TemporaryDirectory() as d:
         # lengths like real speech: 4-30 words -> ~1-8 s -> 25-200 frames per segment

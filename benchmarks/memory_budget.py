@@ -13,11 +13,13 @@ fit in 16 GiB.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
 
 import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from higgs_train.cli import parse
 from higgs_train.config import CONFIG_DIR
 from higgs_train.llm.model import DualFFNConfig, DualFFNModel
 from higgs_train.tokenizer import AudioTokenizer, TokenizerConfig
@@ -61,10 +63,16 @@ def prefill_bytes(cfg: DualFFNConfig, chunk: int, slots: int, elem: int = 2) -> 
     return embed + hidden + qkv + mask + scores + mlp
 
 
+@dataclass
+class Args:
+    prefill_chunk: int = field(default=1024, metadata={"help": "prompt positions per prefill forward"})
+    budget_gib: float = field(default=16.0, metadata={"help": "the card's memory"})
+
+
 def main(argv: list[str]) -> None:
-    args = dict(a.split("=", 1) for a in argv)
-    chunk = int(args.get("prefill_chunk", 1024))
-    budget = float(args.get("budget_gib", 16)) * GiB
+    args = parse(Args, argv, "python -m benchmarks.memory_budget", __doc__)
+    chunk = args.prefill_chunk
+    budget = args.budget_gib * GiB
     raw = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "model/llm/full.yaml"))
     cfg = DualFFNConfig.from_dict(raw)
     llm, tok = llm_bytes(cfg), tokenizer_bytes()

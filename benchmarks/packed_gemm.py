@@ -1,7 +1,7 @@
 """F.linear against the packed GEMMs of inference.packed_gemm at decode-step row counts, on the CPU:
 MKL's in fp32, oneDNN's in bf16.
 
-    python -m benchmarks.packed_gemm [--threads 1] [--rows 1,2,3,4,5,6,8,12,16]
+    python -m benchmarks.packed_gemm [threads=1] [rows=[1,2,3,4,5,6,8,12,16]]
 
 Per weight shape (the benchmark model's: hidden 512, intermediate 1536) and row count: microseconds
 per product, best of 5 rounds of 200 calls cycling through 30 distinct weights (so none stays in
@@ -13,11 +13,15 @@ that many rows (torch.ops.mkldnn._linear_pointwise), which the engine uses at an
 """
 from __future__ import annotations
 
-import argparse
+import sys
 import time
+from dataclasses import dataclass, field
+from typing import List
 
 import torch
 import torch.nn.functional as F
+
+from higgs_train.cli import parse
 
 SHAPES = [(1536, 512), (512, 1536), (512, 512)]   # gate/up, down, q/o: [out, in]
 
@@ -34,11 +38,15 @@ def per_call(fn, calls: int = 200, rounds: int = 5) -> float:
     return best * 1e6
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--rows", default="1,2,3,4,5,6,8,12,16")
-    a = ap.parse_args(argv)
+@dataclass
+class Args:
+    threads: int = field(default=1, metadata={"help": "torch threads"})
+    rows: List[int] = field(default_factory=lambda: [1, 2, 3, 4, 5, 6, 8, 12, 16],
+                            metadata={"help": "row counts (a decode step's batch)"})
+
+
+def main(argv: list[str]) -> None:
+    a = parse(Args, argv, "python -m benchmarks.packed_gemm", __doc__)
     torch.set_num_threads(a.threads)
     print(f"{a.threads} thread(s); us per product, best of 5 x 200 calls over 30 weights")
     print("| weight [out, in] | rows | fp32 F.linear us | packed us (ratio) | padded to 4k rows us (ratio) "
@@ -46,7 +54,7 @@ def main(argv=None) -> None:
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for n, k in SHAPES:
         weights = [torch.randn(n, k) * 0.02 for _ in range(30)]
-        for rows in (int(r) for r in a.rows.split(",")):
+        for rows in a.rows:
             x = torch.randn(rows, k)
             padded = -(-rows // 4) * 4
             xp = F.pad(x, (0, 0, 0, padded - rows))
@@ -66,4 +74,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -1,6 +1,6 @@
 """Quality and ASR stage speed: DNSMOS batched vs one clip at a time, and pocketsphinx.
 
-    python -m benchmarks.quality [--minutes 2] [--asr-seconds 40]
+    python -m benchmarks.quality [minutes=2] [asr_seconds=40]
 
 Clips are espeak-ng sentences (3-20 s, a third with white noise) at 24 kHz, the rate
 the pipeline hands to the quality stage. Rows:
@@ -18,8 +18,9 @@ costs at least one window, short clips are tiled up to it).
 """
 from __future__ import annotations
 
-import argparse
+import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from data_pipeline.stages.quality import DNSMOS, DNSMOS_SR, tile, window_starts
 from data_pipeline.stages.transcribe import word_error_rate
 from data_pipeline.stages.transcribe_pocketsphinx import PocketsphinxTranscriber
 from data_pipeline.synth import SENTENCES, VOICES, tts
+from higgs_train.cli import parse
 
 SR = 24_000
 CONFIG = Path(__file__).resolve().parents[1] / "configs/pipeline/quality/dnsmos.yaml"
@@ -65,11 +67,14 @@ def timed(fn):
     return out, time.perf_counter() - w, time.process_time() - c
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--minutes", type=float, default=2.0)
-    ap.add_argument("--asr-seconds", type=float, default=40.0)
-    args = ap.parse_args()
+@dataclass
+class Args:
+    minutes: float = field(default=2.0, metadata={"help": "espeak-ng clips scored, in minutes of audio"})
+    asr_seconds: float = field(default=40.0, metadata={"help": "audio seconds pocketsphinx transcribes"})
+
+
+def main(argv: list[str]) -> None:
+    args = parse(Args, argv, "python -m benchmarks.quality", __doc__)
 
     clips, texts = make_clips(args.minutes)
     audio_s = sum(len(c) for c in clips) / SR
@@ -125,4 +130,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

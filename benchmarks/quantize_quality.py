@@ -2,7 +2,7 @@
 frames of a greedy generation.
 
     python -m benchmarks.quantize_quality                                   # the tiny release fixture
-    python -m benchmarks.quantize_quality --llm demo_out/runs/llm/export    # the demo's trained LLM
+    python -m benchmarks.quantize_quality llm=demo_out/runs/llm/export      # the demo's trained LLM
 
 Per quantize mode, against the same model in bf16 (quantize=none), both on the CPU in bf16:
 - teacher-forced: the prompt + bf16's greedy stream fed to both; relative error of the audio logits
@@ -10,18 +10,21 @@ Per quantize mode, against the same model in bf16 (quantize=none), both on the C
   argmax equals bf16's;
 - free-running: each model decodes greedily by itself (the engine, KV cache, packed GEMMs where they
   apply); the share of codes and of whole frames equal to bf16's, and the first frame that differs.
-The audio head's stream BOS/EOS rows are zeroed so every model speaks the full `--frames` (as
+The audio head's stream BOS/EOS rows are zeroed so every model speaks the full `frames` (as
 benchmarks/inference_vs_port.py forces its length). A directory with a text tokenizer is prompted
-with `--text` in the release's chat format (the engine's prompt); one without (the release fixture)
-with random ids and a random reference of `--prompt` positions.
+with `text` in the release's chat format (the engine's prompt); one without (the release fixture)
+with random ids and a random reference of `prompt` positions.
 """
 from __future__ import annotations
 
-import argparse
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import List
 
 import torch
 
+from higgs_train.cli import parse
 from higgs_train.llm.delay import apply_delay
 from higgs_train.llm.model import DualFFNModel
 
@@ -96,14 +99,17 @@ def teacher_forced(model: DualFFNModel, r, frames: torch.Tensor):
     return logits, stream[:, 1:].t(), valid
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--llm", default=str(FIXTURE))
-    ap.add_argument("--text", default="Hello there. How are you today?")
-    ap.add_argument("--prompt", type=int, default=64, help="random prompt positions (no text tokenizer)")
-    ap.add_argument("--frames", type=int, default=100)
-    ap.add_argument("--modes", default="int8,nf4")
-    args = ap.parse_args()
+@dataclass
+class Args:
+    llm: str = field(default=str(FIXTURE), metadata={"help": "an LLM directory in any layout"})
+    text: str = field(default="Hello there. How are you today?", metadata={"help": "spoken (with a text tokenizer)"})
+    prompt: int = field(default=64, metadata={"help": "random prompt positions (no text tokenizer)"})
+    frames: int = field(default=100, metadata={"help": "frames compared"})
+    modes: List[str] = field(default_factory=lambda: ["int8", "nf4"], metadata={"help": "quantize modes against bf16"})
+
+
+def main(argv: list[str]) -> None:
+    args = parse(Args, argv, "python -m benchmarks.quantize_quality", __doc__)
     torch.manual_seed(0)
     import tempfile
 
@@ -123,7 +129,7 @@ def compare(llm: Path, work: Path, args) -> None:
     print("| quantize | audio logits rel. error (teacher-forced) | argmax = bf16 (teacher-forced) "
           "| codes = bf16 (free-running) | frames = bf16 (free-running) | first differing frame |\n"
           "| --- | --- | --- | --- | --- | --- |")
-    for mode in args.modes.split(","):
+    for mode in args.modes:
         m = load(llm, mode)
         logits, _, _ = teacher_forced(m, r, ref)
         rel = ((logits - ref_logits)[valid].norm() / ref_logits[valid].norm()).item()
@@ -138,4 +144,4 @@ def compare(llm: Path, work: Path, args) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

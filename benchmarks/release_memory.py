@@ -1,16 +1,16 @@
 """Peak memory of the released model's shape (5.8 B parameters), bf16 / int8 / nf4, measured per case
 in a fresh process: inference (an 8k-position prompt prefilled + 100 frames decoded, the full-size
-audio tokenizer loaded, the frames decoded to audio) and one LoRA training step (configs/finetune.yaml's
+audio tokenizer loaded, the frames decoded to audio) and one LoRA training step (configs/recipes/finetune.yaml's
 targets and rank, activation checkpointing, batch 1) at several sequence lengths.
 
     python -m benchmarks.release_memory                        # CPU: 2 and 4 layers, fit, full loads if RAM allows
-    python -m benchmarks.release_memory --device cuda --layers 28 --full no    # a GPU (benchmarks/gpu_check.sh)
+    python -m benchmarks.release_memory device=cuda layers=[28] full=skip    # a GPU (benchmarks/gpu_check.sh)
 
 Why layers: every case uses the release's exact shapes (hidden 3072, FFN 8192, 24/8 heads, vocab
 128,256, 8 x 1026 codes, every layer dual) but only L of the 28 decoder layers. Weights, KV cache and
 the checkpointed activations are each a sum over layers, so peak(L) = a + b * L: two layer counts fit
 it and give the 28-layer figure (said "extrapolated"). On a 2-core CPU an 8k prefill of 28 layers
-takes tens of minutes per case; 2 and 4 layers take one. `--full auto` then loads the real 28-layer
+takes tens of minutes per case; 2 and 4 layers take one. `full=auto` then loads the real 28-layer
 checkpoint once per quantize mode with a short prompt (when more than 15 GB are free) to check the
 fit's weight term against a measurement.
 
@@ -22,13 +22,12 @@ PyTorch process holds on a recent card). On CUDA the script reports torch.cuda.m
 and max_memory_reserved instead, plus tokens/s and the real-time factor.
 
 The random checkpoints (original layout, bf16, shards of 4.6 GB: benchmarks/gpu_release.py's
-writer, the converter's export plan) are written under --dir (default: a temp dir) and deleted after
-unless --keep. The audio head's stream BOS/EOS rows are zeroed after loading so greedy decoding
+writer, the converter's export plan) are written under `dir` (default: a temp dir) and deleted after
+unless keep=true. The audio head's stream BOS/EOS rows are zeroed after loading so greedy decoding
 runs the full 100 frames (as benchmarks/inference_vs_port.py forces its length).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -36,10 +35,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any, Dict, List, Optional
 
 import torch
+
+from higgs_train.cli import parse
 
 GIB = 2 ** 30
 CUDA_CONTEXT_GIB = 0.75    # benchmarks/memory_budget.py's estimate
@@ -137,12 +139,12 @@ def case_infer(c: dict, device: torch.device) -> dict:
 def case_train(c: dict, device: torch.device) -> dict:
     from omegaconf import OmegaConf
 
-    from higgs_train.config import CONFIG_DIR
+    from higgs_train.config import package_configs
     from higgs_train.finetune.lora import FinetuneModule
     from higgs_train.llm.layouts import read_config
     from higgs_train.llm.model import IGNORE
 
-    lora = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "finetune.yaml").lora)
+    lora = OmegaConf.to_container(OmegaConf.load(package_configs("recipes") / "recipes/finetune.yaml").lora)
     cfg = read_config(c["llm"])[0]
     t0 = time.perf_counter()
     module = FinetuneModule(asdict(cfg), tokenizer_dir=c["llm"], optim={}, init_from=c["llm"],
@@ -227,7 +229,7 @@ def fresh_process(c: dict) -> dict:
     # tensors freed), so RSS would count memory no longer in use: a fixed threshold maps and unmaps
     # every large tensor, and RSS follows the live tensors as a GPU allocator's count does
     # (a 4-layer LoRA step at 2048: 5.04 GiB peak with glibc's default, 4.27 with this)
-    p = subprocess.run([sys.executable, "-m", "benchmarks.release_memory", "--case", json.dumps(c)],
+    p = subprocess.run([sys.executable, "-m", "benchmarks.release_memory", f"case={json.dumps(c)}"],
                        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
                        env={**os.environ, "PYTHONUNBUFFERED": "1", "MALLOC_MMAP_THRESHOLD_": "131072"})
     if p.returncode:
@@ -247,33 +249,39 @@ def fit(xs: list[int], ys: list[float], at: int) -> tuple[float, float, float]:
     return my - b * mx, b, my - b * mx + b * at
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--case", help="run one case (JSON) in this process: what the driver does per case")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--layers", default="2,4", help="decoder-layer counts measured (the fit needs two)")
-    ap.add_argument("--modes", default=",".join(MODES))
-    ap.add_argument("--seqs", default="512,2048", help="LoRA step sequence lengths")
-    ap.add_argument("--bucket", type=int, default=8192, help="KV-cache bucket the prompt + 100 frames fill")
-    ap.add_argument("--frames", type=int, default=100)
-    ap.add_argument("--full", default="auto", choices=["auto", "yes", "no", "only"],
-                    help="also load the real 28-layer checkpoint per mode (short prompt); auto: if > 15 GB free; "
-                         "only: just that")
-    ap.add_argument("--resume", nargs="*", default=[],
-                    help="JSON files of earlier runs (--json): their cases are reported, not run again")
-    ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--dir", default=None, help="checkpoints go here (default: a temp dir)")
-    ap.add_argument("--keep", action="store_true", help="keep the checkpoints")
-    ap.add_argument("--json", default=None, help="write every result here too")
-    args = ap.parse_args()
+@dataclass
+class Args:
+    case: Optional[Dict[str, Any]] = field(default=None, metadata={
+        "help": "run one case (a JSON object) in this process: what the driver does per case"})
+    device: str = field(default="cpu", metadata={"help": "torch device"})
+    layers: List[int] = field(default_factory=lambda: [2, 4], metadata={
+        "help": "decoder-layer counts measured (the fit needs two)"})
+    modes: List[str] = field(default_factory=lambda: list(MODES), metadata={"help": "quantize modes"})
+    seqs: List[int] = field(default_factory=lambda: [512, 2048], metadata={"help": "LoRA step sequence lengths"})
+    bucket: int = field(default=8192, metadata={"help": "KV-cache bucket the prompt + 100 frames fill"})
+    frames: int = field(default=100, metadata={"help": "frames decoded after the prefill"})
+    full: str = field(default="auto", metadata={
+        "help": "auto | load | skip | only: also load the real 28-layer checkpoint per mode (short prompt); "
+                "auto: if > 15 GB free; only: just that"})
+    resume: List[str] = field(default_factory=list, metadata={
+        "help": "JSON files of earlier runs (json=): their cases are reported, not run again"})
+    threads: int = field(default=0, metadata={"help": "torch threads per case (0: torch's default)"})
+    dir: Optional[str] = field(default=None, metadata={"help": "checkpoints go here (null: a temp dir)"})
+    keep: bool = field(default=False, metadata={"help": "keep the checkpoints"})
+    json: Optional[str] = field(default=None, metadata={"help": "write every result here too"})
+
+
+def main(argv: list[str]) -> None:
+    args = parse(Args, argv, "python -m benchmarks.release_memory", __doc__)
+    if args.full not in ("auto", "load", "skip", "only"):
+        raise SystemExit(f"error: full={args.full}: auto | load | skip | only")
     if args.case:
-        print(json.dumps(run_case(json.loads(args.case))))
+        print(json.dumps(run_case(args.case)))
         return
 
     import psutil
 
-    layers = [int(x) for x in args.layers.split(",")]
-    modes, seqs = args.modes.split(","), [int(x) for x in args.seqs.split(",")]
+    layers, modes, seqs = args.layers, args.modes, args.seqs
     root = Path(args.dir or tempfile.mkdtemp(prefix="release_memory_"))
     results = [r for f in args.resume for r in json.loads(Path(f).read_text()) if "error" not in r]
 
@@ -306,7 +314,7 @@ def main() -> None:
                     run("train", L, mode, seq=s)
             if not args.keep:
                 shutil.rmtree(root / f"llm_{L}", ignore_errors=True)
-        full = args.full in ("yes", "only") or (args.full == "auto" and psutil.virtual_memory().available > 15e9)
+        full = args.full in ("load", "only") or (args.full == "auto" and psutil.virtual_memory().available > 15e9)
         if full and FULL_LAYERS not in layers:
             for mode in modes:
                 free = psutil.virtual_memory().available / 1e9
@@ -382,4 +390,4 @@ def report(results: list[dict], layers: list[int], modes: list[str], seqs: list[
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

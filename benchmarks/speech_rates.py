@@ -1,27 +1,29 @@
 """Speech rates behind the frame budget (higgs_train/llm/stops.py RATES and StopRules' budget).
 
-    python -m benchmarks.speech_rates [--synthetic 6]
+    python -m benchmarks.speech_rates [synthetic=6]
 
 1. The recorded clips of tests/fixtures/real_speech (English and Mandarin, with transcripts): each
    clip's speech is split into voiced time and pauses (40 ms frames, silent = 35 dB below the
    clip's loudest frame, a pause = a silent run of >= 0.12 s inside the speech). Fitted from all
    clips: seconds per pause = pause time / clause-ending punctuation marks; seconds per Latin letter
    = English voiced time / letters; seconds per CJK character = Mandarin voiced time / characters.
-2. Every utterance of `--synthetic` espeak-ng conversations (data_pipeline/synth.py: voices varied
+2. Every utterance of `synthetic` espeak-ng conversations (data_pipeline/synth.py: voices varied
    in speed and pitch) against the fitted rates.
 Prints the fitted rates and, per clip and over the synthetic utterances, the ratio of the spoken
 duration to expected_seconds with those rates: the spread that budget_factor has to cover.
 """
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from higgs_train.audio import load_audio
+from higgs_train.cli import parse
 from higgs_train.llm.stops import RATES, expected_seconds, text_units
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "real_speech"
@@ -47,10 +49,13 @@ def voiced(path: Path) -> tuple[float, float]:
     return len(inner) * FRAME_S, pause * FRAME_S
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--synthetic", type=int, default=6, help="espeak-ng conversations to measure (0: none)")
-    args = ap.parse_args()
+@dataclass
+class Args:
+    synthetic: int = field(default=6, metadata={"help": "espeak-ng conversations to measure (0: none)"})
+
+
+def main(argv: list[str]) -> None:
+    args = parse(Args, argv, "python -m benchmarks.speech_rates", __doc__)
     clips = []
     for txt in sorted(FIXTURES.glob("*.txt")):
         if txt.name == "README.md":
@@ -92,4 +97,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -1,7 +1,7 @@
 """Audio tokenizer benchmark: encode/decode real-time factor on CPU (tiny and full), parameter
 counts, and training steps/s of the tiny config.
 
-    python -m benchmarks.tokenizer [--seconds 4] [--threads N] [--train-steps 20]
+    python -m benchmarks.tokenizer [seconds=4] [repeats=3] [threads=N] [train_steps=20]
 
 RTF = compute seconds / audio seconds (below 1 is faster than real time). Both sizes have the
 released topology and run their HuBERT teacher when encoding (full: hubert-base's config, random
@@ -12,13 +12,15 @@ batch 4 x 0.3 s crops, with and without the GAN.
 """
 from __future__ import annotations
 
-import argparse
+import sys
 import time
+from dataclasses import dataclass, field
 
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from higgs_train.cli import parse
 from higgs_train.config import CONFIG_DIR
 from higgs_train.tokenizer import AudioTokenizer, TokenizerConfig
 from higgs_train.tokenizer.lit import TokenizerModule
@@ -78,13 +80,16 @@ def train_steps_per_s(steps: int, gan: bool) -> float:
     return 1.0 / timed(step, steps)
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=4.0)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--train-steps", type=int, default=20)
-    a = ap.parse_args()
+@dataclass
+class Args:
+    seconds: float = field(default=4.0, metadata={"help": "audio encoded and decoded per call"})
+    repeats: int = field(default=3, metadata={"help": "timed calls (the best counts)"})
+    threads: int = field(default=torch.get_num_threads(), metadata={"help": "torch threads"})
+    train_steps: int = field(default=20, metadata={"help": "training steps timed (a quarter with the GAN)"})
+
+
+def main(argv: list[str]) -> None:
+    a = parse(Args, argv, "python -m benchmarks.tokenizer", __doc__)
     torch.set_num_threads(a.threads)
     print(f"torch {torch.__version__}, {a.threads} thread(s), {a.seconds:.0f} s of audio, batch 1")
     print(f"{'size':6} {'params (M)':>10} {'trainable (M)':>13} {'state (elements)':>17} {'encode RTF':>11} "
@@ -98,4 +103,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -16,11 +16,15 @@ that changes what is kept.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
+from typing import Optional
 
 import numpy as np
+
+from higgs_train.cli import parse
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def load(d: Path) -> list[tuple[str, np.ndarray, str]]:
@@ -47,6 +51,14 @@ def curve(rows: list[dict]) -> list[tuple[float, float, float, int]]:
     return out
 
 
+@dataclass
+class Args:
+    dir: str = field(default=str(ROOT / "tests/fixtures/real_speech"),
+                     metadata={"help": "recordings, each with a NAME.txt reference"})
+    threshold: Optional[float] = field(default=None, metadata={
+        "help": "asr_confidence floor (null: configs/pipeline/filter/default.yaml's)"})
+
+
 def main(argv: list[str]) -> int:
     from omegaconf import OmegaConf
 
@@ -54,20 +66,15 @@ def main(argv: list[str]) -> int:
     from data_pipeline.stages.transcribe import normalize_text, word_error_rate
     from data_pipeline.stages.transcribe_pocketsphinx import PocketsphinxTranscriber
 
-    default = OmegaConf.load(ROOT / "configs/pipeline/filter/default.yaml").min.asr_confidence
-    args = {"dir": str(ROOT / "tests/fixtures/real_speech"), "threshold": str(default)}
-    given = dict(a.partition("=")[::2] for a in argv)   # key=value
-    if set(given) - set(args):
-        print(__doc__)
-        return 2
-    args.update(given)
-    thr = float(args["threshold"])
+    args = parse(Args, argv, "python -m benchmarks.transcription", __doc__)
+    thr = args.threshold if args.threshold is not None else \
+        OmegaConf.load(ROOT / "configs/pipeline/filter/default.yaml").min.asr_confidence
     cfg = OmegaConf.load(ROOT / "configs/pipeline/transcribe/pocketsphinx.yaml")
     asr = PocketsphinxTranscriber(**{k: v for k, v in OmegaConf.to_container(cfg).items() if k != "_target_"})
 
     rows, foreign = [], []
     print(f"{'recording':16s} {'s':>5s} {'words':>5s} {'WER':>5s} {'conf':>5s}  decision")
-    for name, wav, ref in load(Path(args["dir"])):
+    for name, wav, ref in load(Path(args.dir)):
         tr = asr.transcribe([wav], 16_000, [Segment(0, len(wav) / 16_000, "S0")], Path(name))[0]
         conf = tr.scores["asr_confidence"]
         english = any("a" <= c <= "z" for c in ref.lower())

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from data_pipeline.config import config_args
 from data_pipeline.run import curate
-from higgs_train.config import CONFIG_DIR
+from data_pipeline.config import CONFIG_DIR
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="curate")

@@ -8,8 +8,9 @@ import os
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from higgs_train.config import CONFIG_DIR
+from higgs_train.config import package_configs
 
+CONFIG_DIR = package_configs("data_pipeline")   # curate.yaml, tokenize.yaml, pipeline/
 PIPELINE_CONFIGS = CONFIG_DIR / "pipeline"
 
 

@@ -1,6 +1,6 @@
 """Scorers of the evaluation harness (higgs_train.evaluate), built on the curation stages' models.
 
-Each is called as scorer(audio, sr, item) -> {metric: value} (configs/evaluate/scorers/*.yaml):
+Each is called as scorer(audio, sr, item) -> {metric: value} (configs/recipes/evaluate/scorers/*.yaml):
 
     WERScorer          wer = word error rate of an ASR transcript against item.text (asr_text: the
                        transcript); the ASR is any transcription stage (pocketsphinx, whisper)

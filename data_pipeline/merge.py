@@ -205,7 +205,7 @@ def finalize(cfg: DictConfig, out_dir, sources: list[str], input_dir: str | None
 def main() -> None:
     import hydra
 
-    from higgs_train.config import CONFIG_DIR
+    from data_pipeline.config import CONFIG_DIR
 
     sys.argv[1:] = config_args(sys.argv[1:])
 

@@ -28,7 +28,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from higgs_train.config import CONFIG_DIR
+from data_pipeline.config import CONFIG_DIR
 from higgs_train.files import write_text_atomic
 from higgs_train.shards import SAMPLE_RATE, decode_flac, iter_shard, list_shards, rewrite_shard
 from higgs_train.tokenizer import AudioTokenizer

@@ -1,5 +1,5 @@
 """Command lines of the small tools that are not Hydra apps (the synthetic corpus, the text
-tokenizer, reports, comparisons): `key=value` arguments read into a dataclass by OmegaConf, as
+tokenizer, reports, comparisons, every benchmark): `key=value` arguments read into a dataclass by OmegaConf, as
 Hydra reads the big entry points. So types are checked (`seed=x` is an error, not a crash later),
 an unknown or missing key is an error that names it, and `--help` lists every option with its
 default and its help (the dataclass field's `metadata={"help": ...}`).

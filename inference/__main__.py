@@ -18,7 +18,7 @@ import hydra
 from omegaconf import DictConfig
 
 from higgs_train.audio import save_audio
-from higgs_train.config import CONFIG_DIR
+from higgs_train.config import package_configs
 
 log = logging.getLogger("inference")
 
@@ -52,7 +52,7 @@ def synthesize(cfg: DictConfig) -> float:
     return rtf
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR / "inference"), config_name="infer")
+@hydra.main(version_base="1.3", config_path=str(package_configs("inference") / "inference"), config_name="infer")
 def main(cfg: DictConfig) -> None:
     synthesize(cfg)
 

@@ -239,9 +239,9 @@ def main() -> None:
     import hydra
     from omegaconf import DictConfig, OmegaConf
 
-    from higgs_train.config import CONFIG_DIR
+    from higgs_train.config import package_configs
 
-    @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR / "inference"), config_name="serve")
+    @hydra.main(version_base="1.3", config_path=str(package_configs("inference") / "inference"), config_name="serve")
     def run(cfg: DictConfig) -> None:
         from inference.engine import engine_from_config
         from inference.server_http import LOOPBACK_NAMES, is_loopback

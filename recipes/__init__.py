@@ -10,6 +10,6 @@
     python -m recipes.evaluate model=LLM_DIR tokenizer=AUDIO_TOKENIZER_DIR eval_set=items.jsonl
     python -m recipes.train    (python -m higgs_train.train + the evaluation callback)
 
-Their configs are configs/finetune.yaml, configs/evaluate/ and configs/recipes/; no config that a
+Their configs are under configs/recipes/ (finetune.yaml, train.yaml, evaluate/); no config that a
 higgs_train entry point composes names a wing (tests/test_import_graph.py).
 """

@@ -7,11 +7,11 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from higgs_train.config import CONFIG_DIR
+from higgs_train.config import package_configs
 from higgs_train.train import fit
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="recipes/train")
+@hydra.main(version_base="1.3", config_path=str(package_configs("recipes")), config_name="recipes/train")
 def main(cfg: DictConfig) -> None:
     fit(cfg)
 

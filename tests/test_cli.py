@@ -69,3 +69,27 @@ def test_every_small_tool_refuses_an_unknown_key(module, small_tool_runs):
     p, h = small_tool_runs[module]
     assert p.returncode == 2 and "unknown option 'no_such_key'" in p.stderr, (p.returncode, p.stderr[-500:])
     assert h.returncode == 0 and "options:" in h.stdout
+
+
+BENCHMARKS = sorted(p.stem for p in (ROOT / "benchmarks").glob("*.py") if p.stem != "__init__")
+
+
+@pytest.fixture(scope="module")
+def benchmark_runs() -> dict:
+    """{benchmark: (its run with an unknown key, its --help)}: nothing is measured, the command line is
+    refused or printed before any work starts."""
+    runs = run_as_main([(f"benchmarks.{b}", argv) for b in BENCHMARKS for argv in (["no_such_key=1"], ["--help"])],
+                       cwd=ROOT)
+    return {b: runs[2 * i: 2 * i + 2] for i, b in enumerate(BENCHMARKS)}
+
+
+@pytest.mark.slow
+def test_every_benchmark_takes_key_value_and_lists_its_keys(benchmark_runs):
+    """One argument style for every `python -m benchmarks.NAME`: the small tools' (this module's)."""
+    assert len(BENCHMARKS) >= 17
+    for b, (p, h) in benchmark_runs.items():
+        assert p.returncode == 2 and "unknown option 'no_such_key'" in p.stderr, (b, p.returncode, p.stderr[-500:])
+        assert h.returncode == 0 and h.stdout.startswith(f"usage: python -m benchmarks.{b}"), (b, h.stdout[:200])
+        keys = h.stdout.split("\noptions:\n", 1)[1].splitlines()
+        assert keys and all("(default: " in k or "(required)" in k for k in keys), (b, keys)
+

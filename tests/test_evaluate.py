@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 
 from data_pipeline.synth import SENTENCES, VOICES, Voice, tts
 from higgs_train.audio import save_audio
-from higgs_train.config import CONFIG_DIR
+from higgs_train.config import package_configs
 from higgs_train.evaluate import EvalItem, evaluate, load_eval_set
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,8 +35,8 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def scorers():
-    """The default scorers, built from configs/evaluate/scorers/default.yaml."""
-    with initialize_config_dir(str(CONFIG_DIR / "evaluate"), version_base="1.3"):
+    """The default scorers, built from configs/recipes/evaluate/scorers/default.yaml."""
+    with initialize_config_dir(str(package_configs("recipes") / "recipes/evaluate"), version_base="1.3"):
         cfg = compose("evaluate", overrides=["model=m", "tokenizer=t", "eval_set=e"])
     return {k: instantiate(v) for k, v in cfg.scorers.items()}
 
@@ -233,7 +233,7 @@ def _train_config(tmp_path, tok, eval_set, *extra):
     rows = write_synthetic_shards(tmp_path / "shards", n_sources=2, segments_per_source=4, words=(2, 4),
                                   samples_per_shard=8)
     train_bpe([r["text"] for r in rows] + ["Hello there."], tmp_path / "tok", vocab_size=300)
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(str(package_configs("recipes")), version_base="1.3"):
         return compose("recipes/train", overrides=[
             "task=llm", "model=llm/tiny", "trainer=cpu", f"data.shards={tmp_path / 'shards'}",
             f"text_tokenizer={tmp_path / 'tok'}", f"run_dir={tmp_path / 'run'}", "data.max_tokens=400",

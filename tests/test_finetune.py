@@ -32,7 +32,7 @@ FAST = ["min_seconds=10", 'curate.extra=["filter.min.dnsmos_ovrl=1.5","workers=1
 # (a model this small and this fast-trained says its sentences short: any length is accepted here)
 STOPS = ["callbacks.stops.sentences=2", "callbacks.best.min_stop_rate=0.5", "callbacks.best.duration_range=[0,100]"]
 LORA_TARGETS = ["attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj", "audio_mlp.gate_proj",
-                "audio_mlp.up_proj", "audio_mlp.down_proj"]   # configs/finetune.yaml's
+                "audio_mlp.up_proj", "audio_mlp.down_proj"]   # configs/recipes/finetune.yaml's
 # + the audio head: a random base's head has tiny weights (logits within ~0.1 of uniform), which
 # adapters on the layers below cannot make confident
 RUN_TARGETS = LORA_TARGETS + ["audio_head"]

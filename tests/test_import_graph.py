@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import re
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -87,9 +88,14 @@ def test_no_new_import_cycles(package):
 # The foundation imports no wing; the wings import the foundation only; recipes import everything.
 ALLOWED = {"higgs_train": set(), "data_pipeline": {"higgs_train"}, "inference": {"higgs_train"},
            "recipes": {"higgs_train", "data_pipeline", "inference"}}
-# The configs higgs_train's own entry points compose (train.py, convert): the recipes' configs
-# (finetune.yaml, evaluate/, recipes/) and the wings' (curate.yaml, pipeline/, inference/, tokenize.yaml) aside.
-FOUNDATION_CONFIGS = ["train.yaml", "convert.yaml", "task", "model", "trainer", "logger", "deepspeed", "hydra", "callbacks"]
+# Which package ships which files of configs/: pyproject.toml's package-data over each package's
+# configs/ link (higgs_train/config.py, package_configs).
+PACKAGE_DATA = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+
+
+def shipped_configs(package: str) -> set[Path]:
+    return {p for pattern in PACKAGE_DATA.get(package, []) if pattern.startswith("configs/")
+            for p in REPO.glob(pattern) if p.is_file()}
 
 
 def package_references(package: str) -> dict[str, set[str]]:
@@ -127,13 +133,23 @@ def test_packages_import_only_the_layers_below(package):
     assert not bad, f"{package} may use only {sorted(ALLOWED[package]) or 'no other package'}: {bad}"
 
 
-def test_foundation_configs_name_no_wing():
+def test_every_config_file_is_shipped_by_one_package_through_its_link():
+    shipped = {package: shipped_configs(package) for package in ALLOWED}
+    tree = {p for p in (REPO / "configs").rglob("*") if p.is_file()}
+    assert sum(map(len, shipped.values())) == len(tree) and set().union(*shipped.values()) == tree
+    owner = {p.relative_to(REPO / "configs").as_posix(): package for package, ps in shipped.items() for p in ps}
+    assert [owner[f] for f in ("train.yaml", "curate.yaml", "inference/infer.yaml", "recipes/finetune.yaml")] \
+        == ["higgs_train", "data_pipeline", "inference", "recipes"]
+    assert all((REPO / package / "configs").resolve() == REPO / "configs" for package in ALLOWED)
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_a_package_configs_name_only_the_layers_below(package):
+    """A `_target_` is an import: the groups a package ships name no package above it."""
     hits = []
-    for entry in FOUNDATION_CONFIGS:
-        p = REPO / "configs" / entry
-        for f in [p] if p.is_file() else sorted(p.rglob("*.yaml")):
-            for i, line in enumerate(f.read_text().splitlines(), 1):
-                code = line.split("#", 1)[0]
-                if any(re.search(rf"\b{m}\.\w", code) for m in ("data_pipeline", "inference", "recipes")):
-                    hits.append(f"{f.relative_to(REPO)}:{i}: {line.strip()}")
+    for f in sorted(shipped_configs(package)):
+        for i, line in enumerate(f.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if any(re.search(rf"\b{m}\.\w", code) for m in set(ALLOWED) - ALLOWED[package] - {package}):
+                hits.append(f"{f.relative_to(REPO)}:{i}: {line.strip()}")
     assert not hits, hits

@@ -8,7 +8,7 @@ import soundfile as sf
 import torch
 from hydra import compose, initialize_config_dir
 
-from higgs_train.config import CONFIG_DIR
+from higgs_train.config import package_configs
 from higgs_train.llm.stops import StopRules
 from inference.engine import Engine, EngineConfig, Request, RequestError
 from inference.sampling import SamplingConfig, filter_logits, sample_frame
@@ -201,7 +201,7 @@ def test_cli_writes_audio_by_extension(exports, tmp_path):
 
     for ext in ("wav", "flac", "mp3"):
         out = tmp_path / f"o.{ext}"
-        with initialize_config_dir(str(CONFIG_DIR / "inference"), version_base="1.3"):
+        with initialize_config_dir(str(package_configs("inference") / "inference"), version_base="1.3"):
             cfg = compose("infer", overrides=[f"model={exports[0]}", f"tokenizer={exports[1]}", "text=Hello there.",
                                               f"output={out}", "sampling.max_frames=12", "sampling.seed=0",
                                               "engine.buckets=[256]", "progress=false"])

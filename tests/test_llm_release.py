@@ -230,7 +230,7 @@ def test_engine_gives_the_same_frames_from_every_layout(layouts):
 def test_cli_train_init_and_evaluation_entry_points_take_the_release_layouts(layouts, tmp_path):
     from hydra import compose, initialize_config_dir
 
-    from higgs_train.config import CONFIG_DIR
+    from higgs_train.config import package_configs
     from higgs_train.llm.lit import LLMModule
     from inference.__main__ import synthesize
     from inference.evaluation import from_exports
@@ -242,7 +242,7 @@ def test_cli_train_init_and_evaluation_entry_points_take_the_release_layouts(lay
         m = LLMModule._make_model(model_cfg, str(layouts / layout))
         assert all(torch.equal(m.state_dict()[k], v) for k, v in native.items())
     # python -m inference model=DIR (the server and python -m recipes.evaluate build the same engine)
-    with initialize_config_dir(str(CONFIG_DIR / "inference"), version_base="1.3"):
+    with initialize_config_dir(str(package_configs("inference") / "inference"), version_base="1.3"):
         cfg = compose("infer", overrides=[f"model={layouts / 'original'}", f"tokenizer={TOK_ORIGINAL}",
                                           "text=Hello there.", f"output={tmp_path / 'o.wav'}",
                                           "sampling.max_frames=4", "sampling.seed=0", "engine.buckets=[256]",

@@ -23,7 +23,7 @@ from data_pipeline.__main__ import config_args
 from data_pipeline.merge import complete_slices, finalize
 from data_pipeline.run import PARTS, curate, slice_sources
 from data_pipeline.stages.ingest import source_key
-from higgs_train.config import CONFIG_DIR
+from data_pipeline.config import CONFIG_DIR
 from higgs_train.shards import decode_flac, iter_shard
 
 ROOT = Path(__file__).resolve().parent.parent

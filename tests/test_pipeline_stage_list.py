@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 
 from data_pipeline.config import config_args
 from data_pipeline.run import build_stages, curate, processing_fingerprint
-from higgs_train.config import CONFIG_DIR
+from data_pipeline.config import CONFIG_DIR
 from higgs_train.shards import decode_flac, iter_shard
 
 COMMON = ["filter.min.dnsmos_ovrl=1.0", "quality.metrics.dnsmos.hop_seconds=9.01", "transcribe=sidecar", "workers=1"]

@@ -120,16 +120,16 @@ def test_every_entry_point_takes_quantize(exports):
     Engine.from_pretrained: the key reaches the model."""
     from hydra import compose, initialize_config_dir
 
-    from higgs_train.config import CONFIG_DIR
+    from higgs_train.config import package_configs
     from inference.engine import engine_from_config
     from inference.evaluation import from_exports
 
     llm, tok = exports
     for name, extra in (("infer", ["text=Hi."]), ("serve", [])):
-        with initialize_config_dir(str(CONFIG_DIR / "inference"), version_base="1.3"):
+        with initialize_config_dir(str(package_configs("inference") / "inference"), version_base="1.3"):
             cfg = compose(name, overrides=[f"model={llm}", f"tokenizer={tok}", "quantize=nf4", *extra])
         assert isinstance(engine_from_config(cfg).model.layers[0].attn.q_proj, bnb_class("nf4"))
-    with initialize_config_dir(str(CONFIG_DIR / "evaluate"), version_base="1.3"):
+    with initialize_config_dir(str(package_configs("recipes") / "recipes/evaluate"), version_base="1.3"):
         cfg = compose("evaluate", overrides=[f"model={llm}", f"tokenizer={tok}", "eval_set=x.jsonl", "quantize=int8"])
     assert cfg.synthesizer.quantize == "int8"
     synth = from_exports(llm, tok, quantize="int8")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from higgs_train.config import CONFIG_DIR
+from data_pipeline.config import CONFIG_DIR
 
 FILES = sorted(p for p in (CONFIG_DIR / "pipeline").glob("*/*.yaml")
                if "_target_" in (yaml.safe_load(p.read_text()) or {}))

@@ -13,7 +13,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from higgs_train.config import CONFIG_DIR
+from higgs_train.config import package_configs
 from higgs_train.evaluate.evalset import EvalItem
 from higgs_train.evaluate.harness import evaluate
 from higgs_train.llm.stops import RATES, StopRules, expected_seconds, text_units
@@ -114,7 +114,7 @@ def test_cli_prints_the_stop_reason(tok, tmp_path, monkeypatch, caplog):
                             classmethod(lambda cls, *a, quantize="none", **kw: scripted_engine(tok, script, **kw)))
 
     def run(*overrides):
-        with initialize_config_dir(str(CONFIG_DIR / "inference"), version_base="1.3"):
+        with initialize_config_dir(str(package_configs("inference") / "inference"), version_base="1.3"):
             cfg = compose("infer", overrides=["model=m", "tokenizer=t", f"text='{TEXT}'",
                                               f"output={tmp_path / 'o.wav'}", "progress=false", *overrides])
         caplog.clear()

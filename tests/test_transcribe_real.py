@@ -18,7 +18,7 @@ from data_pipeline.run import curate
 from data_pipeline.stages.base import Segment
 from data_pipeline.stages.transcribe import SidecarTranscriber, normalize_text, word_error_rate
 from higgs_train.audio import load_audio
-from higgs_train.config import CONFIG_DIR
+from data_pipeline.config import CONFIG_DIR
 
 REAL = Path(__file__).parent / "fixtures" / "real_speech"
 ENGLISH = ["en_man", "en_woman", "belinda", "broom_salesman"]

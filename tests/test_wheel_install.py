@@ -1,4 +1,4 @@
-"""A wheel install works outside the repo: configs travel inside the package.
+"""A wheel install works outside the repo: each package carries its own config groups.
 
 Builds a wheel of this tree, installs it (no deps: the test venv's packages serve) into a fresh
 folder put first on sys.path, and from a directory outside the repo runs the entry points'
@@ -52,18 +52,25 @@ def py(installed, *args, timeout=300):
 
 @pytest.mark.slow
 def test_entry_points_compose_their_configs_from_the_wheel(installed):
-    r = py(installed, "-c", "import higgs_train, data_pipeline, inference, recipes; from higgs_train.config import CONFIG_DIR;"
-                            "print(higgs_train.__file__); print(CONFIG_DIR)")
+    r = py(installed, "-c", "from higgs_train.config import package_configs as c;"
+                            "print(*(c(p) for p in ('higgs_train', 'data_pipeline', 'inference', 'recipes')))")
     assert r.returncode == 0, r.stderr
-    module, config_dir = r.stdout.split()
-    assert module.startswith(str(installed["site"])) and config_dir.startswith(str(installed["site"]))
-    assert not Path(config_dir).is_symlink() and (Path(config_dir) / "curate.yaml").is_file()
-    helps = (("data_pipeline", "vad"), ("higgs_train.train", "task"), ("higgs_train.convert", "to"),
-             ("recipes.finetune", "voice_dir"), ("recipes.evaluate", "eval_set"), ("recipes.train", "eval_set"))
-    # one interpreter for the six (tests/run_as_main.py), started like py() starts one
+    dirs = [Path(d) for d in r.stdout.split()]
+    assert all(str(d).startswith(str(installed["site"])) and not d.is_symlink() for d in dirs)
+    # each package carries the groups it owns and no other's
+    owned = ("train.yaml", "curate.yaml", "inference/infer.yaml", "recipes/finetune.yaml")
+    assert [[(d / f).is_file() for f in owned] for d in dirs] == [[i == j for j in range(4)] for i in range(4)]
+    # every entry point, and in the recipes groups of two packages joined by hydra.searchpath
+    helps = (("data_pipeline", "vad"), ("data_pipeline.merge", "output_dir"), ("data_pipeline.tokenize", "batch_size"),
+             ("higgs_train.train", "task"), ("higgs_train.convert", "to"), ("inference", "text"),
+             ("inference.server", "max_batch"), ("recipes.finetune", "voice_dir"), ("recipes.evaluate", "eval_set"),
+             ("recipes.train", "eval_set"))
+    # one interpreter for all of them (tests/run_as_main.py), started like py() starts one
     runs = run_as_main([(mod, ["--help"]) for mod, _ in helps], cwd=installed["cwd"], env=installed["env"])
     for (mod, needle), r in zip(helps, runs):
         assert r.returncode == 0 and needle in r.stdout, (mod, r.stderr[-500:])
+    finetune = runs[7].stdout
+    assert "lr: 0.0002" in finetune and "gradient_checkpointing: true" in finetune and "trainer:" in finetune
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """The fine-tuning task for train.py's fit(): the LLM task from a base export, LoRA or full.
 
-    task.build = higgs_train.finetune.lora.build   (configs/finetune.yaml sets it)
+    task.build = higgs_train.finetune.lora.build   (configs/recipes/finetune.yaml sets it)
 
 LoRA (peft) wraps the linear layers named by `lora.targets` (suffixes of module names, e.g.
 `attn.q_proj`, `audio_mlp.up_proj`, or the base layout's names: `self_attn.q_proj`,
@@ -25,7 +25,7 @@ Memory (LoRA), lean by construction so the released 5.8 B model trains on a 16 G
   merges the trained adapters into the base's own full-precision weights, read again from disk on
   the CPU (never into the rounded ones): that merge needs CPU memory for the whole base in its
   dtype (2 bytes a parameter in bf16: 11.6 GB for the release) on top of the training model;
-- activation checkpointing per layer (configs/finetune.yaml) and text logits only where a text
+- activation checkpointing per layer (configs/recipes/finetune.yaml) and text logits only where a text
   label exists (DualFFNModel.loss) keep activations small.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`python -m recipes.evaluate model=LLM_EXPORT tokenizer=AUDIO_TOKENIZER_EXPORT eval_set=FILE [out_dir=eval]`.
 
-The synthesizer and scorers are whatever configs/evaluate/evaluate.yaml names (`_target_`s in the
+The synthesizer and scorers are whatever configs/recipes/evaluate/evaluate.yaml names (`_target_`s in the
 wings); `--help` shows the whole config.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from higgs_train.config import CONFIG_DIR
+from higgs_train.config import package_configs
 from higgs_train.evaluate.evalset import load_eval_set
 from higgs_train.evaluate.harness import EvalResult, evaluate
 
@@ -34,7 +34,8 @@ def run(cfg: DictConfig) -> EvalResult:
     return evaluate(synth, scorers, items, cfg.out_dir, bad, progress=cfg.progress, meta=meta)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR / "evaluate"), config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=str(package_configs("recipes") / "recipes/evaluate"),
+             config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     try:
         res = run(cfg)

@@ -38,7 +38,7 @@ import torch
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from higgs_train.config import CONFIG_DIR
+from data_pipeline.config import CONFIG_DIR
 from higgs_train.files import write_text_atomic
 from recipes.finetune import FinetuneError
 from recipes.finetune.corpus import (audio_files, pick_reference, read_manifest, rejection_reasons, split,
