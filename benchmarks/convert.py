@@ -24,7 +24,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
-from higgs_train.llm.checkpoints import Checkpoint, SafetensorsShardWriter
+from higgs_train.llm.checkpoints import Checkpoint, write_weights
 from higgs_train.llm.layouts import export_plan, layout_config, native_shapes
 from higgs_train.llm.model import DualFFNConfig
 
@@ -36,14 +36,15 @@ def write_random_release(d: Path, layers: int) -> DualFFNConfig:
     cfg = replace(DualFFNConfig(), num_layers=layers, encode_audio_in_tokens=True)
     shapes = native_shapes(cfg)
     plan = export_plan(cfg, "original")
-    total = sum(2 * torch.Size(shapes[s]).numel() for _, s in plan)
-    w = SafetensorsShardWriter(d, total, RELEASE_SHARD)
+    src = dict(plan)
     g = torch.Generator().manual_seed(0)
-    for name, src in plan:
-        t = torch.empty(shapes[src], dtype=torch.bfloat16)
-        t.normal_(0, 0.02, generator=g) if t.ndim > 1 else t.fill_(1.0)
-        w.add(name, t)
-    w.close()
+
+    def draw(name: str) -> torch.Tensor:
+        t = torch.empty(shapes[src[name]], dtype=torch.bfloat16)
+        return t.normal_(0, 0.02, generator=g) if t.ndim > 1 else t.fill_(1.0)
+
+    meta = {name: torch.empty(shapes[s], dtype=torch.bfloat16, device="meta") for name, s in plan}
+    write_weights(d, meta, draw, RELEASE_SHARD)
     tokens = {"audio_eos": 128012, "audio_out_bos": 128013, "audio_in": 128015, "audio_out": 128016, "pad": 128001}
     (d / "config.json").write_text(json.dumps(layout_config(cfg, "original", tokens, "bfloat16"), indent=2))
     return cfg

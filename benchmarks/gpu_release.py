@@ -28,7 +28,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 
-from higgs_train.llm.checkpoints import SafetensorsShardWriter
+from higgs_train.llm.checkpoints import write_weights
 from higgs_train.llm.layouts import export_plan, layout_config, native_shapes
 from higgs_train.llm.model import DualFFNConfig, DualFFNModel
 
@@ -41,14 +41,16 @@ def write_release(d: Path, cfg: DualFFNConfig, device) -> float:
     """Random weights (drawn on `device`, fast) in the original layout; returns GB written."""
     shapes = native_shapes(cfg)
     plan = export_plan(cfg, "original")
-    total = sum(2 * torch.Size(shapes[s]).numel() for _, s in plan)
-    w = SafetensorsShardWriter(d, total, int(4.6e9))
+    src = dict(plan)
     g = torch.Generator(device=device).manual_seed(0)
-    for name, src in plan:
-        t = torch.empty(shapes[src], dtype=torch.bfloat16, device=device)
-        t.normal_(0, 0.02, generator=g) if t.ndim > 1 else t.fill_(1.0)
-        w.add(name, t.cpu())
-    w.close()
+
+    def draw(name: str) -> torch.Tensor:
+        t = torch.empty(shapes[src[name]], dtype=torch.bfloat16, device=device)
+        return (t.normal_(0, 0.02, generator=g) if t.ndim > 1 else t.fill_(1.0)).cpu()
+
+    meta = {name: torch.empty(shapes[s], dtype=torch.bfloat16, device="meta") for name, s in plan}
+    total = sum(2 * m.numel() for m in meta.values())
+    write_weights(d, meta, draw, int(4.6e9))
     tokens = {k: min(v, cfg.vocab_size - 1) for k, v in TOKENS.items()}
     (d / "config.json").write_text(json.dumps(layout_config(cfg, "original", tokens, "bfloat16"), indent=2))
     return total / 1e9

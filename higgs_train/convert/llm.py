@@ -2,8 +2,9 @@
 
 Names and configs are higgs_train.llm.layouts' (the same maps the loaders use). Tensors are read
 one at a time (each read opens its shard anew, so no shard stays mapped) and written into shards
-of at most layouts.MAX_SHARD_BYTES (2 GiB): peak memory is one output shard plus one tensor,
-whatever the checkpoint's size (benchmarks/convert.py measures it). Dtypes are kept.
+of at most layouts.MAX_SHARD_BYTES (2 GiB), planned on meta tensors (checkpoints.write_weights):
+peak memory is one output shard plus one tensor, whatever the checkpoint's size
+(benchmarks/convert.py measures it). Dtypes are kept.
 
 To hf or original, a model with fewer dual layers gets every layer dual, the audio norms and FFN
 of the others filled with copies of the text ones (same outputs: see layouts). The text tokenizer
@@ -15,8 +16,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from higgs_train.llm.checkpoints import (Checkpoint, SafetensorsShardWriter, copy_aux, native_sources, read_native,
-                                         write_json)
+import torch
+
+from higgs_train.llm.checkpoints import Checkpoint, copy_aux, native_sources, read_native, write_json, write_weights
 from higgs_train.llm.layouts import MAX_SHARD_BYTES, export_plan, layout_config, read_config, token_ids
 
 
@@ -33,13 +35,9 @@ def convert(src, dst, src_layout: str, to: str, max_shard_bytes: int = MAX_SHARD
     # read in checkpoint order (one shard after the other)
     order = {name: i for i, name in enumerate(sorted(ck.where, key=lambda n: (ck.where[n], n)))}
     plan.sort(key=lambda p: order[sources[p[1]][0]])
-    total = sum(sum(ck.nbytes(p) for p in sources[s]) for _, s in plan)
-    writer = SafetensorsShardWriter(dst, total, max_shard_bytes)
-    dtype = None
-    for name, native in plan:
-        t = read_native(ck, sources[native])
-        dtype = dtype or str(t.dtype).removeprefix("torch.")
-        writer.add(name, t)
-    writer.close()
+    meta = {name: torch.cat([ck.meta[p] for p in sources[native]]) for name, native in plan}   # shapes only
+    dtype = str(meta[plan[0][0]].dtype).removeprefix("torch.")
+    native = dict(plan)
+    write_weights(dst, meta, lambda name: read_native(ck, sources[native[name]]), max_shard_bytes)
     copy_aux(src, dst, to)
     write_json(dst / "config.json", layout_config(cfg, to, tokens, dtype))

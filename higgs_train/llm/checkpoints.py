@@ -4,20 +4,22 @@
     save_llm(model, DIR, layout="native", tokenizer_dir=None)
 
 Reading goes tensor by tensor (Checkpoint), writing into shards of at most MAX_SHARD_BYTES
-(SafetensorsShardWriter), config.json last: a directory with a config.json is whole.
+(write_weights: huggingface_hub's split, each file written whole and renamed), config.json last: a
+directory with a config.json is whole.
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
+import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import Tensor
 
-from higgs_train.files import write_text_atomic
+from higgs_train.files import atomic_path, write_text_atomic
 from higgs_train.llm.layouts import (AUX_FILES, LAYOUTS, MAX_SHARD_BYTES, SPLIT, LayoutError, export_plan,
                                      layout_config, layout_name, native_shapes, read_config, token_ids)
 from higgs_train.llm.model import DualFFNConfig, DualFFNModel
@@ -45,7 +47,7 @@ class Checkpoint:
                 raise FileNotFoundError(f"{d} holds no *.safetensors weights")
         self.dir = d
         self.where: dict[str, str] = {}
-        self.meta: dict[str, tuple[tuple[int, ...], str]] = {}
+        self.meta: dict[str, Tensor] = {}   # name -> a meta tensor of its shape and dtype
         for f in files:
             if not (d / f).is_file():
                 raise FileNotFoundError(f"{d / f} is missing (named by {index.name})")
@@ -53,21 +55,13 @@ class Checkpoint:
                 for k in sf.keys():
                     s = sf.get_slice(k)
                     self.where[k] = f
-                    self.meta[k] = (tuple(s.get_shape()), s.get_dtype())
+                    self.meta[k] = torch.empty(s.get_shape(), dtype=s[:0].dtype, device="meta")
 
     def get(self, name: str) -> Tensor:
         from safetensors import safe_open
 
         with safe_open(str(self.dir / self.where[name]), "pt") as sf:
             return sf.get_tensor(name)
-
-    def nbytes(self, name: str) -> int:
-        shape, dt = self.meta[name]
-        n = 1
-        for s in shape:
-            n *= s
-        return n * {"F64": 8, "F32": 4, "I64": 8, "I32": 4, "F16": 2, "BF16": 2, "I16": 2, "U8": 1,
-                    "I8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}[dt]
 
 
 def native_sources(ck: Checkpoint, cfg: DualFFNConfig, layout: str) -> dict[str, list[str]]:
@@ -99,8 +93,8 @@ def native_sources(ck: Checkpoint, cfg: DualFFNConfig, layout: str) -> dict[str,
         raise LayoutError(f"{ck.dir}: {len(extra)} tensors that a {layout}-layout model of this config does "
                           f"not have, e.g. {', '.join(sorted(extra)[:3])}")
     for name, parts in src.items():
-        rows = sum(ck.meta[p][0][0] for p in parts)
-        got = (rows, *ck.meta[parts[0]][0][1:])
+        rows = sum(ck.meta[p].shape[0] for p in parts)
+        got = (rows, *ck.meta[parts[0]].shape[1:])
         if got != shapes[name]:
             raise LayoutError(f"{ck.dir}: {parts[0]} has shape {list(got)}, the config implies {list(shapes[name])}")
     return src
@@ -144,52 +138,34 @@ def load_llm(model_dir, dtype=None, device=None, quantize: str = "none") -> tupl
     return model, layout
 
 
-class SafetensorsShardWriter:
-    """Writes tensors into safetensors shards of at most max_bytes (one file if they fit), each
-    shard written whole and renamed, then model.safetensors.index.json when there are several."""
+def write_weights(out_dir, tensors: dict[str, Tensor], read: Callable[[str], Tensor],
+                  max_shard_bytes: int | None = MAX_SHARD_BYTES) -> None:
+    """Safetensors files of at most max_shard_bytes (None: one file) holding `tensors` ({name: a
+    tensor of its shape and dtype, meta will do}, in the order they are to be written); read(name)
+    gives the real tensor when its file is written. One file is model.safetensors; several are
+    model-0000i-of-0000n.safetensors + model.safetensors.index.json (as transformers writes them).
+    Each file is written to a temp name and renamed when whole."""
+    from huggingface_hub import split_torch_state_dict_into_shards
+    from safetensors.torch import save_file
 
-    def __init__(self, out_dir, total_bytes: int, max_bytes: int = MAX_SHARD_BYTES):
-        self.out = Path(out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.max = max_bytes
-        self.single = total_bytes <= max_bytes
-        self.buf: dict[str, Tensor] = {}
-        self.size = 0
-        self.files: list[list[str]] = []
-        self.total = 0
-
-    def add(self, name: str, t: Tensor) -> None:
-        n = t.numel() * t.element_size()
-        if self.buf and self.size + n > self.max:
-            self.flush()
-        self.buf[name] = t.contiguous()
-        self.size += n
-        self.total += n
-
-    def flush(self) -> None:
-        from safetensors.torch import save_file
-
-        if not self.buf:
-            return
-        tmp = self.out / f".shard{len(self.files):05d}.{os.getpid()}.tmp"
-        save_file(self.buf, str(tmp), metadata={"format": "pt"})
-        self.files.append(list(self.buf))
-        os.replace(tmp, self.out / f".shard{len(self.files) - 1:05d}.done")
-        self.buf, self.size = {}, 0
-
-    def close(self) -> None:
-        self.flush()
-        n = len(self.files)
-        if n == 1 and self.single:
-            os.replace(self.out / ".shard00000.done", self.out / "model.safetensors")
-            return
-        weight_map = {}
-        for i, names in enumerate(self.files):
-            fname = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-            os.replace(self.out / f".shard{i:05d}.done", self.out / fname)
-            weight_map.update({k: fname for k in names})
-        index = {"metadata": {"total_size": self.total}, "weight_map": dict(sorted(weight_map.items()))}
-        write_json(self.out / "model.safetensors.index.json", index)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    # planned on meta tensors: sizes only (the library would put tensors that share memory, a fill
+    # copy and its source, in one file without counting the copy)
+    split = split_torch_state_dict_into_shards({k: t.to("meta") for k, t in tensors.items()}, filename_pattern="model{suffix}.safetensors",
+                                               max_shard_size=max_shard_bytes or sys.maxsize)
+    for fname, names in split.filename_to_tensors.items():
+        shard: dict[str, Tensor] = {}
+        for name in names:
+            t = read(name).contiguous()
+            # a fill copy is a tensor of its own (safetensors refuses shared memory)
+            shard[name] = t.clone() if any(t is u for u in shard.values()) else t
+        with atomic_path(out / fname) as tmp:
+            save_file(shard, str(tmp), metadata={"format": "pt"})
+        del shard
+    if split.is_sharded:
+        index = {"metadata": split.metadata, "weight_map": dict(sorted(split.tensor_to_filename.items()))}
+        write_json(out / "model.safetensors.index.json", index)
 
 
 def write_json(path: Path, obj) -> None:
@@ -225,15 +201,9 @@ def save_llm(model: DualFFNModel, out_dir, layout: str = "native", tokenizer_dir
         raise ValueError(f"layout={layout!r}: choose one of {', '.join(LAYOUTS)}")
     sd = state_dict if state_dict is not None else model.state_dict()
     sd = {k: v.detach().cpu() for k, v in sd.items() if k in native_shapes(model.cfg)}
-    plan = export_plan(model.cfg, layout)
+    plan = dict(export_plan(model.cfg, layout))
     out = Path(out_dir)
-    total = sum(sd[s].numel() * sd[s].element_size() for _, s in plan)
-    w = SafetensorsShardWriter(out, total, max_shard_bytes)
-    used = set()
-    for name, src in plan:   # a fill copy is a tensor of its own (safetensors refuses shared memory)
-        w.add(name, sd[src].clone() if src in used else sd[src])
-        used.add(src)
-    w.close()
+    write_weights(out, {name: sd[src] for name, src in plan.items()}, lambda name: sd[plan[name]], max_shard_bytes)
     tokens = token_ids(model.cfg, tokenizer_dir, layout) if layout != "native" else {}
     write_json(out / "config.json", layout_config(model.cfg, layout, tokens, _dtype_name(sd["text_embed.weight"])))
     if tokenizer_dir is not None or layout == "hf":
