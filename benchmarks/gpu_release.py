@@ -15,7 +15,6 @@ Needs torch, safetensors, transformers (config classes only) and this repository
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -28,9 +27,10 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 
-from higgs_train.llm.checkpoints import write_weights
-from higgs_train.llm.layouts import export_plan, layout_config, native_shapes
-from higgs_train.llm.model import DualFFNConfig, DualFFNModel
+from higgs_train.llm.checkpoints import load_llm, write_llm
+from higgs_train.llm.config import DualFFNConfig
+from higgs_train.llm.layouts import export_plan, native_shapes
+from higgs_train.llm.model import DualFFNModel
 
 TINY = dict(vocab_size=2048, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
             head_dim=16)
@@ -40,20 +40,17 @@ TOKENS = {"audio_eos": 128012, "audio_out_bos": 128013, "audio_in": 128015, "aud
 def write_release(d: Path, cfg: DualFFNConfig, device) -> float:
     """Random weights (drawn on `device`, fast) in the original layout; returns GB written."""
     shapes = native_shapes(cfg)
-    plan = export_plan(cfg, "original")
-    src = dict(plan)
+    meta = {n: torch.empty(s, dtype=torch.bfloat16, device="meta") for n, s in shapes.items()}
     g = torch.Generator(device=device).manual_seed(0)
 
     def draw(name: str) -> torch.Tensor:
-        t = torch.empty(shapes[src[name]], dtype=torch.bfloat16, device=device)
+        t = torch.empty(shapes[name], dtype=torch.bfloat16, device=device)
         return (t.normal_(0, 0.02, generator=g) if t.ndim > 1 else t.fill_(1.0)).cpu()
 
-    meta = {name: torch.empty(shapes[s], dtype=torch.bfloat16, device="meta") for name, s in plan}
-    total = sum(2 * m.numel() for m in meta.values())
-    write_weights(d, meta, draw, int(4.6e9))
     tokens = {k: min(v, cfg.vocab_size - 1) for k, v in TOKENS.items()}
-    (d / "config.json").write_text(json.dumps(layout_config(cfg, "original", tokens, "bfloat16"), indent=2))
-    return total / 1e9
+    plan = export_plan(cfg, "original")
+    write_llm(d, replace(cfg, special_tokens=tokens), "original", plan, meta, draw, max_shard_bytes=int(4.6e9))
+    return sum(2 * meta[s].numel() for _, s in plan) / 1e9
 
 
 def convert_in_fresh_process(src: Path, dst: Path) -> tuple[float, float]:
@@ -106,7 +103,7 @@ def main() -> None:
     ap.add_argument("--dir", default=None, help="where the random checkpoint goes (default: a temp dir)")
     args = ap.parse_args()
     device = torch.device(args.device)
-    cfg = DualFFNConfig() if args.size == "full" else DualFFNConfig(**TINY)
+    cfg = DualFFNConfig.preset("full") if args.size == "full" else DualFFNConfig.preset("full", **TINY)
     cfg = replace(cfg, encode_audio_in_tokens=True)
     root = Path(args.dir or tempfile.mkdtemp(prefix="gpu_release_"))
     shutil.rmtree(root, ignore_errors=True)
@@ -124,7 +121,7 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        model = DualFFNModel.from_pretrained(root / "original", dtype=dtype, device=device).eval()
+        model = load_llm(root / "original", dtype=dtype, device=device)[0].eval()
         sync(device)
         res["load_original_s"] = time.perf_counter() - t0
         if device.type == "cuda":

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from higgs_train.llm.checkpoints import load_llm
 from higgs_train.llm.delay import apply_delay
 from higgs_train.llm.model import DualFFNModel
 
@@ -39,7 +40,7 @@ class NoCodec:
 
 
 def load(llm: Path, mode: str) -> DualFFNModel:
-    m = DualFFNModel.from_pretrained(llm, dtype=torch.bfloat16, quantize=mode).eval()
+    m = load_llm(llm, dtype=torch.bfloat16, quantize=mode)[0].eval()
     K, A = m.cfg.num_codebooks, m.cfg.audio_vocab
     with torch.no_grad():
         for k in range(K):

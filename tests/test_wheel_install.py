@@ -53,6 +53,7 @@ def py(installed, *args, timeout=300):
 @pytest.mark.slow
 def test_entry_points_compose_their_configs_from_the_wheel(installed):
     r = py(installed, "-c", "import higgs_train, data_pipeline, inference, recipes; from higgs_train.config import CONFIG_DIR;"
+                            "import higgs_train.llm.prompt;"   # reads its chat template, a package data file
                             "print(higgs_train.__file__); print(CONFIG_DIR)")
     assert r.returncode == 0, r.stderr
     module, config_dir = r.stdout.split()
