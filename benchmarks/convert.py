@@ -11,7 +11,6 @@ The release has 28 layers in 3 shards of at most 4.6 GB; `layers=28` is the real
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -25,28 +24,26 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 from higgs_train.cli import parse
-from higgs_train.llm.checkpoints import Checkpoint, SafetensorsShardWriter
-from higgs_train.llm.layouts import export_plan, layout_config, native_shapes
-from higgs_train.llm.model import DualFFNConfig
+from higgs_train.llm.checkpoints import Checkpoint, write_llm
+from higgs_train.llm.layouts import export_plan, native_shapes
+from higgs_train.llm.config import DualFFNConfig
 
 GB = 1e9
 RELEASE_SHARD = int(4.6 * GB)     # the release's largest shard is about this size
 
 
 def write_random_release(d: Path, layers: int) -> DualFFNConfig:
-    cfg = replace(DualFFNConfig(), num_layers=layers, encode_audio_in_tokens=True)
+    cfg = replace(DualFFNConfig.preset("full"), num_layers=layers, encode_audio_in_tokens=True)
     shapes = native_shapes(cfg)
-    plan = export_plan(cfg, "original")
-    total = sum(2 * torch.Size(shapes[s]).numel() for _, s in plan)
-    w = SafetensorsShardWriter(d, total, RELEASE_SHARD)
+    meta = {n: torch.empty(s, dtype=torch.bfloat16, device="meta") for n, s in shapes.items()}
     g = torch.Generator().manual_seed(0)
-    for name, src in plan:
-        t = torch.empty(shapes[src], dtype=torch.bfloat16)
-        t.normal_(0, 0.02, generator=g) if t.ndim > 1 else t.fill_(1.0)
-        w.add(name, t)
-    w.close()
-    tokens = {"audio_eos": 128012, "audio_out_bos": 128013, "audio_in": 128015, "audio_out": 128016, "pad": 128001}
-    (d / "config.json").write_text(json.dumps(layout_config(cfg, "original", tokens, "bfloat16"), indent=2))
+
+    def draw(name: str) -> torch.Tensor:
+        t = torch.empty(shapes[name], dtype=torch.bfloat16)
+        return t.normal_(0, 0.02, generator=g) if t.ndim > 1 else t.fill_(1.0)
+
+    # the release's special-token ids (vocab 128256: layouts.RELEASE_TOKENS)
+    write_llm(d, cfg, "original", export_plan(cfg, "original"), meta, draw, max_shard_bytes=RELEASE_SHARD)
     return cfg
 
 
@@ -74,7 +71,7 @@ def timed(src: Path, dst: Path, to: str) -> dict:
 
 def baseline_rss() -> float:
     """Peak RSS of a converter process doing nothing (python + torch + transformers' config)."""
-    return peak_of("import higgs_train.convert.llm; from transformers import HiggsAudioV2Config")
+    return peak_of("import higgs_train.llm.checkpoints; from transformers import HiggsAudioV2Config")
 
 
 @dataclass

@@ -21,7 +21,8 @@ import torch
 import yaml
 
 from higgs_train.cli import parse
-from higgs_train.llm.model import DualFFNConfig, DualFFNModel
+from higgs_train.llm.config import DualFFNConfig
+from higgs_train.llm.model import DualFFNModel
 from higgs_train.tokenizer import AudioTokenizer, TokenizerConfig
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "model"

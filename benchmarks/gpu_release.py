@@ -15,7 +15,6 @@ repository.
 """
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -30,9 +29,10 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 
 from higgs_train.cli import parse
-from higgs_train.llm.checkpoints import SafetensorsShardWriter
-from higgs_train.llm.layouts import export_plan, layout_config, native_shapes
-from higgs_train.llm.model import DualFFNConfig, DualFFNModel
+from higgs_train.llm.checkpoints import load_llm, write_llm
+from higgs_train.llm.config import DualFFNConfig
+from higgs_train.llm.layouts import export_plan, native_shapes
+from higgs_train.llm.model import DualFFNModel
 
 TINY = dict(vocab_size=2048, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
             head_dim=16)
@@ -42,18 +42,17 @@ TOKENS = {"audio_eos": 128012, "audio_out_bos": 128013, "audio_in": 128015, "aud
 def write_release(d: Path, cfg: DualFFNConfig, device) -> float:
     """Random weights (drawn on `device`, fast) in the original layout; returns GB written."""
     shapes = native_shapes(cfg)
-    plan = export_plan(cfg, "original")
-    total = sum(2 * torch.Size(shapes[s]).numel() for _, s in plan)
-    w = SafetensorsShardWriter(d, total, int(4.6e9))
+    meta = {n: torch.empty(s, dtype=torch.bfloat16, device="meta") for n, s in shapes.items()}
     g = torch.Generator(device=device).manual_seed(0)
-    for name, src in plan:
-        t = torch.empty(shapes[src], dtype=torch.bfloat16, device=device)
-        t.normal_(0, 0.02, generator=g) if t.ndim > 1 else t.fill_(1.0)
-        w.add(name, t.cpu())
-    w.close()
+
+    def draw(name: str) -> torch.Tensor:
+        t = torch.empty(shapes[name], dtype=torch.bfloat16, device=device)
+        return (t.normal_(0, 0.02, generator=g) if t.ndim > 1 else t.fill_(1.0)).cpu()
+
     tokens = {k: min(v, cfg.vocab_size - 1) for k, v in TOKENS.items()}
-    (d / "config.json").write_text(json.dumps(layout_config(cfg, "original", tokens, "bfloat16"), indent=2))
-    return total / 1e9
+    plan = export_plan(cfg, "original")
+    write_llm(d, replace(cfg, special_tokens=tokens), "original", plan, meta, draw, max_shard_bytes=int(4.6e9))
+    return sum(2 * meta[s].numel() for _, s in plan) / 1e9
 
 
 def convert_in_fresh_process(src: Path, dst: Path) -> tuple[float, float]:
@@ -109,7 +108,7 @@ class Args:
 def main(argv: list[str]) -> None:
     args = parse(Args, argv, "python -m benchmarks.gpu_release", __doc__)
     device = torch.device(args.device)
-    cfg = DualFFNConfig() if args.size == "full" else DualFFNConfig(**TINY)
+    cfg = DualFFNConfig.preset("full") if args.size == "full" else DualFFNConfig.preset("full", **TINY)
     cfg = replace(cfg, encode_audio_in_tokens=True)
     root = Path(args.dir or tempfile.mkdtemp(prefix="gpu_release_"))
     shutil.rmtree(root, ignore_errors=True)
@@ -127,7 +126,7 @@ def main(argv: list[str]) -> None:
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        model = DualFFNModel.from_pretrained(root / "original", dtype=dtype, device=device).eval()
+        model = load_llm(root / "original", dtype=dtype, device=device)[0].eval()
         sync(device)
         res["load_original_s"] = time.perf_counter() - t0
         if device.type == "cuda":

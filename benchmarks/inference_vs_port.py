@@ -39,7 +39,8 @@ import torch
 from higgs_train.cli import parse
 from higgs_train.llm.delay import revert_delay
 from higgs_train.llm.checkpoints import save_llm
-from higgs_train.llm.model import DualFFNConfig, DualFFNModel
+from higgs_train.llm.config import DualFFNConfig
+from higgs_train.llm.model import DualFFNModel
 from higgs_train.tokenizer import AudioTokenizer, TokenizerConfig
 from inference.engine import Engine, Reference, Row
 from inference.sampling import SamplingConfig
@@ -56,7 +57,7 @@ def build(tmp: Path, size: str = "small", dtype=torch.float32):
 
     torch.manual_seed(0)
     tok = tiny_text_tokenizer(tmp / "tok", vocab_size=2048)
-    cfg = DualFFNConfig(vocab_size=len(tok), **SIZE) if size == "small" else DualFFNConfig()  # release shape
+    cfg = DualFFNConfig.preset("full", vocab_size=len(tok), **SIZE) if size == "small" else DualFFNConfig.preset("full")  # release shape
     model = DualFFNModel(cfg).eval().to(dtype)
     A = model.cfg.audio_vocab
     with torch.no_grad():   # no stream BOS/EOS drawn: both sides run the full length

@@ -127,7 +127,7 @@ def main(argv: list[str]) -> None:
         for batch in (1, 8):
             print(f"| {batch} | {decode_speed(cfg, batch, 256, 64):.0f} |")
 
-    full = DualFFNConfig()
+    full = DualFFNConfig.preset("full")
     print(f"\nfull config: {count_parameters(full) / 1e9:.3f} B parameters ({asdict(full)['num_layers']} dual layers)")
     print("\n| trained | ZeRO | GPUs | weights GiB | grads GiB | Adam GiB | total GiB/GPU |\n|---|---|---|---|---|---|---|")
     for r in memory_table(full):

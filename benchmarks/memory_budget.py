@@ -21,7 +21,8 @@ from torch import nn
 
 from higgs_train.cli import parse
 from higgs_train.config import CONFIG_DIR
-from higgs_train.llm.model import DualFFNConfig, DualFFNModel
+from higgs_train.llm.config import DualFFNConfig
+from higgs_train.llm.model import DualFFNModel
 from higgs_train.tokenizer import AudioTokenizer, TokenizerConfig
 
 GiB = 2 ** 30

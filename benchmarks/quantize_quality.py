@@ -25,6 +25,7 @@ from typing import List
 import torch
 
 from higgs_train.cli import parse
+from higgs_train.llm.checkpoints import load_llm
 from higgs_train.llm.delay import apply_delay
 from higgs_train.llm.model import DualFFNModel
 
@@ -42,7 +43,7 @@ class NoCodec:
 
 
 def load(llm: Path, mode: str) -> DualFFNModel:
-    m = DualFFNModel.from_pretrained(llm, dtype=torch.bfloat16, quantize=mode).eval()
+    m = load_llm(llm, dtype=torch.bfloat16, quantize=mode)[0].eval()
     K, A = m.cfg.num_codebooks, m.cfg.audio_vocab
     with torch.no_grad():
         for k in range(K):

@@ -86,7 +86,7 @@ def sync(device: torch.device) -> None:
 # ------------------------------------------------------------------------- one case (fresh process)
 
 def case_infer(c: dict, device: torch.device) -> dict:
-    from higgs_train.llm.model import DualFFNModel
+    from higgs_train.llm.checkpoints import load_llm
     from higgs_train.tokenizer import AudioTokenizer
     from inference.engine import Engine, EngineConfig, Row
     from inference.sampling import SamplingConfig
@@ -94,7 +94,7 @@ def case_infer(c: dict, device: torch.device) -> dict:
 
     out = {}
     t0 = time.perf_counter()
-    model = DualFFNModel.from_pretrained(c["llm"], dtype=torch.bfloat16, device=device, quantize=c["quantize"])
+    model = load_llm(c["llm"], dtype=torch.bfloat16, device=device, quantize=c["quantize"])[0]
     sync(device)
     resident(model)
     out["load_s"] = time.perf_counter() - t0
@@ -142,7 +142,7 @@ def case_train(c: dict, device: torch.device) -> dict:
     from higgs_train.config import package_configs
     from higgs_train.finetune.lora import FinetuneModule
     from higgs_train.llm.layouts import read_config
-    from higgs_train.llm.model import IGNORE
+    from higgs_train.llm.delay import IGNORE
 
     lora = OmegaConf.to_container(OmegaConf.load(package_configs("recipes") / "recipes/finetune.yaml").lora)
     cfg = read_config(c["llm"])[0]
@@ -208,7 +208,7 @@ def write_checkpoints(root: Path, layers: int, device: str) -> tuple[Path, Path]
     from benchmarks.gpu_release import write_release
 
     from higgs_train.config import model_size
-    from higgs_train.llm.model import DualFFNConfig
+    from higgs_train.llm.config import DualFFNConfig
     from higgs_train.tokenizer import AudioTokenizer, TokenizerConfig
 
     llm, codec = root / f"llm_{layers}", root / "codec"

@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from higgs_train.llm.delay import strip_stream
+from higgs_train.llm.checkpoints import load_llm
 from higgs_train.llm.model import DualFFNModel, KVCache
 from higgs_train.llm.prompt import Message, encode_chat, system_message
 from higgs_train.llm.stops import StopRules, StopWatch, overall_reason
@@ -162,7 +163,7 @@ class Engine:
     def from_pretrained(cls, llm_dir, tokenizer_dir, device: str | torch.device = "cpu", dtype=None,
                         quantize: str = "none", **kw) -> "Engine":
         """llm_dir: an LLM directory with its text tokenizer files, in any layout (ours, the
-        transformers port's, the original release's: DualFFNModel.from_pretrained); tokenizer_dir:
+        transformers port's, the original release's: higgs_train.llm.checkpoints.load_llm); tokenizer_dir:
         an audio tokenizer directory (any layout). dtype None: bf16 on CUDA, fp32 elsewhere.
         quantize: none | int8 | nf4 (the decoder layers' linears; higgs_train.llm.quantize)."""
         for name, d in (("model", llm_dir), ("tokenizer", tokenizer_dir)):
@@ -171,7 +172,7 @@ class Engine:
         device = torch.device(device)
         if dtype is None:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        model = DualFFNModel.from_pretrained(llm_dir, dtype=dtype, device=device, quantize=quantize)
+        model = load_llm(llm_dir, dtype=dtype, device=device, quantize=quantize)[0]
         codec = AudioTokenizer.from_pretrained(tokenizer_dir, device=device)
         return cls(model, codec, load_text_tokenizer(llm_dir), **kw)
 

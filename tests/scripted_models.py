@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from higgs_train.llm.model import DualFFNConfig, KVCache
+from higgs_train.llm.config import DualFFNConfig
+from higgs_train.llm.model import KVCache
 from higgs_train.llm.text_tokenizer import load_text_tokenizer
 from higgs_train.testing.tiny_exports import TINY_LLM, tiny_text_tokenizer
 

@@ -12,9 +12,10 @@ import torch
 from safetensors.torch import load_file
 
 from higgs_train.convert import convert
-from higgs_train.llm.checkpoints import save_llm
+from higgs_train.llm.checkpoints import convert_llm, load_llm, save_llm
+from higgs_train.llm.config import DualFFNConfig
 from higgs_train.llm.layouts import read_config
-from higgs_train.llm.model import DualFFNConfig, DualFFNModel
+from higgs_train.llm.model import DualFFNModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
@@ -29,7 +30,7 @@ MICRO = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_layers=3,
 
 def tiny(seed=0, **kw) -> DualFFNModel:
     torch.manual_seed(seed)
-    m = DualFFNModel(DualFFNConfig(**{**MICRO, **kw})).eval()
+    m = DualFFNModel(DualFFNConfig.preset("full", **{**MICRO, **kw})).eval()
     with torch.no_grad():
         for n, p in m.named_parameters():
             if "norm" in n:      # away from 1: a swapped norm shows
@@ -89,7 +90,7 @@ def test_to_hf_loads_in_transformers_with_no_missing_keys_and_equal_logits(tmp_p
     from transformers import HiggsAudioV2ForConditionalGeneration
 
     m = tiny()
-    m.save_pretrained(tmp_path / "nat")
+    save_llm(m, tmp_path / "nat")
     convert(tmp_path / "nat", tmp_path / "hf", "hf")
     hf, info = HiggsAudioV2ForConditionalGeneration.from_pretrained(tmp_path / "hf", use_text_head=True,
                                                                     output_loading_info=True)
@@ -113,7 +114,7 @@ def test_port_checkpoint_loads_here_with_equal_logits(tmp_path):
         for n, p in hf.named_parameters():
             p.copy_(torch.randn_like(p) * (0.2 if "norm" in n else 0.05) + (1.0 if "norm" in n else 0.0))
     hf.save_pretrained(tmp_path / "port")
-    m = DualFFNModel.from_pretrained(tmp_path / "port").eval()
+    m = load_llm(tmp_path / "port")[0].eval()
     assert (m.cfg.num_codebooks, m.cfg.codebook_size, m.cfg.dual_layers) == (4, 30, None)
     assert m.cfg.special_tokens == {"audio_out": 105, "audio_out_bos": 102, "audio_delay": 103, "pad": 0}
     check_port_parity(m, hf)
@@ -122,7 +123,7 @@ def test_port_checkpoint_loads_here_with_equal_logits(tmp_path):
 @pytest.mark.parametrize("via", ["hf", "original"])
 def test_round_trips_are_bit_exact(tmp_path, via):
     m = tiny(encode_audio_in_tokens=True)
-    m.save_pretrained(tmp_path / "a")
+    save_llm(m, tmp_path / "a")
     convert(tmp_path / "a", tmp_path / "b", via)
     convert(tmp_path / "b", tmp_path / "c", "native")
     a, c = load_file(str(tmp_path / "a/model.safetensors")), load_file(str(tmp_path / "c/model.safetensors"))
@@ -147,7 +148,7 @@ def test_partial_dual_layers_are_filled_with_copies_and_outputs_unchanged(tmp_pa
                            sd[f"model.layers.{i}.input_layernorm.weight"])
     assert not torch.equal(sd["model.layers.1.audio_mlp.up_proj.weight"], sd["model.layers.1.mlp.up_proj.weight"])
     check_port_parity(m, HiggsAudioV2ForConditionalGeneration.from_pretrained(tmp_path / "hf", use_text_head=True).eval())
-    back = DualFFNModel.from_pretrained(tmp_path / "hf").eval()
+    back = load_llm(tmp_path / "hf")[0].eval()
     assert back.cfg.dual_layers is None                      # every layer dual now, same outputs
     ids, codes, mask, _ = batch()
     for x, y in zip(ours(m, ids, codes, mask), ours(back, ids, codes, mask)):
@@ -161,7 +162,7 @@ def test_shards_tokenizer_files_and_the_cli(tmp_path):
 
     tok = tiny_text_tokenizer(tmp_path / "nat", vocab_size=300)
     m = tiny(vocab_size=len(tok), special_tokens=None)
-    m.save_pretrained(tmp_path / "nat")
+    save_llm(m, tmp_path / "nat")
     r = subprocess.run([sys.executable, "-m", "higgs_train.convert", f"src={tmp_path / 'nat'}",
                         f"dst={tmp_path / 'hf'}", "to=hf"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -171,9 +172,7 @@ def test_shards_tokenizer_files_and_the_cli(tmp_path):
     from higgs_train.llm.prompt import CHAT_TEMPLATE
     assert (tmp_path / "hf/chat_template.jinja").read_text() == CHAT_TEMPLATE      # the processor's template
     # shards: a tiny limit splits the checkpoint, written with an index both sides read
-    from higgs_train.convert.llm import convert as convert_llm
-
-    convert_llm(tmp_path / "hf", tmp_path / "sharded", "hf", "hf", max_shard_bytes=40_000)
+    convert_llm(tmp_path / "hf", tmp_path / "sharded", "hf", max_shard_bytes=40_000)
     shards = sorted(p.name for p in (tmp_path / "sharded").glob("model-*.safetensors"))
     index = json.loads((tmp_path / "sharded/model.safetensors.index.json").read_text())
     assert len(shards) > 3 and sorted(set(index["weight_map"].values())) == shards
@@ -181,7 +180,7 @@ def test_shards_tokenizer_files_and_the_cli(tmp_path):
                                                                     output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     ids, codes, mask, _ = batch()
-    back = DualFFNModel.from_pretrained(tmp_path / "sharded").eval()
+    back = load_llm(tmp_path / "sharded")[0].eval()
     for x, y in zip(ours(m, ids, codes, mask), ours(back, ids, codes, mask)):
         assert torch.equal(x, y)
     with pytest.raises(FileExistsError, match="not empty"):

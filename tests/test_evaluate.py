@@ -19,6 +19,7 @@ from data_pipeline.synth import SENTENCES, VOICES, Voice, tts
 from higgs_train.audio import save_audio
 from higgs_train.config import package_configs
 from higgs_train.evaluate import EvalItem, evaluate, load_eval_set
+from higgs_train.llm.checkpoints import load_llm
 
 ROOT = Path(__file__).resolve().parent.parent
 SR = 24_000
@@ -211,14 +212,13 @@ def test_cli_help():
 @pytest.mark.slow
 def test_same_audio_from_model_in_memory_and_from_exports(tiny, clips):
     """The training callback's synthesizer (in-memory model) and the CLI's (exports) speak alike."""
-    from higgs_train.llm.model import DualFFNModel
     from inference.evaluation import from_exports, from_model
 
     llm, tok = tiny
     greedy = {"temperature": 0.0, "max_frames": 15}
     a, sr_a, _ = from_exports(llm, tok, device="cpu", sampling=greedy)("Hello there.", reference_audio=clips / "v0.wav",
                                                                    reference_text=REF_TEXT)
-    model = DualFFNModel.from_pretrained(llm).train()
+    model = load_llm(llm)[0].train()
     b, sr_b, _ = from_model(model, tok, llm, sampling=greedy)("Hello there.", reference_audio=clips / "v0.wav",
                                                         reference_text=REF_TEXT)
     assert sr_a == sr_b == SR and 0 < len(a) <= 15 * SR // 25 and np.array_equal(a, b)

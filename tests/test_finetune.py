@@ -18,6 +18,7 @@ from data_pipeline.synth import VOICES, make_voice_folder
 from recipes.finetune.corpus import held_out_ids, pick_reference, split
 from recipes.finetune.stops import candidate
 from higgs_train.finetune.lora import FinetuneModule, merged
+from higgs_train.llm.checkpoints import load_llm
 from higgs_train.llm.model import DualFFNModel
 from higgs_train.shards import iter_shard, list_shards, rewrite_shard
 from higgs_train.testing.tiny_exports import make_tiny_exports
@@ -83,7 +84,7 @@ def test_end_to_end_lora(inputs, run):
     base_cfg = json.loads((inputs["llm"] / "config.json").read_text())
     assert json.loads((export / "config.json").read_text()) == base_cfg
     assert (export / "tokenizer.json").is_file()
-    model = DualFFNModel.from_pretrained(export)
+    model = load_llm(export)[0]
     assert model.cfg.hidden_size == MICRO["hidden_size"]
     # held-out clips: 10 % of the kept ones, at least one; the fine-tuned loss on them is lower
     assert summary["clips"]["val"] == max(1, round(0.1 * (summary["clips"]["train"] + summary["clips"]["val"])))
@@ -283,7 +284,7 @@ def test_lora_merge_parity_and_trainable_parameters(inputs):
         plain = merged(peft_model)
         assert type(plain) is DualFFNModel
         b = plain(ids, codes, mask)
-        base = DualFFNModel.from_pretrained(inputs["llm"])(ids, codes, mask)
+        base = load_llm(inputs["llm"])[0](ids, codes, mask)
     assert (a.audio_logits - b.audio_logits).abs().max() < 1e-5
     assert (a.text_logits - b.text_logits).abs().max() < 1e-5
     assert (a.audio_logits - base.audio_logits).abs().max() > 1e-3   # the adapters did change the output
@@ -333,7 +334,7 @@ def release_base(inputs, tmp_path_factory):
     from higgs_train.llm.checkpoints import save_llm
 
     d = tmp_path_factory.mktemp("release_base")
-    save_llm(DualFFNModel.from_pretrained(inputs["llm"]), d, "original", tokenizer_dir=inputs["llm"])
+    save_llm(load_llm(inputs["llm"])[0], d, "original", tokenizer_dir=inputs["llm"])
     return d
 
 
@@ -343,7 +344,6 @@ def test_release_base_lora_targets_and_export_layouts(release_base, tmp_path):
 
     from recipes.finetune import FinetuneError
     from recipes.finetune.run import _check_targets
-    from higgs_train.llm.checkpoints import load_llm
     from higgs_train.llm.layouts import read_config
     from higgs_train.llm.text_tokenizer import load_text_tokenizer, special_token_ids
 
@@ -355,7 +355,7 @@ def test_release_base_lora_targets_and_export_layouts(release_base, tmp_path):
     T = 24
     ids, codes = torch.randint(0, 300, (1, T), generator=g), torch.randint(0, 1024, (1, T, 8), generator=g)
     mask = torch.arange(T)[None] >= 10
-    base_logits = DualFFNModel.from_pretrained(release_base)(ids, codes, mask).audio_logits
+    base_logits = load_llm(release_base)[0](ids, codes, mask).audio_logits
     for export_layout, want in ((None, "original"), ("hf", "hf"), ("native", "native")):
         module = FinetuneModule(asdict(cfg), tokenizer_dir=str(release_base), optim={}, init_from=str(release_base),
                                 lora=dict(rank=4, alpha=8, dropout=0.0, targets=RELEASE_TARGETS),
@@ -395,8 +395,8 @@ def test_finetune_a_release_layout_base(inputs, run, release_base, tmp_path):
     assert read_config(export)[1] == "original" and (export / "voices" / NAME).is_dir()
     summary = json.loads((out / "summary.json").read_text())
     assert np.isfinite(summary["val_loss"]) and summary["steps"] == 8
-    base = DualFFNModel.from_pretrained(release_base).state_dict()
-    tuned = DualFFNModel.from_pretrained(export).state_dict()
+    base = load_llm(release_base)[0].state_dict()
+    tuned = load_llm(export)[0].state_dict()
     changed = {k for k in base if not torch.equal(base[k], tuned[k])}
     assert "audio_head.weight" in changed and "layers.0.attn.q_proj.weight" in changed
     assert "layers.0.attn.k_proj.weight" not in changed                      # not a target

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from higgs_train.llm.model import DualFFNConfig, DualFFNModel
+from higgs_train.llm.config import DualFFNConfig
+from higgs_train.llm.model import DualFFNModel
 from inference.engine import Engine, EngineConfig, Request
 from inference.packed_gemm import PackedLinears, kernel_available
 from inference.sampling import SamplingConfig

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from higgs_train.llm.data import collate
-from higgs_train.llm.model import DualFFNConfig, DualFFNModel
+from higgs_train.llm.config import DualFFNConfig
+from higgs_train.llm.model import DualFFNModel
 from higgs_train.llm.prompt import tts_sample
 from higgs_train.testing.synthetic_llm import text_codes
 from higgs_train.tokenizer import AudioTokenizer, TokenizerConfig

@@ -20,7 +20,7 @@ deepspeed = pytest.importorskip("deepspeed")
 pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
-CFG = DualFFNConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
+CFG = DualFFNConfig.preset("full", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
                     num_kv_heads=1, head_dim=16, rope_scaling=None, dual_layers=[1])
 
 

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from higgs_train.llm import DualFFNConfig, DualFFNModel
+from higgs_train.llm.checkpoints import from_hf_llama, load_llm, save_llm
 from higgs_train.llm.delay import apply_delay, audio_stream, revert_delay, strip_stream
-from higgs_train.llm.llama_init import from_hf_llama
 from higgs_train.llm.model import count_parameters
 
 
@@ -20,7 +20,7 @@ MICRO = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_layers=3, 
 
 def tiny_model(seed=0, **kw) -> DualFFNModel:
     torch.manual_seed(seed)
-    m = DualFFNModel(DualFFNConfig(**{**MICRO, **kw})).eval()
+    m = DualFFNModel(DualFFNConfig.preset("full", **{**MICRO, **kw})).eval()
     with torch.no_grad():  # norms away from 1 so a mis-mapped norm shows
         for n, p in m.named_parameters():
             if "norm" in n:
@@ -155,15 +155,15 @@ def test_kv_cache_left_padded_batch_matches_single_rows():
 
 def test_save_load_round_trip(tmp_path):
     m = tiny_model(dual_layers=[1])
-    m.save_pretrained(tmp_path)
+    save_llm(m, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
-    m2 = DualFFNModel.from_pretrained(tmp_path).eval()
+    m2 = load_llm(tmp_path)[0].eval()
     assert m2.cfg == m.cfg
     ids, codes, mask = mixed_batch()
     with torch.no_grad():
         assert torch.equal(m(ids, codes, mask).audio_logits, m2(ids, codes, mask).audio_logits)
     with pytest.raises(FileNotFoundError, match="not a DualFFNModel export"):
-        DualFFNModel.from_pretrained(tmp_path / "missing")
+        load_llm(tmp_path / "missing")[0]
 
 
 def test_loss_and_gradient_checkpointing_agree():
@@ -187,12 +187,7 @@ def test_loss_and_gradient_checkpointing_agree():
 
 
 def test_full_config_parameter_count():
-    from omegaconf import OmegaConf
-
-    from higgs_train.config import CONFIG_DIR
-
-    cfg = DualFFNConfig.from_dict(OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "model/llm/full.yaml")))
-    assert cfg == DualFFNConfig()   # the dataclass defaults are the released shape
+    cfg = DualFFNConfig.preset("full")   # configs/model/llm/full.yaml: the released shape (test_llm_release)
     n = count_parameters(cfg)
     print(f"full DualFFN config: {n / 1e9:.3f} B parameters")
     assert abs(n - 5.8e9) / 5.8e9 <= 0.03

@@ -20,7 +20,9 @@ import pytest
 import torch
 
 from higgs_train.llm.delay import strip_stream
-from higgs_train.llm.model import IGNORE, DualFFNConfig, DualFFNModel
+from higgs_train.llm.config import DualFFNConfig
+from higgs_train.llm.delay import IGNORE
+from higgs_train.llm.model import DualFFNModel
 from higgs_train.llm.prompt import Message, encode_chat, system_message
 from higgs_train.llm.text_tokenizer import DELAY_TOKEN, load_text_tokenizer, special_token_ids
 

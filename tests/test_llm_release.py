@@ -17,9 +17,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from higgs_train.convert import convert
+from higgs_train.llm.checkpoints import from_hf_llama, load_llm, save_llm
+from higgs_train.llm.config import DualFFNConfig
 from higgs_train.llm.layouts import LayoutError, export_plan, native_shapes, read_config
-from higgs_train.llm.llama_init import from_hf_llama
-from higgs_train.llm.model import DualFFNConfig, DualFFNModel
+from higgs_train.llm.model import DualFFNModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
@@ -39,7 +40,7 @@ def logits(model, io):
 
 @pytest.mark.parametrize("name,dual", [("model", None), ("partial", [0, 2])])
 def test_original_checkpoint_logits_equal_the_original_code(io, name, dual):
-    model = DualFFNModel.from_pretrained(FIX / name).eval()
+    model = load_llm(FIX / name)[0].eval()
     cfg = model.cfg
     assert cfg.dual_layers == dual and cfg.encode_audio_in_tokens
     assert cfg.special_tokens == {"audio_eos": 101, "audio_out_bos": 102, "audio_in": 104, "audio_out": 105, "pad": 0}
@@ -65,7 +66,7 @@ def test_original_code_reproduces_our_export():
 
 def test_committed_export_is_what_the_converter_writes_now(io, tmp_path):
     # the figure above is about from_native/: it must still be our converter's output
-    model = DualFFNModel.from_pretrained(FIX / "from_native").eval()
+    model = load_llm(FIX / "from_native")[0].eval()
     ours = load_file(str(FIX / "native_logits.safetensors"))
     o = logits(model, io)
     assert (o.text_logits - ours["text_logits"]).abs().max() <= 1e-6
@@ -91,8 +92,8 @@ def test_split_embedding_and_head_are_concatenated(io, tmp_path):
         save_file(sd, str(d / f))
         index["weight_map"].update({f"{base}.{part}_frozen.weight": f, f"{base}.{part}_trainable.weight": f})
     (d / "model.safetensors.index.json").write_text(json.dumps(index))
-    a = logits(DualFFNModel.from_pretrained(FIX / "model").eval(), io)
-    b = logits(DualFFNModel.from_pretrained(d).eval(), io)
+    a = logits(load_llm(FIX / "model")[0].eval(), io)
+    b = logits(load_llm(d)[0].eval(), io)
     assert torch.equal(a.text_logits, b.text_logits) and torch.equal(a.audio_logits, b.audio_logits)
 
 
@@ -124,7 +125,7 @@ def test_configs_we_cannot_reproduce_are_refused_naming_the_field(tmp_path, chan
             cfg[k] = v
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(LayoutError, match=message) as e:
-        DualFFNModel.from_pretrained(d)
+        load_llm(d)[0]
     assert "\n" not in str(e.value)
     with pytest.raises(LayoutError, match=message):
         convert(d, tmp_path / "out", "native")
@@ -134,22 +135,22 @@ def test_directories_that_are_none_of_the_layouts(tmp_path):
     (tmp_path / "llama").mkdir()
     (tmp_path / "llama/config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 8}))
     with pytest.raises(ValueError, match="none of the known layouts.*model_type='llama'"):
-        DualFFNModel.from_pretrained(tmp_path / "llama")
+        load_llm(tmp_path / "llama")[0]
     tok = Path(__file__).parent / "fixtures" / "release" / "tokenizer_original"
     with pytest.raises(ValueError, match="audio tokenizer"):
-        DualFFNModel.from_pretrained(tok)
+        load_llm(tok)[0]
     d = tmp_path / "noweights"
     d.mkdir()
     shutil.copy(FIX / "model/config.json", d)
     with pytest.raises(FileNotFoundError, match="no \\*.safetensors"):
-        DualFFNModel.from_pretrained(d)
+        load_llm(d)[0]
     shutil.copytree(FIX / "model", tmp_path / "short")
     cfg = json.loads((tmp_path / "short/config.json").read_text())
     cfg["text_config"]["num_hidden_layers"] = 2
     cfg["audio_dual_ffn_layers"] = [0, 1]
     (tmp_path / "short/config.json").write_text(json.dumps(cfg))
     with pytest.raises(LayoutError, match="does not have, e.g. layers.2"):
-        DualFFNModel.from_pretrained(tmp_path / "short")
+        load_llm(tmp_path / "short")[0]
 
 
 def test_full_size_names_map_one_to_one_onto_the_release_and_the_port():
@@ -157,7 +158,7 @@ def test_full_size_names_map_one_to_one_onto_the_release_and_the_port():
     release config.json, checked there against the hub's model.safetensors.index.json, 397 names)."""
     release = json.loads(KEYS.read_text())
     assert release["matches_release_index"]["same_names"]
-    cfg = DualFFNConfig()                                           # our full config = the release's
+    cfg = DualFFNConfig.preset("full")                              # our full config = the release's
     assert read_config_from_dict(release["config"]) == cfg
     shapes = native_shapes(cfg)
     ours = {name: list(shapes[src]) for name, src in export_plan(cfg, "original")}
@@ -201,9 +202,9 @@ def layouts(tmp_path_factory):
     root = tmp_path_factory.mktemp("layouts")
     tok = tiny_text_tokenizer(root / "native", vocab_size=300)
     torch.manual_seed(5)
-    model = DualFFNModel(DualFFNConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_layers=2,
+    model = DualFFNModel(DualFFNConfig.preset("full", vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_layers=2,
                                        num_heads=4, num_kv_heads=2, head_dim=8, rope_scaling=None))
-    model.save_pretrained(root / "native")
+    save_llm(model, root / "native")
     for layout in ("hf", "original"):
         convert(root / "native", root / layout, layout)
     return root
@@ -222,7 +223,7 @@ def test_engine_gives_the_same_frames_from_every_layout(layouts):
     assert want.shape == (8, 6)
     codec = engine.codec
     for layout in ("native", "hf"):
-        e = Engine(DualFFNModel.from_pretrained(layouts / layout), codec, load_text_tokenizer(layouts / layout))
+        e = Engine(load_llm(layouts / layout)[0], codec, load_text_tokenizer(layouts / layout))
         assert torch.equal(e.generate([Request("Hello there.", sampling=greedy)])[0].codes, want)
     assert isinstance(codec, AudioTokenizer)
 
@@ -235,7 +236,7 @@ def test_cli_train_init_and_evaluation_entry_points_take_the_release_layouts(lay
     from inference.__main__ import synthesize
     from inference.evaluation import from_exports
 
-    native = DualFFNModel.from_pretrained(layouts / "native").state_dict()
+    native = load_llm(layouts / "native")[0].state_dict()
     model_cfg = asdict(read_config(layouts / "native")[0])
     for layout in ("hf", "original"):
         # python -m higgs_train.train task=llm task.init_from=DIR (and finetune base=, which builds it)
@@ -254,6 +255,6 @@ def test_cli_train_init_and_evaluation_entry_points_take_the_release_layouts(lay
     assert sr == 24000 and 0 < len(audio) <= 4 * 960
 
 
-def test_from_hf_llama_points_a_higgs_directory_to_from_pretrained():
-    with pytest.raises(ValueError, match="Higgs Audio LLM.*from_pretrained"):
+def test_from_hf_llama_points_a_higgs_directory_to_load_llm():
+    with pytest.raises(ValueError, match="Higgs Audio LLM.*load_llm"):
         from_hf_llama(FIX / "model")

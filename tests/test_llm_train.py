@@ -12,6 +12,7 @@ from higgs_train.llm import DualFFNModel
 from higgs_train.testing.synthetic_llm import write_synthetic_shards
 from higgs_train.llm.text_tokenizer import SPECIAL_TOKENS, load_text_tokenizer, train_bpe
 from higgs_train.train import fit
+from higgs_train.llm.checkpoints import load_llm
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
@@ -66,7 +67,7 @@ def test_train_export_and_exact_resume(corpus, tmp_path):
 
     # export: what inference loads
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in full.iterdir()}
-    model = DualFFNModel.from_pretrained(full)
+    model = load_llm(full)[0]
     assert json.loads((full / "config.json").read_text())["dual_layers"] == [1]
     tok = load_text_tokenizer(full)
     assert all(t in tok.get_vocab() for t in SPECIAL_TOKENS)
@@ -106,7 +107,7 @@ def test_tiny_model_memorises_training_utterances(tmp_path):
     samples = [tts_sample(tok, s.text, s.codes) for s in read_segments(list_shards(tmp_path / "s"))]
     b = collate(samples)
     torch.manual_seed(0)
-    model = DualFFNModel(DualFFNConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_layers=2,
+    model = DualFFNModel(DualFFNConfig.preset("full", vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_layers=2,
                                        num_heads=4, num_kv_heads=2, head_dim=16, rope_scaling=None,
                                        rope_theta=10000.0))
     before = teacher_forced_accuracy(model, samples[0])

@@ -18,7 +18,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from higgs_train.finetune.lora import FinetuneModule
 from higgs_train.llm import quantize as q
 from higgs_train.llm.checkpoints import load_llm, save_llm
-from higgs_train.llm.model import IGNORE, DualFFNConfig, DualFFNModel
+from higgs_train.llm.config import DualFFNConfig
+from higgs_train.llm.delay import IGNORE
+from higgs_train.llm.model import DualFFNModel
 from inference.engine import Engine, EngineConfig
 from inference.packed_gemm import PackedLinears, kernel_available
 from test_inference_speed_paths import BEFORE, TEXTS, _digest, _rows
@@ -53,8 +55,8 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("mode,linear_tol,logits_tol,size", [("int8", 2e-2, 3e-2, 0.30), ("nf4", 1e-2, 0.25, 0.20)])
 def test_quantized_linears_multiply_by_their_dequantized_weights(exports, mode, linear_tol, logits_tol, size):
     llm, _ = exports
-    base = DualFFNModel.from_pretrained(llm).eval()
-    m = DualFFNModel.from_pretrained(llm, quantize=mode).eval()
+    base = load_llm(llm)[0].eval()
+    m = load_llm(llm, quantize=mode)[0].eval()
     quantized = [n for n, mod in m.named_modules() if q.is_quantized(mod)]
     assert len(quantized) == LINEARS_PER_LAYER * TINY_LLM["num_layers"]
     assert all(n.startswith("layers.") for n in quantized) and m.is_loaded_in_8bit == (mode == "int8")
@@ -84,7 +86,7 @@ def test_quantize_none_is_todays_model(tmp_path):
     """Default none: plain nn.Linear everywhere, logits equal a model built from the file by hand,
     and the engine's greedy frames are those recorded before quantization existed."""
     llm, tok = make_tiny_exports(tmp_path, llm={"dual_layers": None})
-    m = DualFFNModel.from_pretrained(llm, quantize="none").eval()
+    m = load_llm(llm, quantize="none")[0].eval()
     assert all(type(mod) is nn.Linear for mod in m.modules() if isinstance(mod, nn.Linear))
     by_hand = DualFFNModel(m.cfg).eval()
     by_hand.load_state_dict(load_file(str(llm / "model.safetensors")))
@@ -94,7 +96,7 @@ def test_quantize_none_is_todays_model(tmp_path):
     engine = Engine.from_pretrained(llm, tok, quantize="none", cfg=EngineConfig(buckets=(256, 1024), attend_step=16))
     assert [_digest(f) for f in engine.generate_codes(_rows(engine, TEXTS))] == BEFORE["all_dual"]
     with pytest.raises(ValueError, match="quantize='int4': use one of none, int8, nf4"):
-        DualFFNModel.from_pretrained(llm, quantize="int4")
+        load_llm(llm, quantize="int4")[0]
 
 
 @pytest.mark.skipif(not kernel_available(torch.bfloat16), reason="no oneDNN bf16 packed GEMM on this CPU")
@@ -165,7 +167,7 @@ def test_no_full_vocabulary_logits_for_an_audio_only_batch():
     """The release's text vocabulary (128,256): a training step whose labels are all audio never
     makes a [positions, vocab] tensor; one text label makes exactly [1, vocab] (the recorder works)."""
     V = 128256
-    cfg = DualFFNConfig(vocab_size=V, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
+    cfg = DualFFNConfig.preset("full", vocab_size=V, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
                         num_kv_heads=1, head_dim=8, rope_scaling=None)
     model = DualFFNModel(cfg).train()
     model.text_head.weight.requires_grad_(False)        # as the LLM task freezes it without a text loss
@@ -192,7 +194,7 @@ def bf16_release_base(tmp_path_factory):
     """A tiny base as the release ships: bf16, in the original layout, text tokenizer beside it."""
     root = tmp_path_factory.mktemp("qlora")
     llm, _ = make_tiny_exports(root / "native", llm=MICRO)
-    m = DualFFNModel.from_pretrained(llm, dtype=torch.bfloat16)
+    m = load_llm(llm, dtype=torch.bfloat16)[0]
     save_llm(m, root / "original", "original", tokenizer_dir=llm)
     return root / "original"
 
@@ -282,7 +284,7 @@ def test_qlora_trains_and_exports_the_merged_bf16_base(bf16_release_base, tmp_pa
     # the port loads the hf export and computes what ours computes from it
     port = HiggsAudioV2ForConditionalGeneration.from_pretrained(str(tmp_path / "hf"), use_text_head=True,
                                                                 torch_dtype=torch.float32).eval()
-    ours = DualFFNModel.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    ours = load_llm(tmp_path / "hf", dtype=torch.float32)[0].eval()
     ids, codes, mask, _ = held_out
     ids = ids.masked_fill(mask, port.config.audio_token_id)
     with torch.no_grad():

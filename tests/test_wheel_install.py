@@ -53,6 +53,7 @@ def py(installed, *args, timeout=300):
 @pytest.mark.slow
 def test_entry_points_compose_their_configs_from_the_wheel(installed):
     r = py(installed, "-c", "from higgs_train.config import package_configs as c;"
+                            "import higgs_train.llm.prompt;"   # reads its chat template, a package data file
                             "print(*(c(p) for p in ('higgs_train', 'data_pipeline', 'inference', 'recipes')))")
     assert r.returncode == 0, r.stderr
     dirs = [Path(d) for d in r.stdout.split()]

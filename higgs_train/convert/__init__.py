@@ -5,7 +5,8 @@
 A directory is an LLM or an audio tokenizer, in one of three layouts (docs/model.md,
 "Released layouts"; the table is in higgs_train/layout.py).
 
-Each kind has one module here with `convert(src, dst, src_layout, to)`; `detect`
+An LLM is converted by higgs_train/llm/checkpoints.py (convert_llm: the module that reads and
+writes every LLM layout), an audio tokenizer by higgs_train/convert/tokenizer.py; `detect`
 (higgs_train/layout.py) is the only place that reads a layout from config.json.
 """
 from __future__ import annotations
@@ -26,8 +27,11 @@ def convert(src, dst, to: str) -> tuple[str, str]:
         raise ValueError(f"dst is src ({src}): write the converted model to a new directory")
     kind, layout = detect(src)
     if kind == "llm":
-        from higgs_train.convert import llm as mod
+        from higgs_train.llm.checkpoints import convert_llm
+
+        convert_llm(src, dst, to)
     else:
-        from higgs_train.convert import tokenizer as mod
-    mod.convert(src, dst, layout, to)
+        from higgs_train.convert.tokenizer import convert as convert_tokenizer
+
+        convert_tokenizer(src, dst, layout, to)
     return kind, layout

@@ -40,6 +40,7 @@ from omegaconf import DictConfig
 from higgs_train.llm.lit import LLMModule
 from higgs_train.llm.lit import build as build_llm
 from higgs_train.llm.text_tokenizer import load_text_tokenizer
+from higgs_train.llm.checkpoints import load_llm
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +147,10 @@ class FinetuneModule(LLMModule):
         if not self.lora:
             return super()._make_model(model_cfg, init_from)
         from higgs_train.llm import quantize as q
-        from higgs_train.llm.model import DualFFNConfig, DualFFNModel
+        from higgs_train.llm.config import DualFFNConfig
+        from higgs_train.llm.model import DualFFNModel
 
-        model = DualFFNModel.from_pretrained(init_from, quantize=self.quantize)
+        model = load_llm(init_from, quantize=self.quantize)[0]
         if self.quantize != "none":
             q.for_training(model)
         if model.cfg != DualFFNConfig.from_dict(model_cfg):
@@ -190,7 +192,7 @@ class FinetuneModule(LLMModule):
             return self.model
         from higgs_train.llm.model import DualFFNModel
 
-        base = add_lora(DualFFNModel.from_pretrained(self.base_dir), **self.lora, layout=self.base_layout)
+        base = add_lora(load_llm(self.base_dir)[0], **self.lora, layout=self.base_layout)
         adapters = {k: v.detach().cpu() for k, v in self.model.state_dict().items() if ".lora_" in k}
         missing, unexpected = base.load_state_dict(adapters, strict=False)
         if unexpected or [k for k in missing if ".lora_" in k]:
@@ -234,7 +236,7 @@ def load_export(export_dir, quantize: str = "none"):
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    return DualFFNModel.from_pretrained(export_dir, dtype=dtype, device=device, quantize=quantize).eval()
+    return load_llm(export_dir, dtype=dtype, device=device, quantize=quantize)[0].eval()
 
 
 @torch.no_grad()

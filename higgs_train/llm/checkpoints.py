@@ -1,31 +1,51 @@
-"""The DualFFN LLM's weights on disk, in any of the three layouts (names and configs: layouts.py).
+"""The DualFFN LLM's weights on disk: every layout read and written here (names and configs:
+layouts.py).
 
-    model, layout = load_llm(DIR, dtype=None, device=None, quantize="none")
+    model, layout = load_llm(DIR, dtype=None, device=None, quantize="none")   # native, hf or original
     save_llm(model, DIR, layout="native", tokenizer_dir=None)
+    convert_llm(SRC, DST, to="hf")                   # tensor by tensor (python -m higgs_train.convert)
+    model = from_hf_llama(LLAMA_DIR, dual_layers=None)   # a plain Llama, the source of task.init_from
 
-Reading goes tensor by tensor (Checkpoint), writing into shards of at most MAX_SHARD_BYTES
-(SafetensorsShardWriter), config.json last: a directory with a config.json is whole.
+Reading goes tensor by tensor (Checkpoint: each read opens its file anew, so no shard stays
+mapped). Writing (write_llm, the one writer of every layout) splits the tensors into files of at
+most MAX_SHARD_BYTES with huggingface_hub's split_torch_state_dict_into_shards (planned on meta
+tensors, so a conversion never holds more than one output file plus one tensor), writes each file
+whole under a temp name and renames it, then model.safetensors.index.json when there are several,
+then the text tokenizer files, config.json last: a directory with a config.json is whole.
+
+To hf or original, a model with fewer dual layers gets every layer dual, the audio norms and FFN
+of the others filled with copies of the text ones (same outputs: see layouts). An hf export
+without a chat template gets the release's prompt layout as one (chat_template.jinja beside
+prompt.py: the port's processor then builds the prompts our encode_chat builds).
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
+import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import Tensor
 
-from higgs_train.files import write_text_atomic
-from higgs_train.llm.layouts import (AUX_FILES, LAYOUTS, MAX_SHARD_BYTES, SPLIT, LayoutError, export_plan,
-                                     layout_config, layout_name, native_shapes, read_config, token_ids)
-from higgs_train.llm.model import DualFFNConfig, DualFFNModel
+from higgs_train.files import atomic_path, write_text_atomic
+from higgs_train.layout import detect
+from higgs_train.llm.config import DualFFNConfig
+from higgs_train.llm.layouts import (AUX_FILES, LAYOUTS, MAX_SHARD_BYTES, SPLIT, LayoutError, config_from_llama,
+                                     export_plan, filled_from, layout_config, layout_name, native_shapes,
+                                     read_config, token_ids)
+from higgs_train.llm.model import DualFFNModel
 
 log = logging.getLogger(__name__)
 
+INDEX = "model.safetensors.index.json"
+CHAT_TEMPLATE_FILE = Path(__file__).with_name("chat_template.jinja")
 
-# ---------------------------------------------------------------- tensors on disk
+
+# ------------------------------------------------------------------------------- reading
 
 class Checkpoint:
     """The safetensors files of a directory (one file, or shards + model.safetensors.index.json),
@@ -35,7 +55,7 @@ class Checkpoint:
         from safetensors import safe_open
 
         d = Path(model_dir)
-        index = d / "model.safetensors.index.json"
+        index = d / INDEX
         if index.is_file():
             weight_map = json.loads(index.read_text())["weight_map"]
             files = sorted(set(weight_map.values()))
@@ -45,7 +65,7 @@ class Checkpoint:
                 raise FileNotFoundError(f"{d} holds no *.safetensors weights")
         self.dir = d
         self.where: dict[str, str] = {}
-        self.meta: dict[str, tuple[tuple[int, ...], str]] = {}
+        self.meta: dict[str, Tensor] = {}   # name -> a meta tensor of its shape and dtype
         for f in files:
             if not (d / f).is_file():
                 raise FileNotFoundError(f"{d / f} is missing (named by {index.name})")
@@ -53,7 +73,7 @@ class Checkpoint:
                 for k in sf.keys():
                     s = sf.get_slice(k)
                     self.where[k] = f
-                    self.meta[k] = (tuple(s.get_shape()), s.get_dtype())
+                    self.meta[k] = torch.empty(s.get_shape(), dtype=s[:0].dtype, device="meta")
 
     def get(self, name: str) -> Tensor:
         from safetensors import safe_open
@@ -61,17 +81,10 @@ class Checkpoint:
         with safe_open(str(self.dir / self.where[name]), "pt") as sf:
             return sf.get_tensor(name)
 
-    def nbytes(self, name: str) -> int:
-        shape, dt = self.meta[name]
-        n = 1
-        for s in shape:
-            n *= s
-        return n * {"F64": 8, "F32": 4, "I64": 8, "I32": 4, "F16": 2, "BF16": 2, "I16": 2, "U8": 1,
-                    "I8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}[dt]
-
 
 def native_sources(ck: Checkpoint, cfg: DualFFNConfig, layout: str) -> dict[str, list[str]]:
-    """{native name: [names in the checkpoint, concatenated on dim 0]} for every parameter of `cfg`.
+    """{native name: [names in the checkpoint, concatenated on dim 0]} for every parameter of `cfg`
+    ([] for what a plain Llama does not hold: the audio embedding and head, initialised anew).
 
     Raises LayoutError naming missing or unexpected tensors."""
     shapes = native_shapes(cfg)
@@ -83,10 +96,15 @@ def native_sources(ck: Checkpoint, cfg: DualFFNConfig, layout: str) -> dict[str,
             src[name] = [theirs]
         elif layout == "original" and theirs in SPLIT and all(p in ck.where for p in SPLIT[theirs]):
             src[name] = list(SPLIT[theirs])
-        elif layout == "hf" and name == "text_head.weight":
-            # a port checkpoint saved without use_text_head: text logits are then the tied
-            # embedding's (what the port itself would need to compute a text loss)
-            log.warning("%s has no text_lm_head.weight: the text head starts as a copy of the embedding", ck.dir)
+        elif layout == "llama" and theirs is None:
+            fill = filled_from(name)   # audio norms and FFN start as copies of the text ones
+            src[name] = [layout_name(fill, layout)] if fill else []
+        elif layout in ("hf", "llama") and name == "text_head.weight":
+            # a port checkpoint saved without use_text_head, a tied Llama: text logits are then the
+            # tied embedding's (what the port itself would need to compute a text loss)
+            if layout == "hf":
+                log.warning("%s has no text_lm_head.weight: the text head starts as a copy of the embedding",
+                            ck.dir)
             src[name] = [layout_name("text_embed.weight", layout)]
         else:
             missing.append(theirs)
@@ -99,8 +117,10 @@ def native_sources(ck: Checkpoint, cfg: DualFFNConfig, layout: str) -> dict[str,
         raise LayoutError(f"{ck.dir}: {len(extra)} tensors that a {layout}-layout model of this config does "
                           f"not have, e.g. {', '.join(sorted(extra)[:3])}")
     for name, parts in src.items():
-        rows = sum(ck.meta[p][0][0] for p in parts)
-        got = (rows, *ck.meta[parts[0]][0][1:])
+        if not parts:
+            continue
+        rows = sum(ck.meta[p].shape[0] for p in parts)
+        got = (rows, *ck.meta[parts[0]].shape[1:])
         if got != shapes[name]:
             raise LayoutError(f"{ck.dir}: {parts[0]} has shape {list(got)}, the config implies {list(shapes[name])}")
     return src
@@ -110,8 +130,6 @@ def read_native(ck: Checkpoint, parts: list[str]) -> Tensor:
     ts = [ck.get(p) for p in parts]
     return ts[0] if len(ts) == 1 else torch.cat(ts)
 
-
-# ----------------------------------------------------------------------------------- load / save
 
 def load_llm(model_dir, dtype=None, device=None, quantize: str = "none") -> tuple[DualFFNModel, str]:
     """A DualFFNModel from a directory in any layout, and that layout. quantize int8 / nf4: each
@@ -144,62 +162,79 @@ def load_llm(model_dir, dtype=None, device=None, quantize: str = "none") -> tupl
     return model, layout
 
 
-class SafetensorsShardWriter:
-    """Writes tensors into safetensors shards of at most max_bytes (one file if they fit), each
-    shard written whole and renamed, then model.safetensors.index.json when there are several."""
+def from_hf_llama(hf_dir, dual_layers: list[int] | None = None, num_codebooks: int = 8,
+                  codebook_size: int = 1024, vocab_size: int | None = None, seed: int = 0) -> DualFFNModel:
+    """A DualFFN LLM started from a plain Hugging Face Llama directory (config.json + *.safetensors).
 
-    def __init__(self, out_dir, total_bytes: int, max_bytes: int = MAX_SHARD_BYTES):
-        self.out = Path(out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.max = max_bytes
-        self.single = total_bytes <= max_bytes
-        self.buf: dict[str, Tensor] = {}
-        self.size = 0
-        self.files: list[list[str]] = []
-        self.total = 0
-
-    def add(self, name: str, t: Tensor) -> None:
-        n = t.numel() * t.element_size()
-        if self.buf and self.size + n > self.max:
-            self.flush()
-        self.buf[name] = t.contiguous()
-        self.size += n
-        self.total += n
-
-    def flush(self) -> None:
-        from safetensors.torch import save_file
-
-        if not self.buf:
-            return
-        tmp = self.out / f".shard{len(self.files):05d}.{os.getpid()}.tmp"
-        save_file(self.buf, str(tmp), metadata={"format": "pt"})
-        self.files.append(list(self.buf))
-        os.replace(tmp, self.out / f".shard{len(self.files) - 1:05d}.done")
-        self.buf, self.size = {}, 0
-
-    def close(self) -> None:
-        self.flush()
-        n = len(self.files)
-        if n == 1 and self.single:
-            os.replace(self.out / ".shard00000.done", self.out / "model.safetensors")
-            return
-        weight_map = {}
-        for i, names in enumerate(self.files):
-            fname = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-            os.replace(self.out / f".shard{i:05d}.done", self.out / fname)
-            weight_map.update({k: fname for k in names})
-        index = {"metadata": {"total_size": self.total}, "weight_map": dict(sorted(weight_map.items()))}
-        write_json(self.out / "model.safetensors.index.json", index)
+    Text weights map 1:1 (a tied checkpoint gets an untied copy of the embedding as head); every
+    audio FFN and its norms start as copies of the text ones; the audio embedding and head are
+    new (seeded). vocab_size > the checkpoint's grows the text tables (new rows = mean of the old
+    ones) for tokens added to the tokenizer."""
+    d = Path(hf_dir)
+    if not (d / "config.json").exists():
+        raise FileNotFoundError(f"{d / 'config.json'} is missing: not a Hugging Face Llama directory")
+    try:
+        kind = detect(d)[0]
+    except ValueError:   # a plain Llama config is none of the Higgs layouts
+        kind = None
+    if kind == "llm":
+        raise ValueError(f"{d} holds a Higgs Audio LLM, not a plain Llama: load it with "
+                         "higgs_train.llm.checkpoints.load_llm (any layout)")
+    src_cfg = config_from_llama(json.loads((d / "config.json").read_text()), str(d / "config.json"),
+                                dual_layers, num_codebooks, codebook_size)
+    cfg = replace(src_cfg, vocab_size=max(src_cfg.vocab_size, vocab_size or 0))
+    ck = Checkpoint(d)
+    sd = {name: read_native(ck, parts) for name, parts in native_sources(ck, src_cfg, "llama").items() if parts}
+    for name in ("text_embed.weight", "text_head.weight"):
+        w = sd[name]
+        if w.shape[0] < cfg.vocab_size:
+            extra = w.float().mean(0, keepdim=True).expand(cfg.vocab_size - w.shape[0], -1)
+            sd[name] = torch.cat([w, extra.to(w.dtype)])
+    g = torch.Generator().manual_seed(seed)
+    dtype = sd["text_embed.weight"].dtype
+    rows = (cfg.num_codebooks * cfg.audio_vocab, cfg.hidden_size)
+    sd["audio_embed.weight"] = (torch.randn(rows, generator=g) * 0.02).to(dtype)
+    sd["audio_head.weight"] = (torch.randn(rows, generator=g) * 0.02).to(dtype)
+    model = DualFFNModel.build(cfg)
+    model.load_state_dict(sd, strict=True, assign=True)
+    return model
 
 
-def write_json(path: Path, obj) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2))
+# ------------------------------------------------------------------------------- writing
+
+def write_weights(out_dir, tensors: dict[str, Tensor], read: Callable[[str], Tensor],
+                  max_shard_bytes: int | None = MAX_SHARD_BYTES) -> None:
+    """Safetensors files of at most max_shard_bytes (None: one file) holding `tensors` ({name: a
+    tensor of its shape and dtype, meta will do}, in the order they are to be written); read(name)
+    gives the real tensor when its file is written. One file is model.safetensors; several are
+    model-0000i-of-0000n.safetensors + model.safetensors.index.json (as transformers writes them).
+    Each file is written to a temp name and renamed when whole."""
+    from huggingface_hub import split_torch_state_dict_into_shards
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    # planned on meta tensors: sizes only (the library would put tensors that share memory, a fill
+    # copy and its source, in one file without counting the copy)
+    split = split_torch_state_dict_into_shards({k: t.to("meta") for k, t in tensors.items()}, filename_pattern="model{suffix}.safetensors",
+                                               max_shard_size=max_shard_bytes or sys.maxsize)
+    for fname, names in split.filename_to_tensors.items():
+        shard: dict[str, Tensor] = {}
+        for name in names:
+            t = read(name).contiguous()
+            # a fill copy is a tensor of its own (safetensors refuses shared memory)
+            shard[name] = t.clone() if any(t is u for u in shard.values()) else t
+        with atomic_path(out / fname) as tmp:
+            save_file(shard, str(tmp), metadata={"format": "pt"})
+        del shard
+    if split.is_sharded:
+        index = {"metadata": split.metadata, "weight_map": dict(sorted(split.tensor_to_filename.items()))}
+        write_text_atomic(out / INDEX, json.dumps(index, indent=2))
 
 
 def copy_aux(src_dir, dst_dir, layout: str) -> list[str]:
     """Copy the text tokenizer files / chat template found in src_dir; returns their names. An hf
-    export without a chat template gets the release's prompt layout as one (prompt.CHAT_TEMPLATE:
-    the port's processor then builds the prompts our encode_chat builds)."""
+    export without a chat template gets the release's prompt layout as one."""
     copied = []
     for f in AUX_FILES if src_dir is not None else ():
         p = Path(src_dir) / f
@@ -207,35 +242,52 @@ def copy_aux(src_dir, dst_dir, layout: str) -> list[str]:
             shutil.copyfile(p, Path(dst_dir) / f)
             copied.append(f)
     if layout == "hf" and not {"chat_template.jinja", "chat_template.json"} & set(copied):
-        from higgs_train.llm.prompt import CHAT_TEMPLATE
-
-        (Path(dst_dir) / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+        shutil.copyfile(CHAT_TEMPLATE_FILE, Path(dst_dir) / "chat_template.jinja")
         copied.append("chat_template.jinja")
     return copied
 
 
-def _dtype_name(t: Tensor) -> str:
-    return str(t.dtype).removeprefix("torch.")
+def write_llm(out_dir, cfg: DualFFNConfig, layout: str, plan: list[tuple[str, str]], tensors: dict[str, Tensor],
+              read: Callable[[str], Tensor], aux_dir=None, max_shard_bytes: int | None = MAX_SHARD_BYTES) -> None:
+    """The one writer of a model directory in `layout`: plan [(name in layout, native name)] (from
+    export_plan, in writing order), tensors {native name: tensor or meta tensor}, read(native name)
+    -> tensor; the text tokenizer files of aux_dir; config.json last."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout={layout!r}: choose one of {', '.join(LAYOUTS)}")
+    tokens = token_ids(cfg, aux_dir, layout) if layout != "native" else {}   # known before anything is written
+    native = dict(plan)
+    write_weights(out_dir, {name: tensors[src] for name, src in plan}, lambda name: read(native[name]),
+                  max_shard_bytes)
+    copy_aux(aux_dir, out_dir, layout)
+    dtype = str(tensors["text_embed.weight"].dtype).removeprefix("torch.")
+    write_text_atomic(Path(out_dir) / "config.json", json.dumps(layout_config(cfg, layout, tokens, dtype), indent=2))
 
 
 def save_llm(model: DualFFNModel, out_dir, layout: str = "native", tokenizer_dir=None,
-             state_dict: dict | None = None, max_shard_bytes: int = MAX_SHARD_BYTES) -> None:
-    """Write `model` in `layout` (+ the text tokenizer files of tokenizer_dir, if given)."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout={layout!r}: choose one of {', '.join(LAYOUTS)}")
+             state_dict: dict | None = None, max_shard_bytes: int | None = MAX_SHARD_BYTES) -> None:
+    """Write `model` (or `state_dict`, e.g. gathered from ZeRO-3 ranks) in `layout` (+ the text
+    tokenizer files of tokenizer_dir, if given). max_shard_bytes None: one model.safetensors."""
     sd = state_dict if state_dict is not None else model.state_dict()
     sd = {k: v.detach().cpu() for k, v in sd.items() if k in native_shapes(model.cfg)}
-    plan = export_plan(model.cfg, layout)
-    out = Path(out_dir)
-    total = sum(sd[s].numel() * sd[s].element_size() for _, s in plan)
-    w = SafetensorsShardWriter(out, total, max_shard_bytes)
-    used = set()
-    for name, src in plan:   # a fill copy is a tensor of its own (safetensors refuses shared memory)
-        w.add(name, sd[src].clone() if src in used else sd[src])
-        used.add(src)
-    w.close()
-    tokens = token_ids(model.cfg, tokenizer_dir, layout) if layout != "native" else {}
-    write_json(out / "config.json", layout_config(model.cfg, layout, tokens, _dtype_name(sd["text_embed.weight"])))
-    if tokenizer_dir is not None or layout == "hf":
-        copy_aux(tokenizer_dir, out, layout)
+    write_llm(out_dir, model.cfg, layout, export_plan(model.cfg, layout), sd, sd.__getitem__, tokenizer_dir,
+              max_shard_bytes)
 
+
+def convert_llm(src, dst, to: str, max_shard_bytes: int | None = MAX_SHARD_BYTES) -> str:
+    """The LLM in `src` (any layout) written in layout `to` into the new directory `dst`, one
+    tensor at a time in the source's file order (peak memory: one output file plus one tensor,
+    whatever the checkpoint's size: benchmarks/convert.py). Dtypes are kept; the text tokenizer
+    files and chat template beside the source weights travel. Returns the source layout."""
+    src, dst = Path(src), Path(dst)
+    if dst.exists() and any(dst.iterdir()):
+        raise FileExistsError(f"dst={dst} exists and is not empty: convert into a new directory")
+    cfg, layout = read_config(src)
+    ck = Checkpoint(src)
+    sources = native_sources(ck, cfg, layout)
+    plan = export_plan(cfg, to)
+    order = {name: i for i, name in enumerate(sorted(ck.where, key=lambda n: (ck.where[n], n)))}
+    plan.sort(key=lambda p: order[sources[p[1]][0]])   # read one source file after the other
+    meta = {name: (ck.meta[parts[0]] if len(parts) == 1 else
+                   torch.cat([ck.meta[p] for p in parts])) for name, parts in sources.items()}
+    write_llm(dst, cfg, to, plan, meta, lambda name: read_native(ck, sources[name]), src, max_shard_bytes)
+    return layout

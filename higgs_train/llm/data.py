@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from higgs_train.llm.model import IGNORE
+from higgs_train.llm.delay import IGNORE
 from higgs_train.llm.prompt import Sample, clone_sample, dialogue_sample, tts_sample
 from higgs_train.shards import decode_codes, list_shards
 

@@ -5,11 +5,16 @@ positions of codebook k hold stream BOS, the last K - 1 - k hold stream EOS. Fra
 coarse codebook is thus predicted before the finer codebooks of the same frame.
 
     codes [.., K, T]  --apply_delay-->  [.., K, T + K - 1]  --revert_delay-->  codes [.., K, T]
+
+Supervision follows the same rule (stream_labels): the label of an audio stream is the stream
+shifted by one frame, with IGNORE where nothing is to be predicted.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+IGNORE = -100   # a label nothing is trained to predict (torch's cross-entropy ignore_index)
 
 
 def apply_delay(codes: Tensor, bos: int, eos: int) -> Tensor:
@@ -43,3 +48,13 @@ def strip_stream(delayed: Tensor, bos: int, eos: int) -> Tensor:
     """Inverse of audio_stream for a finished stream: revert the delay, drop the BOS/EOS frames."""
     codes = revert_delay(delayed)
     return codes[:, 1:-1] if codes.shape[1] >= 2 else codes[:, :0]
+
+
+def stream_labels(codes: Tensor, eos: int) -> Tensor:
+    """The labels of audio_stream(codes) at the positions it occupies, unshifted: [IGNORE, codes,
+    EOS] delayed with IGNORE padding. The all-BOS frame and the delay's BOS padding are never
+    targets, each codebook's EOS is a target once, the trailing delay padding (forced at
+    generation) is not. codes [K, T] -> [K, T + 2 + K - 1]."""
+    K = codes.shape[0]
+    framed = torch.cat([codes.new_full((K, 1), IGNORE), codes, codes.new_full((K, 1), eos)], dim=1)
+    return apply_delay(framed, IGNORE, IGNORE)

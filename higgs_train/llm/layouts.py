@@ -1,8 +1,10 @@
-"""The DualFFN LLM in three directory layouts (docs/model.md, "Released layouts"): names and configs.
+"""The DualFFN LLM in three directory layouts (docs/model.md, "Released layouts"), and a plain
+Llama as a fourth, source-only one: the tables of names and configs.
 
     cfg, layout = read_config(DIR)                     # any layout; refuses what we cannot reproduce
     layout_name("layers.0.attn.q_proj.weight", "hf")   # a tensor's name in a layout
-    (reading and writing weights: higgs_train/llm/checkpoints.py: load_llm, save_llm)
+    (reading and writing weights: higgs_train/llm/checkpoints.py: load_llm, save_llm, convert_llm,
+    from_hf_llama)
 
 | layout   | config.json                                   | weights                                  |
 | -------- | --------------------------------------------- | ---------------------------------------- |
@@ -24,6 +26,11 @@ Parameter names (native -> original; hf differs where shown):
     layers.N.audio_attn_norm layers.N.audio_input_layernorm
     layers.N.audio_ffn_norm  layers.N.audio_post_attention_layernorm
     layers.N.audio_mlp.*     layers.N.audio_mlp.*
+
+A plain Hugging Face Llama (model_type llama; only read, to start a DualFFN from its weights:
+task.init_from) names its text weights as the port does (model.embed_tokens, model.layers.N.*,
+model.norm, lm_head for the text head); it has no audio weights (config_from_llama adds the
+DualFFN's own fields, the loader fills the audio parts).
 
 The audio table is [K * (codebook_size + 2), D] in all three (the port's `codebook_size` counts
 the two stream tokens). An original checkpoint trained with a partially frozen embedding or text
@@ -53,9 +60,10 @@ from pathlib import Path
 
 import torch
 
-from higgs_train.llm.model import DualFFNConfig, DualFFNModel
+from higgs_train.llm.config import DualFFNConfig
+from higgs_train.llm.model import DualFFNModel
 
-LAYOUTS = ("native", "hf", "original")
+LAYOUTS = ("native", "hf", "original")   # what a Higgs LLM directory is in (higgs_train/layout.py detects it)
 
 TOP = {
     "original": {"text_embed.weight": "embed_tokens.weight",
@@ -68,8 +76,11 @@ TOP = {
            "norm.weight": "model.norm.weight",
            "text_head.weight": "text_lm_head.weight",
            "audio_head.weight": "audio_lm_head.weight"},
+    "llama": {"text_embed.weight": "model.embed_tokens.weight",
+              "norm.weight": "model.norm.weight",
+              "text_head.weight": "lm_head.weight"},
 }
-LAYER_PREFIX = {"original": "layers.", "hf": "model.layers."}
+LAYER_PREFIX = {"original": "layers.", "hf": "model.layers.", "llama": "model.layers."}
 IN_LAYER = {"attn.": "self_attn.", "attn_norm.": "input_layernorm.", "ffn_norm.": "post_attention_layernorm.",
             "mlp.": "mlp.", "audio_attn_norm.": "audio_input_layernorm.",
             "audio_ffn_norm.": "audio_post_attention_layernorm.", "audio_mlp.": "audio_mlp."}
@@ -96,13 +107,17 @@ class LayoutError(ValueError):
 
 # ------------------------------------------------------------------------------------- names
 
-def layout_name(native: str, layout: str) -> str:
-    """The name of native parameter `native` in `layout`."""
+def layout_name(native: str, layout: str) -> str | None:
+    """The name of native parameter `native` in `layout` (None: a plain Llama has no such tensor)."""
     if layout == "native":
         return native
     if native in TOP[layout]:
         return TOP[layout][native]
+    if not native.startswith("layers."):
+        return None                                        # llama: no audio embedding or head
     _, i, rest = native.split(".", 2)                      # layers.N.rest
+    if layout == "llama" and rest.startswith(tuple(FILL)):
+        return None
     for a, b in IN_LAYER.items():
         if rest.startswith(a):
             return f"{LAYER_PREFIX[layout]}{i}.{b}{rest[len(a):]}"
@@ -120,18 +135,24 @@ def export_plan(cfg: DualFFNConfig, layout: str) -> list[tuple[str, str]]:
     full = cfg if layout == "native" else replace(cfg, dual_layers=None)
     plan = []
     for name in native_shapes(full):
-        src = name
-        if name.startswith("layers."):
-            _, i, rest = name.split(".", 2)
-            if not cfg.is_dual(int(i)):
-                for a, b in FILL.items():
-                    if rest.startswith(a):
-                        src = f"layers.{i}.{b}{rest[len(a):]}"
+        fill = filled_from(name)
+        src = fill if fill and not cfg.is_dual(int(name.split(".")[1])) else name
         plan.append((layout_name(name, layout), src))
     return plan
 
 
 # ------------------------------------------------------------------------------------ configs
+
+def filled_from(native: str) -> str | None:
+    """The text parameter whose copy fills audio parameter `native` of a layer (see FILL), or None."""
+    if not native.startswith("layers."):
+        return None
+    _, i, rest = native.split(".", 2)
+    for a, b in FILL.items():
+        if rest.startswith(a):
+            return f"layers.{i}.{b}{rest[len(a):]}"
+    return None
+
 
 def _llama_rope(theta: float, rs: dict | None, where: str) -> tuple[float, dict | None]:
     kind = (rs or {}).get("rope_type", (rs or {}).get("type"))
@@ -229,6 +250,21 @@ def config_from_hf(raw: dict, where: str = "config.json") -> DualFFNConfig:
         head_dim=c["head_dim"] or c["hidden_size"] // nh, rms_norm_eps=c["rms_norm_eps"], rope_theta=theta,
         rope_scaling=rope, dual_layers=None, num_codebooks=c["num_codebooks"], codebook_size=A - 2,
         special_tokens=tokens, encode_audio_in_tokens=False)
+
+
+def config_from_llama(raw: dict, where: str, dual_layers: list[int] | None, num_codebooks: int,
+                      codebook_size: int) -> DualFFNConfig:
+    """DualFFNConfig of a plain Llama config.json (its text part) with the DualFFN's own fields."""
+    _check_llama(raw, where)
+    rs = raw.get("rope_scaling") or raw.get("rope_parameters")   # transformers < 5 / >= 5
+    theta, rope = _llama_rope(raw.get("rope_theta") or (rs or {}).get("rope_theta", 10000.0), rs, where)
+    nh = raw["num_attention_heads"]
+    return DualFFNConfig(
+        vocab_size=raw["vocab_size"], hidden_size=raw["hidden_size"], intermediate_size=raw["intermediate_size"],
+        num_layers=raw["num_hidden_layers"], num_heads=nh, num_kv_heads=raw.get("num_key_value_heads", nh),
+        head_dim=raw.get("head_dim") or raw["hidden_size"] // nh, rms_norm_eps=raw.get("rms_norm_eps", 1e-6),
+        rope_theta=theta, rope_scaling=rope, dual_layers=dual_layers, num_codebooks=num_codebooks,
+        codebook_size=codebook_size)
 
 
 def read_config(model_dir) -> tuple[DualFFNConfig, str]:

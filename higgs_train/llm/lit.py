@@ -19,7 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from higgs_train.llm.data import LLMStream
-from higgs_train.llm.model import DualFFNConfig, DualFFNModel
+from higgs_train.llm.checkpoints import from_hf_llama, load_llm, save_llm
+from higgs_train.llm.config import DualFFNConfig
+from higgs_train.llm.model import DualFFNModel
 from higgs_train.llm.text_tokenizer import load_text_tokenizer
 
 log = logging.getLogger(__name__)
@@ -80,12 +82,10 @@ class LLMModule(L.LightningModule):
         cfg_file = src / "config.json"
         if cfg_file.is_file() and json.loads(cfg_file.read_text()).get("model_type") == "llama":
             # a plain Llama: text weights, audio FFNs as copies, fresh audio embedding and head
-            from higgs_train.llm.llama_init import from_hf_llama
-
             model = from_hf_llama(src, dual_layers=cfg.dual_layers, num_codebooks=cfg.num_codebooks,
                                   codebook_size=cfg.codebook_size, vocab_size=cfg.vocab_size)
         else:   # a Higgs model in any layout: ours, the transformers port, the original release
-            model = DualFFNModel.from_pretrained(src)
+            model = load_llm(src)[0]
         if model.cfg != cfg:
             log.warning("init_from=%s: its config %s replaces model config %s", src, model.cfg, cfg)
         return model.float()
@@ -142,7 +142,8 @@ class LLMModule(L.LightningModule):
     def export(self, out_dir) -> None:
         """What inference loads: config.json, model.safetensors, text tokenizer files."""
         out = Path(out_dir)
-        self.model.save_pretrained(out, state_dict=getattr(self, "_export_state", None))
+        # one model.safetensors whatever the size (the export contract: docs/design.md)
+        save_llm(self.model, out, state_dict=getattr(self, "_export_state", None), max_shard_bytes=None)
         load_text_tokenizer(self.tokenizer_dir).save_pretrained(str(out))
 
 

@@ -28,74 +28,22 @@ Decode fast paths (outputs identical to the plain call; tests/test_inference_spe
     text_head=False  text_logits is None: the text head (vocab x hidden, the largest matrix) is
                      skipped at steps that cannot emit text
 
-Sizes are a DualFFNConfig (stored as config.json next to model.safetensors); from_pretrained also
-reads the released layouts (higgs_train.llm.layouts).
+Sizes are a DualFFNConfig (higgs_train/llm/config.py). The model reads and writes no files: a
+directory in any layout (ours, the transformers port's, the original release's) is read and
+written by higgs_train/llm/checkpoints.py (load_llm, save_llm).
 """
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from higgs_train.files import atomic_path, write_text_atomic
-
-IGNORE = -100
-
-
-@dataclass
-class DualFFNConfig:
-    vocab_size: int = 128256
-    hidden_size: int = 3072
-    intermediate_size: int = 8192
-    num_layers: int = 28
-    num_heads: int = 24
-    num_kv_heads: int = 8
-    head_dim: int = 128
-    rms_norm_eps: float = 1e-5
-    rope_theta: float = 500000.0
-    # llama3 RoPE scaling ({"factor", "low_freq_factor", "high_freq_factor",
-    # "original_max_position_embeddings"}) or None for plain RoPE.
-    rope_scaling: dict | None = field(default_factory=lambda: {
-        "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 8192})
-    dual_layers: list[int] | None = None  # indices of DualFFN layers; None = every layer
-    num_codebooks: int = 8
-    codebook_size: int = 1024             # + stream BOS and EOS rows per codebook
-    # Text-token ids by role (keys of layouts.RELEASE_TOKENS: audio_bos, audio_eos, audio_out_bos,
-    # audio_delay, audio_in, audio_out, pad) as a release config states them; None: the text
-    # tokenizer's. The forward pass reads neither this nor the next field: prompts do.
-    special_tokens: dict[str, int] | None = None
-    encode_audio_in_tokens: bool = False  # the release's flag: <|AUDIO|> (audio-in) positions carry codes
-
-    @property
-    def audio_vocab(self) -> int:
-        return self.codebook_size + 2
-
-    @property
-    def audio_bos(self) -> int:
-        return self.codebook_size
-
-    @property
-    def audio_eos(self) -> int:
-        return self.codebook_size + 1
-
-    def is_dual(self, layer: int) -> bool:
-        return self.dual_layers is None or layer in self.dual_layers
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DualFFNConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown DualFFNConfig keys: {sorted(unknown)}")
-        return cls(**d)
-
+from higgs_train.llm.config import DualFFNConfig
+from higgs_train.llm.delay import IGNORE
 
 @dataclass
 class DualFFNOutput:
@@ -368,28 +316,6 @@ class DualFFNModel(nn.Module):
         """Parameters that only audio positions use (what `freeze_text` leaves trainable)."""
         return [n for n, _ in self.named_parameters()
                 if n.startswith(("audio_embed", "audio_head")) or ".audio_" in n]
-
-    # ---- I/O ------------------------------------------------------------------------------
-    def save_pretrained(self, out_dir, state_dict: dict | None = None) -> None:
-        """config.json + model.safetensors, each written to a temp name and renamed when whole."""
-        from safetensors.torch import save_file
-
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        sd = state_dict if state_dict is not None else self.state_dict()
-        sd = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
-        with atomic_path(out / "model.safetensors") as tmp:
-            save_file(sd, str(tmp), metadata={"format": "pt"})
-        write_text_atomic(out / "config.json", json.dumps({"architecture": "DualFFNModel", **asdict(self.cfg)}, indent=2))
-
-    @classmethod
-    def from_pretrained(cls, model_dir, dtype=None, device=None, quantize: str = "none") -> "DualFFNModel":
-        """Load a directory in any layout: ours, the transformers port or the original release
-        (higgs_train.llm.layouts; detected from config.json). quantize: none | int8 | nf4, the
-        decoder layers' linears quantized as they are read (higgs_train.llm.quantize)."""
-        from higgs_train.llm.checkpoints import load_llm
-
-        return load_llm(model_dir, dtype=dtype, device=device, quantize=quantize)[0]
 
     @classmethod
     def build(cls, cfg: DualFFNConfig, device=None) -> "DualFFNModel":

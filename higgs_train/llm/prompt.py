@@ -28,41 +28,23 @@ generation prompt; the engine then feeds the all-BOS frame (inference/engine.py)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from higgs_train.llm.delay import apply_delay, audio_stream
-from higgs_train.llm.model import IGNORE
+from higgs_train.llm.delay import IGNORE, audio_stream, stream_labels
 from higgs_train.llm.text_tokenizer import DELAY_TOKEN
 
 SYSTEM_PROMPT = "Generate audio following instruction."
 
-# The same layout as a Jinja chat template, for the transformers port's processor
-# (processor.apply_chat_template; an hf export carries it as chat_template.jinja). Messages as the
-# port documents them: role system | scene | user | assistant, content a string or a list of
-# {"type": "text", "text": ...} / {"type": "audio", ...} blocks; a "scene" message after the system
-# turn becomes its scene description; audio in an assistant turn is audio out.
-CHAT_TEMPLATE = (
-    "{%- macro render(m) -%}"
-    "{%- if m.content is string -%}{{- m.content -}}"
-    "{%- else -%}{%- for b in m.content -%}"
-    "{%- if b.type == 'text' -%}{{- b.text -}}"
-    "{%- elif b.type == 'audio' and m.role == 'assistant' -%}{{- '<|audio_out_bos|><|AUDIO_OUT|><|audio_eos|>' -}}"
-    "{%- elif b.type == 'audio' -%}{{- '<|audio_bos|><|AUDIO|><|audio_eos|>' -}}"
-    "{%- endif -%}{%- endfor -%}{%- endif -%}"
-    "{%- endmacro -%}"
-    "{%- set ns = namespace(first=true) -%}"
-    "{%- for m in messages -%}{%- if m.role != 'scene' -%}"
-    "{%- if ns.first -%}{{- '<|begin_of_text|>' -}}{%- set ns.first = false -%}{%- endif -%}"
-    "{{- '<|start_header_id|>' + m.role + '<|end_header_id|>\n\n' -}}{{- render(m) -}}"
-    "{%- if m.role == 'system' and not loop.last and messages[loop.index0 + 1].role == 'scene' -%}"
-    "{{- '\n\n<|scene_desc_start|>\n' -}}{{- render(messages[loop.index0 + 1]) -}}{{- '\n<|scene_desc_end|>' -}}"
-    "{%- endif -%}"
-    "{{- '<|eot_id|>' -}}"
-    "{%- endif -%}{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n<|audio_out_bos|>' -}}{%- endif -%}"
-)
+# The same layout as a Jinja chat template (higgs_train/llm/chat_template.jinja), for the transformers
+# port's processor (processor.apply_chat_template; an hf export carries it as chat_template.jinja).
+# Messages as the port documents them: role system | scene | user | assistant, content a string or a
+# list of {"type": "text", "text": ...} / {"type": "audio", ...} blocks; a "scene" message after the
+# system turn becomes its scene description; audio in an assistant turn is audio out.
+CHAT_TEMPLATE_FILE = Path(__file__).with_name("chat_template.jinja")
+CHAT_TEMPLATE = CHAT_TEMPLATE_FILE.read_text(encoding="utf-8")
 
 
 @dataclass
@@ -123,8 +105,7 @@ def encode_chat(tok, messages: list[Message], num_codebooks: int = 8, codebook_s
         codes.extend(frames.T)
         text_lab.extend([IGNORE] * L)
         if supervised:
-            framed = torch.cat([c.new_full((K, 1), IGNORE), c, c.new_full((K, 1), eos)], 1)
-            audio_lab.extend(apply_delay(framed, IGNORE, IGNORE).numpy().T)
+            audio_lab.extend(stream_labels(c, eos).numpy().T)
         else:
             audio_lab.extend([none] * L)
         is_audio.extend([True] * L)

@@ -21,6 +21,7 @@ from higgs_train.llm.model import DualFFNModel
 from higgs_train.llm.prompt import tts_sample
 from higgs_train.llm.text_tokenizer import load_text_tokenizer
 from higgs_train.shards import list_shards
+from higgs_train.llm.checkpoints import load_llm
 
 
 @torch.no_grad()
@@ -72,7 +73,7 @@ def main(argv: list[str]) -> None:
 
     args = parse(Args, argv, "python -m higgs_train.llm.report", __doc__)
     run, n = Path(args.run_dir), args.utterances
-    model = DualFFNModel.from_pretrained(run / "export")
+    model = load_llm(run / "export")[0]
     tok = load_text_tokenizer(run / "export")
     accs = []
     for seg in read_segments(list_shards(args.shards)):

@@ -10,10 +10,12 @@ from pathlib import Path
 import torch
 
 from higgs_train.config import model_size
-from higgs_train.llm.model import DualFFNConfig, DualFFNModel
+from higgs_train.llm.config import DualFFNConfig
+from higgs_train.llm.model import DualFFNModel
 from higgs_train.llm.text_tokenizer import train_bpe
 from higgs_train.testing.synthetic_llm import WORDS
 from higgs_train.tokenizer import AudioTokenizer, TokenizerConfig
+from higgs_train.llm.checkpoints import save_llm
 
 # The one size table: configs/model/*/tiny.yaml (vocab_size comes from the text tokenizer).
 TINY_LLM = {k: v for k, v in model_size("llm", "tiny").items() if k != "vocab_size"}
@@ -30,6 +32,6 @@ def make_tiny_exports(out_dir, seed: int = 0, llm: dict | None = None, texts=Non
     torch.manual_seed(seed)
     tok = tiny_text_tokenizer(out / "llm", texts)
     model = DualFFNModel(DualFFNConfig(vocab_size=len(tok), **{**TINY_LLM, **(llm or {})}))
-    model.save_pretrained(out / "llm")
+    save_llm(model, out / "llm")
     AudioTokenizer(TokenizerConfig(**TINY_CODEC)).save_pretrained(out / "tokenizer")
     return out / "llm", out / "tokenizer"

@@ -29,6 +29,7 @@ import subprocess
 import sys
 
 import torch
+from higgs_train.llm.checkpoints import save_llm
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -133,11 +134,12 @@ def native_side() -> None:
     from safetensors.torch import load_file, save_file
 
     from higgs_train.convert import convert
-    from higgs_train.llm.model import DualFFNConfig, DualFFNModel
+    from higgs_train.llm.config import DualFFNConfig
+    from higgs_train.llm.model import DualFFNModel
 
     torch.set_num_threads(1)
     rope = {k: v for k, v in ROPE.items() if k != "rope_type"}
-    cfg = DualFFNConfig(vocab_size=V, hidden_size=D, intermediate_size=FF, num_layers=L, num_heads=H,
+    cfg = DualFFNConfig.preset("full", vocab_size=V, hidden_size=D, intermediate_size=FF, num_layers=L, num_heads=H,
                         num_kv_heads=KV, head_dim=HD, rope_theta=500000.0, rope_scaling=rope, dual_layers=[1],
                         num_codebooks=K, codebook_size=C, encode_audio_in_tokens=True,
                         special_tokens={**TOK, "audio_bos": 100, "audio_delay": 103})
@@ -149,7 +151,7 @@ def native_side() -> None:
                 p.add_(torch.randn_like(p) * 0.2)
     tmp = os.path.join(OUT, ".native.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    save_llm(model, tmp)
     dst = os.path.join(OUT, "from_native")
     shutil.rmtree(dst, ignore_errors=True)
     convert(tmp, dst, "original")
