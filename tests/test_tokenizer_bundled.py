@@ -118,6 +118,28 @@ def test_codec_config_next_to_the_weights_or_passed(tmp_path, ours):
         layouts.read(ours.save_pretrained(tmp_path / "native"), CODEC_CONFIG)
 
 
+def test_the_prefixed_names_alone_mark_a_bundled_tokenizer(tmp_path, ours):
+    """Whatever config.json says (here another family's), in one file or in shards with an index."""
+    state = load_file(TINY / "model.safetensors")
+    one, shards = tmp_path / "one", tmp_path / "shards"
+    for d in (one, shards):
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps({"architecture": "SomeOtherModel"}))
+        shutil.copyfile(CODEC_CONFIG, d / layouts.BUNDLED_CONFIG)
+    save_file(state, str(one / "model.safetensors"))
+    codec = {k for k in state if k.startswith(layouts.BUNDLED_PREFIX)}
+    parts = {"model-00001-of-00002.safetensors": sorted(set(state) - codec),
+             "model-00002-of-00002.safetensors": sorted(codec)}
+    for name, keys in parts.items():
+        save_file({k: state[k] for k in keys}, str(shards / name))
+    (shards / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {k: name for name, keys in parts.items() for k in keys}}))
+    wav = torch.from_numpy(speech(1.5))
+    for d in (one, shards):
+        assert layouts.tokenizer_layout(d) == "bundled"
+        assert torch.equal(AudioTokenizer.from_pretrained(d).encode(wav, 24000), ours.encode(wav, 24000))
+
+
 def test_a_v3_directory_without_a_bundled_tokenizer_is_named(tmp_path):
     d = tmp_path / "llm_only"
     d.mkdir()
