@@ -3,7 +3,8 @@
     python -m data_pipeline.tokenize shards=OUT/shards tokenizer=DIR [batch_size=16 device=cpu]
 
 DIR is an audio tokenizer in any of the three layouts (ours, the transformers port's, or the
-original release's config.json + model.pth, e.g. a download of bosonai/higgs-audio-v2-tokenizer).
+original release's config.json + model.pth, e.g. a download of bosonai/higgs-audio-v2-tokenizer),
+or a Higgs TTS 3 checkpoint, whose bundled tokenizer is read (higgs_train/tokenizer/layouts.py).
 
 Each shard is rewritten atomically (temp file + rename) once all its samples are encoded,
 so a killed run loses at most the shard in progress; a rerun skips shards whose samples
@@ -32,6 +33,7 @@ from data_pipeline.config import CONFIG_DIR
 from higgs_train.files import write_text_atomic
 from higgs_train.shards import SAMPLE_RATE, decode_flac, iter_shard, list_shards, rewrite_shard
 from higgs_train.tokenizer import AudioTokenizer
+from higgs_train.tokenizer.layouts import BUNDLED_CONFIG, bundled_codec_tensors, bundles_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +57,21 @@ WEIGHT_SUFFIXES = (".safetensors", ".pth", ".bin")
 
 def tokenizer_fingerprint(tokenizer_dir) -> str:
     """Content hash of an audio tokenizer directory: config.json and its weights files
-    (model.safetensors in ours and the port's layout, model.pth in the original's)."""
+    (model.safetensors in ours and the port's layout, model.pth in the original's); of a Higgs TTS 3
+    checkpoint, the tensors of the tokenizer it bundles and its codec config file, not the LLM's weights."""
     d = Path(tokenizer_dir)
-    weights = sorted(p.name for p in d.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
-    if not weights:
-        raise FileNotFoundError(f"no tokenizer weights (*.safetensors, *.pth) in {d}")
     h = hashlib.sha1()
-    for name in ["config.json", *weights]:
+    if bundles_tokenizer(d):
+        for name, t in bundled_codec_tensors(d).items():
+            h.update(name.encode())
+            h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        files = [BUNDLED_CONFIG] if (d / BUNDLED_CONFIG).is_file() else []
+    else:
+        weights = sorted(p.name for p in d.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
+        if not weights:
+            raise FileNotFoundError(f"no tokenizer weights (*.safetensors, *.pth) in {d}")
+        files = ["config.json", *weights]
+    for name in files:
         h.update(name.encode())
         with open(d / name, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):

@@ -1,5 +1,6 @@
-"""python -m higgs_train.convert for audio tokenizers: read any layout (higgs_train/tokenizer/layouts.py),
-write ours, the transformers port's or the original release's."""
+"""python -m higgs_train.convert for audio tokenizers: read any layout (higgs_train/tokenizer/layouts.py,
+the one a Higgs TTS 3 checkpoint bundles included), write ours, the transformers port's or the original
+release's."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,8 @@ from safetensors.torch import save_file
 
 from higgs_train.files import atomic_path, write_text_atomic
 from higgs_train.tokenizer.config import TokenizerConfig
-from higgs_train.tokenizer.layouts import ORIGINAL_FIXED, READERS, native_to_hf_state, native_to_original
+from higgs_train.tokenizer.layouts import (ORIGINAL_FIXED, READERS, native_to_hf_state, native_to_original,
+                                          read_bundled)
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +60,9 @@ def write_original(cfg: TokenizerConfig, state: dict, dst: Path) -> None:
     write_text_atomic(dst / "config.json", json.dumps(config, indent=2) + "\n")  # last, as above
 
 
-def convert(src, dst, src_layout: str, to: str) -> None:
-    """python -m higgs_train.convert src=DIR dst=DIR to=native|hf|original (for tokenizers)."""
+def convert(src, dst, src_layout: str, to: str, codec_config=None) -> None:
+    """python -m higgs_train.convert src=DIR dst=DIR to=native|hf|original (for tokenizers; a Higgs
+    TTS 3 checkpoint's bundled one at codec_config, read_bundled)."""
     src, dst = Path(src), Path(dst)
-    cfg, state = READERS[src_layout](src)
+    cfg, state = read_bundled(src, codec_config) if src_layout == "bundled" else READERS[src_layout](src)
     {"native": write_native, "hf": write_hf, "original": write_original}[to](cfg, state, dst)

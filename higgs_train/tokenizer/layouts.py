@@ -1,5 +1,6 @@
-"""The audio tokenizer in three layouts (docs/model.md, "Released layouts"): names, and reading any of them
-into ours (config + state dict in our names). Writing lives in higgs_train/convert/tokenizer.py.
+"""The audio tokenizer in three layouts, and bundled in a Higgs TTS 3 checkpoint (docs/model.md, "Released
+layouts"): names, and reading any of them into ours (config + state dict in our names). Writing lives in
+higgs_train/convert/tokenizer.py.
 
 
 | layout   | files                            | names (examples)                                         |
@@ -7,6 +8,15 @@ into ours (config + state dict in our names). Writing lives in higgs_train/conve
 | native   | config.json + model.safetensors  | acoustic_encoder.block.0.conv1.parametrizations.weight.original0 |
 | hf       | config.json + model.safetensors  | acoustic_encoder.block.0.conv1.weight (weight norm folded) |
 | original | config.json + model.pth          | encoder.block.1.block.4.weight_g, quantizer.vq.layers.0._codebook.embed |
+| bundled  | a Higgs TTS 3 checkpoint         | tied.embedding.modality_embeddings.0.model. + the hf names |
+
+A Higgs TTS 3 checkpoint (config.json model_type higgs_multimodal_qwen3) bundles its audio tokenizer
+in its safetensors under BUNDLED_PREFIX, in the transformers port's names, and carries no tokenizer
+config: the reference loaders build it at the v2 tokenizer's config, which is our full size. Reading
+it takes only those tensors (safetensors reads one tensor at a time; the release is 8+ GB), with the
+config from, in order: the caller's `codec_config`, a BUNDLED_CONFIG file next to the weights, our
+full size (TokenizerConfig's defaults, RELEASE_TEACHER). `bundled_codec_tensors` hands the tensors as
+stored to a v3 export, which copies them through.
 
 Our names are the transformers port's (HiggsAudioV2TokenizerModel) with weight norm kept, so
 native <-> hf folds / unfolds weight norm (w = g v / |v|; back: v = w, g = |w|, which gives
@@ -41,6 +51,12 @@ HUBERT_HEAD_DIM = 64  # hubert-base: 768 / 12 heads
 ORIGINAL_FIXED = {"target_bandwidths": [0.5, 1, 1.5, 2, 4], "ratios": list(STRIDES), "sample_rate": SAMPLE_RATE,
                   "bins": CODEBOOK_SIZE, "n_q": N_CODEBOOKS, "semantic_techer": "hubert_base_general"}
 RES = ("snake1", "conv1", "snake2", "conv2")  # DAC ResidualUnit.block order
+BUNDLED_PREFIX = "tied.embedding.modality_embeddings.0.model."
+BUNDLED_MODEL_TYPE = "higgs_multimodal_qwen3"   # a Higgs TTS 3 checkpoint's config.json model_type
+BUNDLED_CONFIG = "codec_config.json"  # optional, next to its weights: transformers HiggsAudioV2TokenizerConfig kwargs
+# The v2 tokenizer's config, which the reference loaders use for the bundled tokenizer: our full
+# size (TokenizerConfig's defaults) with hubert-base's config as the port builds it (no masking vector).
+RELEASE_TEACHER = {"model_type": "hubert", "mask_time_prob": 0.0}
 
 
 # ---- names: original <-> native ---------------------------------------------------------
@@ -240,10 +256,8 @@ def read_original(d: Path) -> tuple[TokenizerConfig, dict]:
     return cfg, state
 
 
-def read_hf(d: Path) -> tuple[TokenizerConfig, dict]:
-    from transformers import HiggsAudioV2TokenizerConfig
-
-    c = HiggsAudioV2TokenizerConfig.from_pretrained(str(d))
+def config_from_hf(c) -> TokenizerConfig:
+    """Our config of a transformers HiggsAudioV2TokenizerConfig; ValueError on what we do not reproduce."""
     ac, sem = c.acoustic_model_config, c.semantic_model_config
     for field, value, allowed in (
             ("sample_rate", c.sample_rate, [SAMPLE_RATE]),
@@ -257,30 +271,122 @@ def read_hf(d: Path) -> tuple[TokenizerConfig, dict]:
             ("block_dilations", list(c.block_dilations), [[1, 1]]),
             ("semantic_model_config.model_type", sem.model_type, ["hubert"])):
         _check("hf", field, value, allowed)
-    state = hf_to_native_state(load_file(str(_need(d / "model.safetensors"))))
     teacher = hf_config_dict(sem)
     teacher["mask_time_prob"] = sem.mask_time_prob
-    cfg = TokenizerConfig(channels=ac.encoder_hidden_size, decoder_channels=ac.decoder_hidden_size,
-                          latent_dim=ac.hidden_size, codebook_dim=c.codebook_dim, teacher_config=teacher)
-    return cfg, state
+    return TokenizerConfig(channels=ac.encoder_hidden_size, decoder_channels=ac.decoder_hidden_size,
+                           latent_dim=ac.hidden_size, codebook_dim=c.codebook_dim, teacher_config=teacher)
 
 
-READERS = {"native": read_native, "hf": read_hf, "original": read_original}
+def read_hf(d: Path) -> tuple[TokenizerConfig, dict]:
+    from transformers import HiggsAudioV2TokenizerConfig
+
+    cfg = config_from_hf(HiggsAudioV2TokenizerConfig.from_pretrained(str(d)))
+    return cfg, hf_to_native_state(load_file(str(_need(d / "model.safetensors"))))
+
+
+# ---- bundled in a Higgs TTS 3 checkpoint -------------------------------------------------
+def _bundled_names(d: Path):
+    """(the checkpoint's reader, its names under BUNDLED_PREFIX): safetensors headers only."""
+    from higgs_train.llm.checkpoints import Checkpoint
+
+    ck = Checkpoint(d)
+    return ck, sorted(n for n in ck.where if n.startswith(BUNDLED_PREFIX))
+
+
+def bundles_tokenizer(model_dir) -> bool:
+    """A Higgs TTS 3 checkpoint (config.json's model_type), or weights holding BUNDLED_PREFIX names."""
+    d = Path(model_dir)
+    try:
+        if _json(d / "config.json").get("model_type") == BUNDLED_MODEL_TYPE:
+            return True
+    except (OSError, ValueError, AttributeError):
+        pass
+    index = d / "model.safetensors.index.json"
+    if index.is_file():
+        return any(n.startswith(BUNDLED_PREFIX) for n in _json(index).get("weight_map", {}))
+    try:
+        return bool(_bundled_names(d)[1])
+    except (OSError, ValueError):   # no weights, or not safetensors
+        return False
+
+
+def bundled_codec_tensors(model_dir) -> dict[str, torch.Tensor]:
+    """The audio tokenizer a Higgs TTS 3 checkpoint bundles: {name as stored (BUNDLED_PREFIX ...):
+    tensor as stored}, read one tensor at a time (the LLM's weights are never loaded), for an export
+    to copy through. ValueError naming the directory when it bundles none."""
+    d = Path(model_dir)
+    ck, names = _bundled_names(d)
+    if not names:
+        raise ValueError(f"{d} bundles no audio tokenizer: its weights hold no tensor named {BUNDLED_PREFIX}*; "
+                         "give tokenizer= an audio tokenizer directory")
+    return {n: ck.get(n) for n in names}
+
+
+def bundled_hf_config(model_dir, codec_config=None):
+    """The bundled tokenizer's HiggsAudioV2TokenizerConfig from `codec_config` (a dict, or a JSON
+    file's path) or BUNDLED_CONFIG next to the weights; None when neither: RELEASE_CODEC then."""
+    from transformers import HiggsAudioV2TokenizerConfig
+
+    if codec_config is None and (Path(model_dir) / BUNDLED_CONFIG).is_file():
+        codec_config = Path(model_dir) / BUNDLED_CONFIG
+    if codec_config is None:
+        return None
+    raw = dict(codec_config) if isinstance(codec_config, dict) else _json(Path(codec_config))
+    raw.pop("model_type", None)
+    return HiggsAudioV2TokenizerConfig(**raw)
+
+
+def read_bundled(d: Path, codec_config=None) -> tuple[TokenizerConfig, dict]:
+    c = bundled_hf_config(d, codec_config)
+    cfg = config_from_hf(c) if c is not None else TokenizerConfig(teacher_config=dict(RELEASE_TEACHER))
+    # the reference runs the tokenizer in fp32 whatever the checkpoint's dtype
+    state = {k[len(BUNDLED_PREFIX):]: v.float() if v.is_floating_point() else v
+             for k, v in bundled_codec_tensors(d).items()}
+    _check_widths(d, cfg, state, "the v2 release's (our full size)" if c is None else
+                  str(codec_config if codec_config is not None else d / BUNDLED_CONFIG))
+    return cfg, hf_to_native_state(state)
+
+
+def _check_widths(d: Path, cfg: TokenizerConfig, state: dict, source: str) -> None:
+    """One line naming the width where the bundled tensors and the config disagree (before a build
+    would list every mismatched tensor)."""
+    from transformers import HubertConfig
+
+    for field, name, dim, want in (
+            ("channels", "acoustic_encoder.conv1.weight", 0, cfg.channels),
+            ("decoder_channels", "acoustic_decoder.conv1.weight", 0, cfg.decoder_channels),
+            ("latent_dim", "acoustic_encoder.conv2.weight", 0, cfg.latent_dim),
+            ("codebook_dim", "quantizer.quantizers.0.codebook.embed", 1, cfg.codebook_dim),
+            ("semantic hidden_size", "semantic_model.feature_projection.projection.weight", 0,
+             cfg.teacher_config.get("hidden_size", HubertConfig().hidden_size))):
+        if name in state and state[name].shape[dim] != want:
+            raise ValueError(f"{d}: the bundled audio tokenizer has {field} {state[name].shape[dim]} ({name}), "
+                             f"its config ({source}) says {want}: pass its own codec_config")
+
+
+READERS = {"native": read_native, "hf": read_hf, "original": read_original, "bundled": read_bundled}
 
 
 def tokenizer_layout(model_dir) -> str:
-    """The layout of an audio tokenizer directory; ValueError when it holds an LLM."""
+    """The layout of an audio tokenizer directory ('bundled': a Higgs TTS 3 checkpoint); ValueError
+    when it holds an LLM without one."""
+    if bundles_tokenizer(model_dir):
+        return "bundled"
     kind, layout = detect(model_dir)
     if kind != "tokenizer":
         raise ValueError(f"{model_dir} holds an LLM ({layout} layout), not an audio tokenizer")
     return layout
 
 
-def codebook_shape(model_dir) -> tuple[int | None, int | None]:
+def codebook_shape(model_dir, codec_config=None) -> tuple[int | None, int | None]:
     """(codebooks, codes per codebook) of a tokenizer directory in any layout, from its config.json
     alone (no weights read: cheap enough to check before a run)."""
     d = Path(model_dir)
     layout = tokenizer_layout(d)
+    _no_codec_config(layout, codec_config)
+    if layout == "bundled":
+        c = bundled_hf_config(d, codec_config)
+        return (N_CODEBOOKS, CODEBOOK_SIZE) if c is None else (c.num_quantizers, c.codebook_size)
     raw = _json(d / "config.json")
     if layout == "original":   # the release's config.json: n_q codebooks of `bins` codes
         return raw.get("n_q"), raw.get("bins")
@@ -292,7 +398,16 @@ def codebook_shape(model_dir) -> tuple[int | None, int | None]:
     return raw.get("n_codebooks"), raw.get("codebook_size")
 
 
-def read(model_dir) -> tuple[TokenizerConfig, dict]:
-    """Any tokenizer directory -> (our config, a state dict in our names)."""
+def _no_codec_config(layout: str, codec_config) -> None:
+    if codec_config is not None and layout != "bundled":
+        raise ValueError(f"codec_config is read for a tokenizer bundled in a Higgs TTS 3 checkpoint; this is a "
+                         f"{layout} tokenizer directory, whose config.json says it all")
+
+
+def read(model_dir, codec_config=None) -> tuple[TokenizerConfig, dict]:
+    """Any tokenizer directory -> (our config, a state dict in our names). codec_config: the config
+    of a tokenizer bundled in a Higgs TTS 3 checkpoint (read_bundled)."""
     d = Path(model_dir)
-    return READERS[tokenizer_layout(d)](d)
+    layout = tokenizer_layout(d)
+    _no_codec_config(layout, codec_config)
+    return read_bundled(d, codec_config) if layout == "bundled" else READERS[layout](d)

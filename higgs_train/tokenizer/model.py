@@ -8,7 +8,8 @@ the released Higgs Audio v2 tokenizer (docs/model.md, "Audio tokenizer"):
     z_q --fc1--> [B, H, F] --semantic decoder--> h_hat (training only: MSE to h)
 
 `from_pretrained` reads our exports, the original release's directories (config.json +
-model.pth) and the transformers port's (HiggsAudioV2TokenizerModel); see
+model.pth), the transformers port's (HiggsAudioV2TokenizerModel) and the tokenizer a Higgs TTS 3
+checkpoint bundles; see
 higgs_train/tokenizer/layouts.py (reading) and higgs_train/convert/tokenizer.py (writing).
 """
 from __future__ import annotations
@@ -234,7 +235,8 @@ class AudioTokenizer(nn.Module):
         return model
 
     @classmethod
-    def from_pretrained(cls, model_dir, device: str | torch.device = "cpu") -> "AudioTokenizer":
-        """Our export, the original release's directory or the transformers port's."""
-        cfg, state = read(model_dir)
+    def from_pretrained(cls, model_dir, device: str | torch.device = "cpu", codec_config=None) -> "AudioTokenizer":
+        """Our export, the original release's directory, the transformers port's, or a Higgs TTS 3
+        checkpoint's bundled tokenizer (codec_config: its config, when not the release's; layouts.read_bundled)."""
+        cfg, state = read(model_dir, codec_config)
         return cls.from_state(cfg, state).to(device).eval()
