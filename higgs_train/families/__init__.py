@@ -10,7 +10,7 @@ decode loop and the server.
     family.save(model, out_dir, layout, tokenizer_dir=...)
     prompts = family.prompts(text_tokenizer, model.cfg)     # a PromptEncoder
     state = family.delay_state(model.cfg, max_frames)       # one generated stream (a DelayState)
-    family = family_for_model(model)         # the family of a model already built (Engine(model, ...))
+    family = family_for_model(model)         # of a model already built (Engine(model, ...)); family_for_config
 
 Families are imported only when asked for, so importing this registry imports no model code. The
 README's "Adding a model family" says how a new one plugs in.
@@ -21,9 +21,10 @@ import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-from torch import Tensor
+if TYPE_CHECKING:   # annotations only: importing the registry imports neither torch nor a model
+    from torch import Tensor
 
 
 # ---------------------------------------------------------------- what a model is to its callers
@@ -183,11 +184,15 @@ def family_of(model_dir) -> Family:
     return get(detect(config, str(path)))
 
 
-def family_for_model(model) -> Family:
-    """The family whose config class `model.cfg` is (families imported in registry order)."""
+def family_for_config(cfg) -> Family:
+    """The family whose config class `cfg` is an instance of (families imported in registry order)."""
     for name in FAMILIES:
         family = get(name)
-        if isinstance(model.cfg, family.config_class):
+        if isinstance(cfg, family.config_class):
             return family
-    raise ValueError(f"{type(model).__name__} with a {type(model.cfg).__name__} config belongs to no "
-                     f"registered model family ({', '.join(FAMILIES)})")
+    raise ValueError(f"a {type(cfg).__name__} config belongs to no registered model family ({', '.join(FAMILIES)})")
+
+
+def family_for_model(model) -> Family:
+    """The family of a model already built (its `cfg`)."""
+    return family_for_config(model.cfg)
