@@ -21,7 +21,6 @@ use_cache=False recomputes every position instead (inference/recompute.py, the r
 """
 from __future__ import annotations
 
-import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,9 +42,6 @@ from inference.sampling import SamplingConfig, sample_frame
 from inference.streaming import stream_request
 from inference.text import split_text
 from inference.voices import VoiceLibrary
-
-log = logging.getLogger(__name__)
-
 
 @dataclass
 class EngineConfig:

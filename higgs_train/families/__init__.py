@@ -18,7 +18,6 @@ README's "Adding a model family" says how a new one plugs in.
 from __future__ import annotations
 
 import importlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol
@@ -44,6 +43,9 @@ class AudioOutput(Protocol):
 
 
 class Cache(Protocol):
+    """A static KV cache (higgs_train.llm.model.KVCache): the engine reads its length and resets it
+    per generation; inference/decode_graphs.py reads the batch and device of `k`."""
+    k: Tensor            # [layers, B, kv_heads, max_len, head_dim]
     max_len: int
     def reset(self) -> None: ...
 
@@ -172,16 +174,9 @@ def detect(config: dict, where: str = "config.json") -> str:
 
 def family_of(model_dir) -> Family:
     """The family of an LLM directory, from its config.json."""
-    path = Path(model_dir) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: not a model directory")
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path} is not readable JSON: {e}") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{path} holds a {type(config).__name__}, not a config object")
-    return get(detect(config, str(path)))
+    from higgs_train.layout import config_json
+
+    return get(detect(config_json(model_dir), str(Path(model_dir) / "config.json")))
 
 
 def family_for_config(cfg) -> Family:
