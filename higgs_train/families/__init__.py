@@ -1,4 +1,5 @@
-"""Model families: what the trainer, the converter and the engine ask of a model, written down once.
+"""Model families: what a model generation brings (config, model, layouts, prompts, generation rule)
+and what the engine, the training data and the fine-tuning recipe ask of it, written down once.
 
 A family is one module (or folder) under higgs_train/families/ exposing `FAMILY`, a Family, and one
 entry in FAMILIES below (its module and the config.json markers that select it). Everything else is

@@ -5,7 +5,8 @@ Stream (per epoch e, forever; the trainer stops at max_steps):
     -> samples with codes, via webdataset (bad samples are skipped and counted)
     -> groups of consecutive segments of one source (the pipeline writes a source's segments
        together), so voice cloning and dialogue find their partners without an index
-    -> one sample per segment: plain TTS, voice cloning or dialogue, drawn by `kinds` ratios
+    -> one sample per segment: plain TTS, voice cloning or dialogue, drawn by `kinds` ratios, laid
+       out by the model family's prompt encoder (higgs_train/families; the release's chat format by default)
     -> length bucketing: `buffer` samples sorted by length, cut into batches of at most
        `max_tokens` padded positions (rows x longest row), batch order shuffled
 Everything random is seeded by (seed, epoch, ...), so the batch sequence is a pure function of
