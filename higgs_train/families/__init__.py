@@ -135,6 +135,8 @@ class Family:
     text_tokenizer: Callable[[Any], Any]                 # model_dir -> its text tokenizer
     prompts: Callable[[Any, Any], PromptEncoder]         # (text tokenizer, cfg) -> its prompt encoder
     delay_state: Callable[[Any, int], GenerationState]   # (cfg, max_frames) -> one stream's state
+    decode_linears: Callable[[Any], list]                # model -> the float nn.Linears an audio-only decode
+                                                         # step runs, in order (the CPU packed decode's)
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")   # linears LoRA adapts by default
 
 

@@ -16,6 +16,7 @@ from higgs_train.families import Family, Reference
 from higgs_train.llm.delay_state import DelayState
 from higgs_train.llm.layouts import LAYOUTS, read_config
 from higgs_train.llm.model import DualFFNConfig, DualFFNModel
+from higgs_train.llm.quantize import is_quantized
 from higgs_train.llm.prompt import Message, clone_sample, dialogue_sample, encode_chat, system_message, tts_sample
 from higgs_train.llm.text_tokenizer import load_text_tokenizer, special_token_ids
 
@@ -59,6 +60,18 @@ class ChatPrompts:
         return dialogue_sample(self.tok, turns, scene, **self.kw)
 
 
+def decode_linears(model: DualFFNModel) -> list[torch.nn.Linear]:
+    """The float linears an audio-only decode step runs, in order (inference/packed_gemm.py packs
+    them): attention and the audio FFN of dual layers, the audio head. 8-bit and 4-bit ones
+    (higgs_train.llm.quantize: subclasses of nn.Linear holding int8/uint8 weights) are left out:
+    they keep their own kernels, and a quantized model packs only its audio head."""
+    out: list[torch.nn.Linear] = []
+    for block in model.layers:
+        a, mlp = block.attn, block.audio_mlp if block.dual else block.mlp
+        out += [a.q_proj, a.k_proj, a.v_proj, a.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+    return [m for m in out + [model.audio_head] if not is_quantized(m)]
+
+
 def load(model_dir, dtype=None, device=None, quantize: str = "none") -> tuple[DualFFNModel, str]:
     from higgs_train.llm.checkpoints import load_llm
 
@@ -82,6 +95,7 @@ FAMILY = Family(
     text_tokenizer=load_text_tokenizer,
     prompts=ChatPrompts,
     delay_state=DelayState.for_model,
+    decode_linears=decode_linears,
     lora_targets=("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj",
                   "audio_mlp.gate_proj", "audio_mlp.up_proj", "audio_mlp.down_proj"),
 )
