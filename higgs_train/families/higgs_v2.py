@@ -22,18 +22,22 @@ from higgs_train.llm.text_tokenizer import load_text_tokenizer, special_token_id
 
 
 class ChatPrompts:
-    """The release's chat-format prompts for one text tokenizer and model config."""
+    """The release's chat-format prompts for one text tokenizer and codebook shape."""
 
-    def __init__(self, tok, cfg: DualFFNConfig):
-        self.tok, self.K, self.codebook_size, self.bos = tok, cfg.num_codebooks, cfg.codebook_size, cfg.audio_bos
+    def __init__(self, tok, num_codebooks: int, codebook_size: int, special_tokens: dict[str, int] | None = None):
+        self.tok, self.K, self.bos = tok, num_codebooks, codebook_size   # stream BOS = codebook_size
         self.audio_token = tok.convert_tokens_to_ids("<|AUDIO_OUT|>")
-        if cfg.special_tokens:   # ids a release-layout config states must be the tokenizer's
+        if special_tokens:   # ids a release-layout config states must be the tokenizer's
             have = special_token_ids(tok)
-            bad = {k: (v, have.get(k)) for k, v in cfg.special_tokens.items() if have.get(k) != v}
+            bad = {k: (v, have.get(k)) for k, v in special_tokens.items() if have.get(k) != v}
             if bad:
                 raise ValueError(f"text tokenizer ids differ from the model config's special_tokens "
                                  f"(config, tokenizer): {bad}")
-        self.kw = dict(num_codebooks=self.K, codebook_size=self.codebook_size)
+        self.kw = dict(num_codebooks=num_codebooks, codebook_size=codebook_size)
+
+    @classmethod
+    def for_config(cls, tok, cfg: DualFFNConfig) -> "ChatPrompts":
+        return cls(tok, cfg.num_codebooks, cfg.codebook_size, cfg.special_tokens)
 
     def generation(self, text: str, refs: list[Reference], history: list[tuple[str, Tensor]],
                    scene: str | None = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -93,7 +97,7 @@ FAMILY = Family(
     load=load,
     save=save,
     text_tokenizer=load_text_tokenizer,
-    prompts=ChatPrompts,
+    prompts=ChatPrompts.for_config,
     delay_state=DelayState.for_model,
     decode_linears=decode_linears,
     lora_targets=("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj",

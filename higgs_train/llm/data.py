@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from higgs_train.llm.model import IGNORE, DualFFNConfig
+from higgs_train.llm.model import IGNORE
 from higgs_train.llm.prompt import Sample
 from higgs_train.shards import decode_codes, list_shards
 
@@ -88,10 +88,9 @@ class SampleMaker:
     def __init__(self, tok, kinds: dict, max_len: int, max_dialogue_turns: int, num_codebooks: int,
                  codebook_size: int, prompts=None):
         if prompts is None:
-            from higgs_train.families import get
+            from higgs_train.families.higgs_v2 import ChatPrompts
 
-            prompts = get("higgs_v2").prompts(tok, DualFFNConfig(num_codebooks=num_codebooks,
-                                                                 codebook_size=codebook_size))
+            prompts = ChatPrompts(tok, num_codebooks, codebook_size)
         self.prompts = prompts
         self.kinds = {k: float(v) for k, v in kinds.items() if float(v) > 0}
         unknown = set(self.kinds) - {"tts", "clone", "dialogue"}
