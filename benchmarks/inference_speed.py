@@ -55,7 +55,7 @@ def main(argv: list[str]) -> None:
     rows = [("real-time factor (batch 1, incl. decode)", f"{t / audio_s:.3f}",
              f"{audio_s:.1f} s audio in {t:.2f} s")]
 
-    row = lambda: [engine._row(req, engine._plan(req), [], 0)]   # noqa: E731
+    row = lambda: [engine.row(req, engine.plan(req))]   # noqa: E731
     _, t_cache = timed(lambda: engine.generate_codes(row()))
     _, t_full = timed(lambda: engine.generate_codes(row(), use_cache=False))
     rows.append(("KV cache speed-up vs recomputation", f"{t_full / t_cache:.1f}x",

@@ -68,7 +68,7 @@ def build(tmp: Path, size: str = "small", dtype=torch.float32):
     port = HiggsAudioV2ForConditionalGeneration.from_pretrained(str(tmp / "hf"), use_text_head=True,
                                                                 dtype=dtype).eval()
     ref = Reference("a voice speaks here.", torch.randint(0, 1024, (8, 50), generator=torch.Generator().manual_seed(1)))
-    return engine, port, engine.prompt(TEXT, [ref], [], scene="a quiet room")
+    return engine, port, engine.prompts.generation(TEXT, [ref], [], scene="a quiet room")
 
 
 def ours(engine, prompt, batch, frames, first_only=False):
@@ -78,7 +78,7 @@ def ours(engine, prompt, batch, frames, first_only=False):
     rows = [Row(ids, codes, amask, s, torch.Generator().manual_seed(0)) for _ in range(batch)]
     t0, c0 = time.perf_counter(), time.process_time()
     with torch.no_grad():           # as generate_codes and stream run it
-        for out in engine._decode_frames(rows):
+        for out in engine.decode_frames(rows):
             if first_only and out[0].shape[1]:
                 break
     return time.perf_counter() - t0, time.process_time() - c0, out
@@ -161,7 +161,7 @@ def main(argv: list[str]) -> None:
         dtype = torch.float32 if dname == "fp32" else torch.bfloat16
         engine.model.to(dtype)
         engine.cfg.cuda_graphs = graphs
-        engine._caches.clear()
+        engine.caches.clear()
         port.to(dtype)
         ours(engine, prompt, batch, 4)           # warm-up (cache allocation, first-call costs)
         port_run(port, prompt, batch, 4)

@@ -72,7 +72,7 @@ def row(engine, args):
     s = SamplingConfig(temperature=0, max_frames=args.frames, seed=0)
     if (Path(args.llm) / "tokenizer.json").is_file():
         req = Request(args.text, sampling=s)
-        return engine._row(req, engine._plan(req), [], 0)
+        return engine.row(req, engine.plan(req))
     K, P = engine.K, args.prompt
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, engine.model.cfg.vocab_size, (P,), generator=g)

@@ -19,10 +19,9 @@ from pathlib import Path
 LAYOUTS = ("native", "hf", "original")
 
 
-def detect(model_dir) -> tuple[str, str]:
-    """(kind, layout) of a model directory: kind 'llm' | 'tokenizer', layout one of LAYOUTS.
-
-    Raises FileNotFoundError / ValueError with one line naming what was found instead."""
+def config_json(model_dir) -> dict:
+    """A model directory's config.json object; FileNotFoundError / ValueError in one line naming
+    what was found instead (the model family registry, higgs_train/families, reads it too)."""
     d = Path(model_dir)
     cfg_path = d / "config.json"
     if not cfg_path.is_file():
@@ -36,6 +35,15 @@ def detect(model_dir) -> tuple[str, str]:
         raise ValueError(f"{cfg_path} is not readable JSON: {e}") from None
     if not isinstance(cfg, dict):
         raise ValueError(f"{cfg_path} holds a {type(cfg).__name__}, not a config object")
+    return cfg
+
+
+def detect(model_dir) -> tuple[str, str]:
+    """(kind, layout) of a model directory: kind 'llm' | 'tokenizer', layout one of LAYOUTS.
+
+    Raises FileNotFoundError / ValueError with one line naming what was found instead."""
+    d = Path(model_dir)
+    cfg = config_json(d)
     model_type = cfg.get("model_type")
     if model_type == "higgs_audio":
         return "llm", "original"

@@ -58,7 +58,7 @@ def from_exports(model, tokenizer, voices_dir=None, device: str = "auto", dtype:
 
 def from_model(model, tokenizer, text_tokenizer, voices_dir=None, sampling: dict | None = None,
                engine: dict | None = None, stops: dict | None = None) -> EngineSynthesizer:
-    """From an in-memory DualFFNModel (training): the audio tokenizer export and the text tokenizer
+    """From an in-memory model of any family (training): the audio tokenizer export and the text tokenizer
     folder are loaded onto the model's device. The Engine puts the model in eval mode; the caller
     restores training mode."""
     from higgs_train.llm.text_tokenizer import load_text_tokenizer
@@ -66,7 +66,7 @@ def from_model(model, tokenizer, text_tokenizer, voices_dir=None, sampling: dict
 
     if not Path(tokenizer).is_dir():
         raise FileNotFoundError(f"audio tokenizer export directory {tokenizer} does not exist")
-    device = model.text_embed.weight.device
+    device = next(model.parameters()).device
     codec = AudioTokenizer.from_pretrained(tokenizer, device=device)
     return EngineSynthesizer(Engine(model, codec, load_text_tokenizer(text_tokenizer), _engine_cfg(engine),
                                     SamplingConfig(**(sampling or {})), VoiceLibrary(voices_dir),

@@ -33,23 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from higgs_train.llm.model import DualFFNModel
-from higgs_train.llm.quantize import is_quantized
+from higgs_train.families import family_for_model
 
 log = logging.getLogger(__name__)
 
 MIN_ROWS = 4     # fp32: below this packing is no faster; rows are padded to a multiple of it
-
-
-def decode_linears(model: DualFFNModel) -> list[nn.Linear]:
-    """The float linears an audio-only decode step runs, in order. 8-bit and 4-bit ones
-    (higgs_train.llm.quantize: subclasses of nn.Linear holding int8/uint8 weights) are left out:
-    they keep their own kernels, and a quantized model packs only its audio head."""
-    out: list[nn.Linear] = []
-    for block in model.layers:
-        a, mlp = block.attn, block.audio_mlp if block.dual else block.mlp
-        out += [a.q_proj, a.k_proj, a.v_proj, a.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
-    return [m for m in out + [model.audio_head] if not is_quantized(m)]
 
 
 def kernel_available(dtype: torch.dtype) -> bool:
@@ -70,11 +58,11 @@ class PackedLinears:
         self._pack()
 
     @classmethod
-    def for_decode(cls, model: DualFFNModel, batch: int) -> "PackedLinears | None":
+    def for_decode(cls, model, batch: int) -> "PackedLinears | None":
         """Packs for a decode step of `batch` rows, or None: not a CPU fp32/bf16 model without
         biases, fp32 with fewer than MIN_ROWS rows, no kernel in this torch build, or the copy would
         take more than a quarter of the free memory."""
-        linears = decode_linears(model)
+        linears = family_for_model(model).decode_linears(model)   # in the order a step runs them
         dtype = linears[0].weight.dtype
         if not kernel_available(dtype) or not cls._packable(linears, dtype):
             return None

@@ -12,10 +12,11 @@ equals decoding all frames at once.
     dec = StreamDecoder(decode_fn, hop=960, context=12, lookahead=10, crossfade=3)
     for frames in ...: audio = dec.push(frames)   # frames [K, n] -> float32 samples (maybe empty)
     audio = dec.flush()                           # the rest
+    for audio in stream_request(engine, request): play(audio)   # what Engine.stream runs
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -64,3 +65,31 @@ class StreamDecoder:
         self.held = new[len(out):]
         self.emitted = until
         return out
+
+
+def stream_request(engine, request, stop_reasons: list[str] | None = None) -> Iterator[np.ndarray]:
+    """An inference Engine's request as float32 audio pieces while it is generated: the first after
+    EngineConfig.first_chunk_frames frames. stop_reasons: a list that receives each text chunk's
+    stop reason as it ends. Audio already streamed stays sent: a silence stop's tail is trimmed
+    from what is still held back."""
+    c = engine.cfg
+    plan = engine.plan(request)
+    dec = StreamDecoder(engine.decode, engine.codec.hop, c.decode_context_frames, c.lookahead_frames,
+                        c.crossfade_frames)
+    done: list[torch.Tensor] = []
+    for ci in range(len(plan.chunks)):
+        row = engine.row(request, plan, ci, done)
+        sent = 0
+        for frames in engine.decode_frames([row]):
+            new = frames[0][:, sent:]
+            sent += new.shape[1]
+            out = dec.push(new, min_new=c.first_chunk_frames if dec.emitted == 0 else c.stream_chunk_frames)
+            if len(out):
+                yield out
+        done.append(row.watch.end(frames[0]))
+        dec.truncate(dec.frames - sent + done[-1].shape[1])   # a trimmed tail not yet played goes
+        if stop_reasons is not None:
+            stop_reasons.append(row.watch.reason)
+    tail = dec.flush()
+    if len(tail):
+        yield tail

@@ -39,7 +39,7 @@ def engine(exports, tmp_path_factory):
 
 def rows(engine, texts, sampling=GREEDY, **kw):
     reqs = [Request(t, sampling=sampling, **kw) for t in texts]
-    return [engine._row(r, engine._plan(r), [], 0) for r in reqs]
+    return [engine.row(r, engine.plan(r)) for r in reqs]
 
 
 @pytest.mark.slow
@@ -59,21 +59,24 @@ def test_kv_cache_equals_full_recomputation(engine):
 
 
 def test_delay_pattern_eos_propagation(engine):
-    """EOS drawn by codebook 3 at position j ends the stream at frame j-3 in every codebook."""
+    """EOS drawn by codebook 3 at position 12 ends the stream at frame 9 in every codebook (the delay
+    state the engine's family gives; tests/test_delay_state.py holds the rule alone)."""
     K, bos, eos = engine.K, engine.bos, engine.eos
-    stream = torch.full((K, 30), 7)
-    eos_frame = 12 - 3
-    for k in range(K):
-        stream[k, :k + 1] = bos
-        stream[k, eos_frame + k:] = eos
-    codes = engine._complete(stream, eos_frame + K - 1, eos_frame)
-    assert codes.shape == (K, eos_frame - 1) and (codes == 7).all()
-    assert engine._complete(stream, 10, eos_frame).shape == (K, 10 - K + 1)   # partial: frames fully known
-    # codebook 0 is at frame 10 >= EOS frame 9: EOS only; codebook 7 is at frame 3: any code or EOS
-    allowed = engine._allowed(j=10, eos_frame=9, max_frames=100)
+    assert engine.family.delay_state(engine.model.cfg, 100).allowed()[5].sum() == 1   # frame <= 0: BOS only
+    state = engine.family.delay_state(engine.model.cfg, 100)
+    for j in range(1, 12):
+        state.push(torch.full((K,), 7))
+    assert state.frames().shape == (K, 11 - K + 1)                           # partial: frames fully known
+    state.push(torch.tensor([7, 7, 7, eos, 7, 7, 7, 7]))
+    # codebook 0 is at frame 13 >= EOS frame 9: EOS only; codebook 7 is at frame 6: any code or EOS
+    allowed = state.allowed()
     assert allowed[0].sum() == 1 and allowed[0, eos]
     assert allowed[7].sum() == 1025 and not allowed[7, bos]
-    assert engine._allowed(j=3, eos_frame=9, max_frames=100)[5].sum() == 1       # frame <= 0: BOS only
+    while not state.done:
+        state.push(torch.full((K,), 7))
+    assert state.j == 9 + K - 1
+    codes = state.frames()
+    assert codes.shape == (K, 9 - 1) and (codes == 7).all()
 
 
 def test_generation_ends_on_eos_and_max_frames(engine):
@@ -136,13 +139,13 @@ def test_streaming_equals_whole_within_crossfade(engine):
 
 
 def test_voice_cloning_and_dialogue_prompts(engine):
-    alice = engine.voice("alice")
+    alice = engine.refs.voice("alice")
     assert alice.codes.shape == (8, 50)                           # 2 s at 25 frames/s
-    plain = engine.prompt("Hi.", [], [])
-    cloned = engine.prompt("Hi.", [alice], [])
+    plain = engine.prompts.generation("Hi.", [], [])
+    cloned = engine.prompts.generation("Hi.", [alice], [])
     assert len(cloned[0]) - len(plain[0]) >= 50 + 8               # reference turn with its audio frames
     assert int(cloned[2].sum()) == 50 + 2 + 7 + 1                 # ref stream + the BOS frame to continue
-    refs = engine.references(Request("[SPEAKER0] hi [SPEAKER1] yo", voice="alice,bob"))
+    refs = engine.refs.for_request(Request("[SPEAKER0] hi [SPEAKER1] yo", voice="alice,bob"))
     assert [r.text for r in refs] == ["[SPEAKER0] the quick brown fox", "[SPEAKER1] a lazy dog"]
     with pytest.raises(RequestError, match="unknown voice"):
         engine.generate([Request("hi", voice="carol")])

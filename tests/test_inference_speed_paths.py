@@ -39,7 +39,7 @@ def _engine(tmp_path, dual_layers, **cfg) -> Engine:
 
 def _rows(engine, texts):
     reqs = [Request(t, sampling=GREEDY) for t in texts]
-    return [engine._row(r, engine._plan(r), [], 0) for r in reqs]
+    return [engine.row(r, engine.plan(r)) for r in reqs]
 
 
 def _digest(frames: torch.Tensor):
@@ -134,7 +134,7 @@ class _Recorder:
 
 def _graphed(tmp_path, monkeypatch, recorder):
     engine = _engine(tmp_path, None)
-    monkeypatch.setattr(engine, "_capture", lambda: recorder)
+    monkeypatch.setattr(engine, "capture", lambda: recorder)
     return engine
 
 
@@ -145,7 +145,7 @@ def test_replayed_decode_steps_keep_the_frames(tmp_path, monkeypatch):
     engine = _graphed(tmp_path, monkeypatch, rec)
     batched = engine.generate_codes(_rows(engine, TEXTS))
     assert [_digest(f) for f in batched] == BEFORE["all_dual"]
-    [steps] = engine._caches.values()
+    [steps] = engine.caches.values()
     lengths = sorted(steps.graphs)
     assert lengths == list(range(lengths[0], lengths[-1] + 1, 16)) and len(lengths) >= 3   # attend_step 16
     assert rec.captured == len(lengths)
@@ -166,7 +166,7 @@ def test_a_bad_recording_turns_graphs_off(tmp_path, monkeypatch, caplog, fault):
     with caplog.at_level("WARNING", logger="inference.decode_graphs"):
         batched = engine.generate_codes(_rows(engine, TEXTS))
     assert [_digest(f) for f in batched] == BEFORE["all_dual"]
-    [steps] = engine._caches.values()
+    [steps] = engine.caches.values()
     assert steps.capture is None and not steps.graphs
     assert rec.replays <= 1
     [msg] = [r.getMessage() for r in caplog.records]
@@ -190,7 +190,7 @@ def test_packed_decode_keeps_the_frames(tmp_path, monkeypatch, name, dual_layers
     order = [0, 1, 1, 0, 1]
     batched = engine.generate_codes(_rows(engine, [TEXTS[i] for i in order]))
     assert [_digest(f) for f in batched] == [BEFORE[name][i] for i in order]
-    [steps] = engine._caches.values()
+    [steps] = engine.caches.values()
     n_linears = 7 * engine.model.cfg.num_layers + 1
     # a step after each stream position but the last (as in the replay test), its length set by the
     # longer row: 40 frames + EOS + the 7-position delay tail

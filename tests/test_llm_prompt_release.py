@@ -206,7 +206,7 @@ def _greedy(engine, refs, frames=20):
     from inference.engine import Row
     from inference.sampling import SamplingConfig
 
-    ids, codes, amask = engine.prompt("hello there, how are you today?", refs, [], scene="a quiet room")
+    ids, codes, amask = engine.prompts.generation("hello there, how are you today?", refs, [], scene="a quiet room")
     s = SamplingConfig(temperature=0, max_frames=frames, seed=0)
     [out] = engine.generate_codes([Row(ids, codes, amask, s, torch.Generator().manual_seed(0))])
     return ids, codes, amask, out

@@ -215,7 +215,7 @@ def test_frames_before_a_stop_are_todays(tmp_path):
         [on] = engine.generate([Request("Hi.", stops=StopRules(budget_floor_s=1), **req)])   # 65 + 25 + 9: 128
     finally:
         torch.set_num_threads(torch_threads)
-    assert sorted(k[1] for k in engine._caches) == [128, 256]          # two buckets were used
+    assert sorted(k[1] for k in engine.caches) == [128, 256]          # two buckets were used
     assert off.stop_reasons == ["max_frames"] and off.codes.shape[1] == 60
     assert on.stop_reasons == ["budget"] and on.codes.shape[1] == 25
     # codebook 0 of every kept frame, and every codebook of the frames drawn before the end of stream

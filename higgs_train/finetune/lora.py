@@ -56,8 +56,14 @@ def _in_layer(name: str) -> str:
 
 def lora_modules(model: torch.nn.Module, targets, layout: str = "native") -> list[str]:
     """The model's linear layers (full names) named by `targets`: suffixes of our module names or
-    of their names in `layout` (the base's). ValueError naming a target that matches none."""
+    of their names in `layout` (the base's); None: its family's (higgs_train.families.Family.lora_targets).
+    ValueError naming a target that matches none."""
     from higgs_train.llm.layouts import layout_name
+
+    if targets is None:
+        from higgs_train.families import family_for_model
+
+        targets = family_for_model(model).lora_targets
 
     linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
     names = {n: {n, layout_name(n + ".weight", layout)[:-len(".weight")]} for n in linear}
@@ -224,7 +230,7 @@ def build(cfg: DictConfig):
         raise ValueError(f"mode={cfg.mode!r}: use lora or full")
     lora = None
     if cfg.mode == "lora":
-        lora = {k: (list(v) if k == "targets" else v) for k, v in cfg.lora.items()}
+        lora = {k: (list(v) if k == "targets" and v is not None else v) for k, v in cfg.lora.items()}
     return build_llm(cfg, module_cls=FinetuneModule, lora=lora, export_layout=cfg.export_layout,
                      quantize=cfg.quantize)
 

@@ -5,7 +5,8 @@ Stream (per epoch e, forever; the trainer stops at max_steps):
     -> samples with codes, via webdataset (bad samples are skipped and counted)
     -> groups of consecutive segments of one source (the pipeline writes a source's segments
        together), so voice cloning and dialogue find their partners without an index
-    -> one sample per segment: plain TTS, voice cloning or dialogue, drawn by `kinds` ratios
+    -> one sample per segment: plain TTS, voice cloning or dialogue, drawn by `kinds` ratios, laid
+       out by the model family's prompt encoder (higgs_train/families; the release's chat format by default)
     -> length bucketing: `buffer` samples sorted by length, cut into batches of at most
        `max_tokens` padded positions (rows x longest row), batch order shuffled
 Everything random is seeded by (seed, epoch, ...), so the batch sequence is a pure function of
@@ -25,7 +26,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from higgs_train.llm.delay import IGNORE
-from higgs_train.llm.prompt import Sample, clone_sample, dialogue_sample, tts_sample
+from higgs_train.llm.prompt import Sample
 from higgs_train.shards import decode_codes, list_shards
 
 log = logging.getLogger(__name__)
@@ -81,18 +82,22 @@ def _seed(*parts) -> int:
 
 
 class SampleMaker:
-    """Turns a source group into chat samples of the configured kinds."""
+    """Turns a source group into samples of the configured kinds, laid out by a model family's prompt
+    encoder (higgs_train.families.PromptEncoder; None: the release's chat format, higgs_v2's)."""
 
     def __init__(self, tok, kinds: dict, max_len: int, max_dialogue_turns: int, num_codebooks: int,
-                 codebook_size: int):
-        self.tok = tok
+                 codebook_size: int, prompts=None):
+        if prompts is None:
+            from higgs_train.families.higgs_v2 import ChatPrompts
+
+            prompts = ChatPrompts(tok, num_codebooks, codebook_size)
+        self.prompts = prompts
         self.kinds = {k: float(v) for k, v in kinds.items() if float(v) > 0}
         unknown = set(self.kinds) - {"tts", "clone", "dialogue"}
         if unknown or not self.kinds:
             raise ValueError(f"data.kinds must weigh tts/clone/dialogue, got {dict(kinds)}")
         self.max_len = max_len
         self.max_turns = max_dialogue_turns
-        self.kw = dict(num_codebooks=num_codebooks, codebook_size=codebook_size)
 
     def __call__(self, group: list[Segment], rng: random.Random):
         names, weights = zip(*self.kinds.items())
@@ -103,13 +108,13 @@ class SampleMaker:
                 refs = [s for s in group if s.speaker == seg.speaker and s is not seg]
                 if refs:
                     ref = rng.choice(refs)
-                    sample = clone_sample(self.tok, ref.text, ref.codes, seg.text, seg.codes, **self.kw)
+                    sample = self.prompts.clone(ref.text, ref.codes, seg.text, seg.codes)
             elif kind == "dialogue":
                 turns = group[i:i + rng.randint(2, max(2, self.max_turns))]
                 if len({s.speaker for s in turns}) >= 2:
-                    sample = dialogue_sample(self.tok, [(s.speaker, s.text, s.codes) for s in turns], **self.kw)
+                    sample = self.prompts.dialogue([(s.speaker, s.text, s.codes) for s in turns])
             if sample is None or len(sample) > self.max_len:   # no partner, or too long: plain TTS
-                sample = tts_sample(self.tok, seg.text, seg.codes, **self.kw)
+                sample = self.prompts.tts(seg.text, seg.codes)
             if len(sample) <= self.max_len:
                 yield sample
 
@@ -155,13 +160,14 @@ class LLMStream(IterableDataset):
     def __init__(self, shards, tokenizer, kinds: dict, max_tokens: int, max_len: int, buffer: int,
                  max_group: int, max_dialogue_turns: int, seed: int, num_codebooks: int = 8,
                  codebook_size: int = 1024, rank: int = 0, world_size: int = 1, skip_batches: int = 0,
-                 limit_segments: int | None = None, epochs: int | None = None):
+                 limit_segments: int | None = None, epochs: int | None = None, prompts=None):
         self.shards = list_shards(shards)
         if not self.shards:
             raise FileNotFoundError(f"no shard-*.tar found for data.shards={shards}")
         if max_len > max_tokens:
             raise ValueError(f"max_len {max_len} > max_tokens {max_tokens}: a long sample could never fit")
-        self.maker = SampleMaker(tokenizer, kinds, max_len, max_dialogue_turns, num_codebooks, codebook_size)
+        self.maker = SampleMaker(tokenizer, kinds, max_len, max_dialogue_turns, num_codebooks, codebook_size,
+                                 prompts)
         self.max_tokens, self.buffer, self.max_group, self.seed = max_tokens, buffer, max_group, seed
         self.rank, self.world_size = rank, world_size
         self.skip_batches = skip_batches   # batches the trainer already consumed (resume)

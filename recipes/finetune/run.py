@@ -58,7 +58,7 @@ def step(i: int, what: str) -> None:
 # ---------------------------------------------------------------- checks before any work
 
 def check_inputs(cfg: DictConfig) -> dict:
-    """Paths exist, the base is a DualFFN export with a text tokenizer, base and audio tokenizer
+    """Paths exist, the base is an LLM export of a model family with a text tokenizer, base and audio tokenizer
     agree on codebooks, LoRA targets exist. Returns the base's model config."""
     if not VOICE_NAME.match(str(cfg.name)):
         raise FinetuneError(f"name={cfg.name!r}: use letters, digits, '-', '_' and '.' (it names the voice preset)")
@@ -68,11 +68,12 @@ def check_inputs(cfg: DictConfig) -> dict:
     out = Path(cfg.out_dir).resolve()
     if out.is_relative_to(voice_dir.resolve()):
         raise FinetuneError(f"out_dir={out} is inside voice_dir={voice_dir}: its files would be curated as input")
-    from higgs_train.llm.layouts import LayoutError, read_config
+    from higgs_train.families import family_of
 
-    try:   # ours, the transformers port or the original release (higgs_train.llm.layouts)
-        model_cfg, layout = read_config(base)
-    except (LayoutError, FileNotFoundError) as e:
+    try:   # its family from config.json, then any layout the family reads (v2: ours, the port's, the release's)
+        family = family_of(base)
+        model_cfg, layout = family.read_config(base)
+    except (ValueError, FileNotFoundError) as e:
         raise FinetuneError(f"base={base}: {e}") from None
     base_cfg = asdict(model_cfg)
     if not any((base / f).is_file() for f in TOKENIZER_FILES):
@@ -88,7 +89,7 @@ def check_inputs(cfg: DictConfig) -> dict:
         raise FinetuneError(f"base={base} expects {want[0]} codebooks x {want[1]} codes, but tokenizer={tok} "
                             f"gives {got[0]} x {got[1]}: fine-tune with the audio tokenizer the base was trained on")
     if cfg.mode == "lora":
-        _check_targets(model_cfg, layout, list(cfg.lora.targets))
+        _check_targets(model_cfg, layout, cfg.lora.targets and list(cfg.lora.targets))
     elif cfg.mode != "full":
         raise FinetuneError(f"mode={cfg.mode!r}: use lora or full")
     if cfg.quantize not in ("none", "int8", "nf4") or (cfg.quantize != "none" and cfg.mode != "lora"):
@@ -102,13 +103,13 @@ def check_inputs(cfg: DictConfig) -> dict:
     return base_cfg
 
 
-def _check_targets(model_cfg, layout: str, targets: list[str]) -> None:
-    """Targets name linear layers of the model the base loads into (our names or the base layout's)."""
+def _check_targets(model_cfg, layout: str, targets: list[str] | None) -> None:
+    """Targets name linear layers of the model the base loads into (our names or the base layout's;
+    None: its family's), checked on the family's model built on the meta device."""
+    from higgs_train.families import family_for_config
     from higgs_train.finetune.lora import lora_modules
-    from higgs_train.llm.model import DualFFNModel
 
-    with torch.device("meta"):
-        model = DualFFNModel(model_cfg)
+    model = family_for_config(model_cfg).build(model_cfg)
     try:
         lora_modules(model, targets, layout)
     except ValueError as e:
