@@ -16,6 +16,7 @@ from higgs_train.families.higgs_tts3.prompt import (add_special_tokens, clone_sa
                                                     tts_sample)
 from higgs_train.llm.data import collate
 from higgs_train.llm.model import IGNORE
+from test_llm_model import mixed_batch as dualffn_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
@@ -24,23 +25,20 @@ MICRO = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_layers=3, 
 
 
 def tiny_model(seed=0, **kw) -> HiggsTTS3Model:
+    """MICRO sizes, seeded; every norm (the 1-D parameters) moved away from 1 so a mis-mapped one shows."""
     torch.manual_seed(seed)
     m = HiggsTTS3Model(Tts3Config(**{**MICRO, **kw})).eval()
-    with torch.no_grad():  # norms away from 1 so a mis-mapped norm shows
-        for n, p in m.named_parameters():
-            if "norm" in n:
-                p.add_(torch.randn_like(p) * 0.2)
+    with torch.no_grad():
+        for p in (p for p in m.parameters() if p.ndim == 1):
+            p.add_(torch.randn_like(p) * 0.2)
     return m
 
 
-def mixed_batch(B=2, T=24, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, MICRO["vocab_size"], (B, T), generator=g)
-    codes = torch.randint(0, 1026, (B, T, 8), generator=g)
-    mask = torch.zeros(B, T, dtype=torch.bool)
-    mask[:, 6:15] = True
-    mask[1, 18:] = True
-    return ids.masked_fill(mask, IGNORE), codes, mask   # -100 at audio positions, as the prompts hold
+def mixed_batch(B=2, T=24):
+    """tests/test_llm_model.py's batch (audio at 6..14, and 18..20 in row 1), -100 at audio positions
+    as the prompts hold them."""
+    ids, codes, mask = dualffn_batch(B, T)
+    return ids.masked_fill(mask, IGNORE), codes, mask
 
 
 def word_tokenizer(specials_first: bool = False, ref_text: bool = True):
@@ -132,15 +130,17 @@ def test_kv_cache_decode_equals_full_forward():
         for t in range(P, 24):
             outs.append(m(ids[:, t:t + 1], codes[:, t:t + 1], mask[:, t:t + 1], cache=cache,
                           positions=torch.tensor([t]), attend=32))
-        # the engine's audio-only decode step (no text embedding, no text head) at an audio position
-        fast = m(ids[:, 23:], codes[:, 23:], None, cache=cache, positions=torch.tensor([23]), attend=24,
+        # the engine's audio-only decode step (no text embedding, no text head) at audio position 14
+        cache = m.allocate_cache(2, 32)
+        m(ids[:, :14], codes[:, :14], mask[:, :14], cache=cache, positions=torch.arange(14))
+        fast = m(ids[:, 14:15], codes[:, 14:15], None, cache=cache, positions=torch.tensor([14]), attend=16,
                  audio_only=True, text_head=False)
     inc_text = torch.cat([o.text_logits for o in outs], 1)
     inc_audio = torch.cat([o.audio_logits for o in outs], 1)
     assert (inc_text - full.text_logits[:, P - 1:]).abs().max() < 1e-5
     assert (inc_audio - full.audio_logits[:, P - 1:]).abs().max() < 1e-5
     assert fast.text_logits is None
-    assert (fast.audio_logits[1] - full.audio_logits[1, 23:]).abs().max() < 1e-5
+    assert (fast.audio_logits - full.audio_logits[:, 14:15]).abs().max() < 1e-5
 
 
 # ---------------------------------------------------------------- the release's key set and size

@@ -36,6 +36,10 @@ class Tts3Config:
     audio_bos = property(lambda self: self.codebook_size, doc="stream begin-of-stream code (1024)")
     audio_eos = property(lambda self: self.codebook_size + 1, doc="stream end-of-stream code (1025)")
 
+    def is_dual(self, layer: int) -> bool:
+        """No layer has DualFFN's audio norms and FFN (what higgs_train.llm.model.Block asks)."""
+        return False
+
     @classmethod
     def from_dict(cls, d: dict) -> "Tts3Config":
         unknown = set(d) - {f.name for f in fields(cls)}

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from higgs_train.families.higgs_tts3.config import Tts3Config
-from higgs_train.llm.model import Attention, DualFFNModel, KVCache, MLP, RMSNorm, rope_inv_freq, rotate_half
+from higgs_train.llm.model import Attention, Block, DualFFNModel, KVCache, RMSNorm, rope_inv_freq, rotate_half
 
 
 class QKNormAttention(Attention):
@@ -75,20 +75,13 @@ class QKNormAttention(Attention):
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.nh * self.hd))
 
 
-class Qwen3Block(nn.Module):
-    """Pre-norm Qwen3 decoder layer; text and audio positions go through the same weights."""
+class Qwen3Block(Block):
+    """The house's pre-norm layer (higgs_train/llm/model.py: Block) with Qwen3's attention: no layer
+    is DualFFN (Tts3Config.is_dual), so text and audio positions go through the same weights."""
 
     def __init__(self, cfg: Tts3Config, layer: int):
-        super().__init__()
-        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        super().__init__(cfg, layer)
         self.attn = QKNormAttention(cfg, layer)
-        self.ffn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = MLP(cfg)
-
-    def forward(self, x, cos, sin, audio_mask, cache, positions, mask, attend=None, audio_only=False):
-        # audio_mask / audio_only: DualFFN layers' arguments, which a shared layer does not need
-        x = x + self.attn(self.attn_norm(x), cos, sin, cache, positions, mask, attend)
-        return x + self.mlp(self.ffn_norm(x))
 
 
 class HiggsTTS3Model(nn.Module):
