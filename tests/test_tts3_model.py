@@ -12,8 +12,8 @@ from higgs_train.families.higgs_tts3.config import Tts3Config
 from higgs_train.families.higgs_tts3.layouts import (CODEC_PREFIX, LayoutError, config_from_original,
                                                      export_plan, original_config, read_config)
 from higgs_train.families.higgs_tts3.model import HiggsTTS3Model, count_parameters, parameter_shapes
-from higgs_train.families.higgs_tts3.prompt import (add_special_tokens, clone_sample, delayed_rows, encode,
-                                                    tts_sample)
+from higgs_train.families.higgs_tts3.prompt import (Tts3Prompts, add_special_tokens, clone_sample, delayed_rows,
+                                                    encode, tts_sample)
 from higgs_train.llm.data import collate
 from higgs_train.llm.model import IGNORE
 from test_llm_model import mixed_batch as dualffn_batch
@@ -248,7 +248,7 @@ def test_prompt_ids_zero_shot_and_cloning():
     zero = encode(tok, "hello world")
     assert zero.input_ids.tolist() == [tts, text, hello, world, audio] and not zero.audio_mask.any()
     ref = np.random.default_rng(0).integers(0, 1024, (8, 5))
-    clone = encode(tok, "hello world", ref_codes=ref, ref_text="this is my voice")
+    clone = encode(tok, "hello world", [("this is my voice", ref)])
     assert clone.input_ids.tolist() == ([tts, ref_text, this, is_, my, voice, ref_audio] + [-100] * (5 + 7)
                                         + [text, hello, world, audio])
     assert clone.audio_mask.nonzero()[0].tolist() == list(range(7, 7 + 12))
@@ -259,7 +259,7 @@ def test_prompt_ids_zero_shot_and_cloning():
     other = encode(word_tokenizer(specials_first=True), "hello world")
     assert other.input_ids.tolist() == [0, 3, 6, 7, 4]
     # a tokenizer without <|ref_text|> clones from the audio alone (as the reference does)
-    bare = encode(word_tokenizer(ref_text=False), "hello", ref_codes=ref, ref_text="this is my voice")
+    bare = encode(word_tokenizer(ref_text=False), "hello", [("this is my voice", ref)])
     assert bare.input_ids[:2].tolist() == [8, 9] and len(bare) == 2 + 12 + 3   # <|tts|> <|ref_audio|>
     with pytest.raises(ValueError, match="lacks the Higgs TTS 3 special tokens"):
         encode(plain_tokenizer(), "hello")
@@ -272,6 +272,27 @@ def plain_tokenizer():
     from transformers import PreTrainedTokenizerFast
 
     return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]")))
+
+
+def test_generation_prompts_for_the_engine():
+    from types import SimpleNamespace
+
+    tok = word_tokenizer()
+    v = tok.get_added_vocab()
+    prompts = Tts3Prompts(tok, Tts3Config(**MICRO))
+    ref = torch.randint(0, 1024, (8, 2))
+    chunk = torch.randint(0, 1024, (8, 3))
+    ids, codes, amask = prompts.generation("hello", [SimpleNamespace(text="my voice", codes=ref)], [("this", chunk)])
+    # the earlier chunk is a further reference of the same voice; the prompt ends at <|audio|>
+    assert ids.tolist() == ([v["<|tts|>"], v["<|ref_text|>"], 5, 6, v["<|ref_audio|>"]] + [-100] * 9
+                            + [v["<|ref_text|>"], 3, v["<|ref_audio|>"]] + [-100] * 10 + [v["<|text|>"], 1, v["<|audio|>"]])
+    assert amask.sum() == 19 and torch.equal(codes[amask], torch.cat([torch.from_numpy(delayed_rows(ref)),
+                                                                       torch.from_numpy(delayed_rows(chunk))]))
+    assert prompts.audio_token == -100
+    with pytest.raises(ValueError, match="no scene description"):
+        prompts.generation("hello", [], [], scene="a quiet room")
+    with pytest.raises(ValueError, match="data.kinds.dialogue=0"):
+        prompts.dialogue([("a", "hello", ref), ("b", "world", ref)])
 
 
 @pytest.mark.parametrize("T", [1, 3, 10])
