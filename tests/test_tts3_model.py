@@ -143,6 +143,27 @@ def test_kv_cache_decode_equals_full_forward():
     assert (fast.audio_logits - full.audio_logits[:, 14:15]).abs().max() < 1e-5
 
 
+def test_engine_decode_steps_drive_it_unchanged():
+    """inference/decode_graphs.DecodeSteps with packed decode weights (inference/packed_gemm.py), as the
+    engine runs them, on this family's model: the full forward's audio logits."""
+    from inference.decode_graphs import DecodeSteps
+    from inference.packed_gemm import PackedLinears
+
+    m = tiny_model()
+    B, P, N = 4, 8, 5                     # 4 rows: fp32 packing's smallest batch
+    g = torch.Generator().manual_seed(0)
+    ids, codes = torch.randint(0, 97, (B, P + N), generator=g), torch.randint(0, 1026, (B, P + N, 8), generator=g)
+    mask = torch.zeros(B, P + N, dtype=torch.bool)
+    mask[:, P:] = True
+    with torch.no_grad():
+        full = m(ids.masked_fill(mask, IGNORE), codes, mask).audio_logits
+        steps = DecodeSteps(m, m.allocate_cache(B, 32), None, PackedLinears.for_decode(m, B))
+        steps.reset()
+        m(ids[:, :P], codes[:, :P], mask[:, :P], cache=steps.cache, positions=torch.arange(P))
+        diff = max((steps(codes[:, t:t + 1], t, 16)[:, 0] - full[:, t]).abs().max().item() for t in range(P, P + N))
+    assert diff < 1e-5
+
+
 # ---------------------------------------------------------------- the release's key set and size
 
 def test_full_size_key_set_and_parameter_count():

@@ -68,8 +68,8 @@ class QKNormAttention(Attention):
         if T == 1 and self.nh != self.nkv and q.device.type == "cpu":
             # one CPU decode step: a KV head's query heads as rows of one query (the house
             # Attention's fast path: the CPU kernel with enable_gqa is slower at one query)
-            y = F.scaled_dot_product_attention(q.view(B, self.nkv, self.nh // self.nkv, self.hd), keys, values,
-                                               attn_mask=mask).view(B, self.nh, 1, self.hd)
+            y = F.scaled_dot_product_attention(q.reshape(B, self.nkv, self.nh // self.nkv, self.hd), keys, values,
+                                               attn_mask=mask).reshape(B, self.nh, 1, self.hd)
         else:
             y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.nh * self.hd))
