@@ -14,8 +14,8 @@ import shutil
 from pathlib import Path
 
 from higgs_train.families.higgs_tts3.config import Tts3Config
-from higgs_train.families.higgs_tts3.layouts import (AUX_FILES, CODEC_PREFIX, LAYOUTS, TEXT_HEAD, LayoutError,
-                                                     export_plan, layout_config, layout_name, read_config)
+from higgs_train.families.higgs_tts3.layouts import (AUX_FILES, CODEC_PREFIX, LAYOUTS, LayoutError, layout_config,
+                                                     layout_name, read_config, tied_copies)
 from higgs_train.families.higgs_tts3.model import HiggsTTS3Model, parameter_shapes
 from higgs_train.llm.checkpoints import Checkpoint, SafetensorsShardWriter, write_json
 from higgs_train.llm.layouts import MAX_SHARD_BYTES
@@ -26,15 +26,14 @@ log = logging.getLogger(__name__)
 def sources(ck: Checkpoint, cfg: Tts3Config, layout: str) -> dict[str, str]:
     """{native name: its name in the checkpoint} for every distinct parameter of `cfg`; LayoutError
     naming missing, unexpected or misshapen tensors. Skipped: the bundled audio tokenizer, and a tied
-    text head (the reference loaders skip both)."""
+    head's copy (the reference loaders skip both)."""
     shapes = parameter_shapes(cfg)
     src = {n: layout_name(n, layout) for n in shapes}
     missing = [theirs for theirs in src.values() if theirs not in ck.where]
     if missing:
         raise LayoutError(f"{ck.dir}: {len(missing)} tensors of a Higgs TTS 3 ({layout} layout) model are missing, "
                           f"e.g. {', '.join(missing[:3])}")
-    skip = {TEXT_HEAD} if layout == "original" and cfg.tie_word_embeddings else set()
-    used = set(src.values()) | skip
+    used = set(src.values()) | (tied_copies(cfg) if layout == "original" else set())
     extra = sorted(n for n in ck.where if n not in used and not n.startswith(CODEC_PREFIX))
     if extra:
         raise LayoutError(f"{ck.dir}: {len(extra)} tensors that a Higgs TTS 3 model of this config does not "
@@ -83,15 +82,11 @@ def save(model: HiggsTTS3Model, out_dir, layout: str = "native", tokenizer_dir=N
     if layout not in LAYOUTS:
         raise ValueError(f"layout={layout!r}: choose one of {', '.join(LAYOUTS)}")
     sd = state_dict if state_dict is not None else model.state_dict()
-    shapes = parameter_shapes(model.cfg)
-    sd = {k: v.detach().cpu() for k, v in sd.items() if k in shapes}
-    plan = export_plan(shapes, model.cfg, layout)
+    sd = {k: v.detach().cpu() for k, v in sd.items() if k in parameter_shapes(model.cfg)}   # tied heads: once
     out = Path(out_dir)
-    w = SafetensorsShardWriter(out, sum(sd[s].numel() * sd[s].element_size() for _, s in plan), max_shard_bytes)
-    used = set()
-    for name, src in plan:   # the tied text head's copy is a tensor of its own (safetensors refuses shared memory)
-        w.add(name, sd[src].clone() if src in used else sd[src])
-        used.add(src)
+    w = SafetensorsShardWriter(out, sum(t.numel() * t.element_size() for t in sd.values()), max_shard_bytes)
+    for name, t in sd.items():
+        w.add(layout_name(name, layout), t)
     w.close()
     for f in AUX_FILES if tokenizer_dir is not None else ():
         if (Path(tokenizer_dir) / f).is_file():

@@ -16,18 +16,17 @@ Names (native -> original):
     text_embed.weight          tied.embedding.text_embedding.weight
     audio_embed.weight         tied.embedding.modality_embeddings.0.embedding.weight
     norm.weight                body.norm.weight
-    text_head.weight           tied.head.text_head.weight        (tied: written as a copy of the
-                                                                   embedding, ignored on reading,
-                                                                   as the reference loaders do)
+    text_head.weight           tied.head.text_head.weight        (only when the text head is untied)
     audio_head.weight          tied.head.modality_heads.0.weight (only when the audio head is untied)
     layers.N.attn.*            body.layers.N.self_attn.*         ({q,k,v,o}_proj, {q,k}_norm)
     layers.N.attn_norm         body.layers.N.input_layernorm
     layers.N.ffn_norm          body.layers.N.post_attention_layernorm
     layers.N.mlp.*             body.layers.N.mlp.*               ({gate,up,down}_proj)
 
-The reference loaders (sglang-omni's weight_loader, mlx-audio's sanitize) skip the audio tokenizer's
-tensors under CODEC_PREFIX; so does ours (the audio tokenizer reads them). A tied head in the
-native layout is not stored at all (the embedding is the head).
+A tied head is not stored (the embedding is the head): 399 tensors at the release's size. The
+reference loaders (sglang-omni's weight_loader, mlx-audio's sanitize) skip the audio tokenizer's
+tensors under CODEC_PREFIX and a tied head's copy where a checkpoint has one; so does ours (the
+audio tokenizer reads its tensors).
 
 Release configs that change outputs in ways HiggsTTS3Model does not reproduce are refused with the
 field named: a text backbone other than qwen3, attention biases, an activation other than SiLU,
@@ -46,12 +45,11 @@ LAYOUTS = ("native", "original")
 ARCHITECTURE = "HiggsTTS3Model"                 # a native config.json's `architecture`
 MODEL_TYPE = "higgs_multimodal_qwen3"           # the release's `model_type`
 CODEC_PREFIX = "tied.embedding.modality_embeddings.0.model."
-TEXT_HEAD = "tied.head.text_head.weight"
 QWEN3_ROPE_THETA = 1_000_000.0                  # what the reference uses when rope_theta is null
 TOP = {"text_embed.weight": "tied.embedding.text_embedding.weight",
        "audio_embed.weight": "tied.embedding.modality_embeddings.0.embedding.weight",
        "norm.weight": "body.norm.weight",
-       "text_head.weight": TEXT_HEAD,
+       "text_head.weight": "tied.head.text_head.weight",
        "audio_head.weight": "tied.head.modality_heads.0.weight"}
 IN_LAYER = {"attn_norm.": "input_layernorm.", "ffn_norm.": "post_attention_layernorm.",
             "attn.": "self_attn.", "mlp.": "mlp."}
@@ -77,13 +75,10 @@ def layout_name(native: str, layout: str) -> str:
     raise KeyError(native)
 
 
-def export_plan(shapes: dict[str, tuple[int, ...]], cfg: Tts3Config, layout: str) -> list[tuple[str, str]]:
-    """[(name in `layout`, native name whose tensor it holds)] for the model's distinct parameters
-    `shapes` (higgs_train.families.higgs_tts3.model.parameter_shapes)."""
-    plan = [(layout_name(n, layout), n) for n in shapes]
-    if layout == "original" and cfg.tie_word_embeddings:   # the release stores the tied text head too
-        plan.append((TEXT_HEAD, "text_embed.weight"))
-    return plan
+def tied_copies(cfg: Tts3Config) -> set[str]:
+    """Release names of the heads `cfg` ties: skipped where a checkpoint holds them, never written."""
+    return {TOP[n] for n, tied in (("text_head.weight", cfg.tie_word_embeddings),
+                                   ("audio_head.weight", cfg.tie_audio_embeddings)) if tied}
 
 
 # ------------------------------------------------------------------------------------ configs
