@@ -62,7 +62,7 @@ def word_tokenizer(specials_first: bool = False, ref_text: bool = True):
 def test_backbone_parity_with_transformers_qwen3(tmp_path):
     """transformers' Qwen3Model, its weights written in the release's layout (rope_theta null, an
     audio tokenizer tensor bundled), read by our loader: the same fp32 hidden states."""
-    from safetensors.torch import save_file
+    from safetensors.torch import load_file, save_file
     from transformers import Qwen3Config, Qwen3Model
 
     torch.manual_seed(0)
@@ -96,6 +96,11 @@ def test_backbone_parity_with_transformers_qwen3(tmp_path):
     assert (out.hidden - want).abs().max().item() <= 1e-5
     assert (out.text_logits - want @ hf.embed_tokens.weight.T).abs().max().item() <= 1e-5
     assert torch.equal(ours.audio_embed.weight, table)
+    # written back in the release layout from there: the bundled audio tokenizer travels along
+    save(ours, tmp_path / "again", layout="original", tokenizer_dir=tmp_path)
+    again = load_file(str(tmp_path / "again" / "model.safetensors"))
+    assert torch.equal(again[CODEC_PREFIX + "encoder.conv.weight"], torch.zeros(3, 3))
+    assert "tied.head.text_head.weight" not in again and len(again) == 3 * 11 + 3 + 1
 
 
 def test_fused_table_embeds_and_heads():

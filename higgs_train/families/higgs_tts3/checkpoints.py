@@ -75,22 +75,36 @@ def load(model_dir, dtype=None, device=None, quantize: str = "none") -> tuple[Hi
     return model, layout
 
 
+def bundled_codec(model_dir) -> tuple[Checkpoint | None, list[str]]:
+    """The audio tokenizer tensors a release directory bundles (CODEC_PREFIX), and their reader."""
+    d = Path(model_dir)
+    if not (d / "model.safetensors.index.json").is_file() and not any(d.glob("*.safetensors")):
+        return None, []
+    ck = Checkpoint(d)
+    return ck, sorted(n for n in ck.where if n.startswith(CODEC_PREFIX))
+
+
 def save(model: HiggsTTS3Model, out_dir, layout: str = "native", tokenizer_dir=None,
          state_dict: dict | None = None, max_shard_bytes: int = MAX_SHARD_BYTES) -> None:
-    """Write `model` (or `state_dict`, e.g. a gathered ZeRO-3 one) in `layout`, plus the text
-    tokenizer files found in tokenizer_dir."""
+    """Write `model` (or `state_dict`, e.g. a gathered ZeRO-3 one) in `layout`, plus what travels
+    with it from tokenizer_dir (the directory the model came from): its text tokenizer files and,
+    in the release layout, the audio tokenizer tensors it bundles, copied as they are, so that the
+    export is a whole release directory."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout={layout!r}: choose one of {', '.join(LAYOUTS)}")
     sd = state_dict if state_dict is not None else model.state_dict()
     sd = {k: v.detach().cpu() for k, v in sd.items() if k in parameter_shapes(model.cfg)}   # tied heads: once
+    codec, codec_names = bundled_codec(tokenizer_dir) if layout == "original" and tokenizer_dir else (None, [])
+    total = sum(t.numel() * t.element_size() for t in sd.values()) + sum(codec.nbytes(n) for n in codec_names)
     out = Path(out_dir)
-    w = SafetensorsShardWriter(out, sum(t.numel() * t.element_size() for t in sd.values()), max_shard_bytes)
+    w = SafetensorsShardWriter(out, total, max_shard_bytes)
     for name, t in sd.items():
         w.add(layout_name(name, layout), t)
+    for name in codec_names:
+        w.add(name, codec.get(name))
     w.close()
     for f in AUX_FILES if tokenizer_dir is not None else ():
         if (Path(tokenizer_dir) / f).is_file():
             shutil.copyfile(Path(tokenizer_dir) / f, out / f)
     dtype = str(sd["text_embed.weight"].dtype).removeprefix("torch.")
     write_json(out / "config.json", layout_config(model.cfg, layout, dtype))
-

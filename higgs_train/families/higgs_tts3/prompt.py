@@ -139,9 +139,9 @@ def clone_sample(tok, ref_text: str, ref_codes, text: str, codes, **kw) -> Sampl
 def load_text_tokenizer(path):
     """The text tokenizer of a model directory (a release's has the special tokens; one trained
     here gets them appended)."""
-    from transformers import AutoTokenizer
+    from transformers import PreTrainedTokenizerFast   # not AutoTokenizer: it reads config.json's model_type
 
-    return add_special_tokens(AutoTokenizer.from_pretrained(str(path), local_files_only=True))
+    return add_special_tokens(PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True))
 
 
 class Tts3Prompts:
