@@ -20,8 +20,9 @@ from test_llm_model import mixed_batch as dualffn_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
+# smaller than configs/model/llm/tts3_tiny.yaml, for test speed
 MICRO = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_layers=3, num_heads=4, num_kv_heads=2,
-             head_dim=16)
+             head_dim=16, rms_norm_eps=1e-6, rope_theta=1e6, num_codebooks=8, codebook_size=1024)
 
 
 def tiny_model(seed=0, **kw) -> HiggsTTS3Model:
@@ -177,8 +178,12 @@ def test_full_size_key_set_and_parameter_count():
 
     from higgs_train.config import CONFIG_DIR
 
-    cfg = instantiate(OmegaConf.load(CONFIG_DIR / "model/llm/tts3_full.yaml"))
-    assert cfg == Tts3Config()   # the dataclass defaults are the released shape
+    cfg = instantiate(OmegaConf.load(CONFIG_DIR / "model/llm/tts3_full.yaml"))   # what training composes
+    assert cfg == Tts3Config.preset("tts3_full") == Tts3Config(
+        vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_layers=36, num_heads=32, num_kv_heads=8,
+        head_dim=128, rms_norm_eps=1e-6, rope_theta=1e6, num_codebooks=8, codebook_size=1024,
+        tie_word_embeddings=True, tie_audio_embeddings=True)                     # the release's shape
+    assert Tts3Config.preset("tts3_tiny", vocab_size=400).hidden_size == 128
     n = count_parameters(cfg)
     print(f"full Higgs TTS 3 config: {n:,} parameters")
     assert n == 4_043_480_576

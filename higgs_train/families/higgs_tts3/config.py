@@ -1,12 +1,17 @@
 """Sizes of a Higgs TTS 3 LLM: a Qwen3 text backbone plus the fused audio table (docs/model.md,
-"Higgs TTS 3").
+"The next family: Higgs TTS 3").
 
-The defaults are the release's shape (configs/model/llm/tts3_full.yaml states the same numbers,
-tests/test_tts3_model.py checks that they agree): 36 Qwen3 layers, hidden 2560, 32 query and 8
-key/value heads of 128, SwiGLU 9728, vocabulary 151,936, the text head tied to the text embedding,
-and 8 codebooks of 1024 codes (+ stream BOS 1024 and EOS 1025) whose [8 * 1026, 2560] table is also
-the audio head. The release's config.json may leave rope_theta null: its reference code then uses
-1e6, and so does the reader (higgs_train/families/higgs_tts3/layouts.py).
+Sizes have one table, as for DualFFN (higgs_train/llm/config.py): configs/model/llm/tts3_*.yaml.
+The dataclass has no defaults for what those files state, so a config is a named size with
+overrides, or every field given (a release config.json read by layouts.py, a test's own size):
+
+    cfg = Tts3Config.preset("tts3_full")                  # the release's shape: 4,043,480,576 parameters
+    cfg = Tts3Config.preset("tts3_tiny", vocab_size=400)  # tts3_tiny.yaml leaves vocab_size to the tokenizer
+
+The release: 36 Qwen3 layers, hidden 2560, 32 query and 8 key/value heads of 128, SwiGLU 9728,
+vocabulary 151,936, the text head tied to the text embedding, and 8 codebooks of 1024 codes
+(+ stream BOS 1024 and EOS 1025) whose [8 * 1026, 2560] table is also the audio head. Its
+config.json may leave rope_theta null: its reference code then uses 1e6, and so does the reader.
 """
 from __future__ import annotations
 
@@ -16,18 +21,18 @@ from typing import ClassVar
 
 @dataclass
 class Tts3Config:
-    vocab_size: int = 151936
-    hidden_size: int = 2560
-    intermediate_size: int = 9728
-    num_layers: int = 36
-    num_heads: int = 32
-    num_kv_heads: int = 8
-    head_dim: int = 128
-    rms_norm_eps: float = 1e-6
-    rope_theta: float = 1_000_000.0
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    num_codebooks: int
+    codebook_size: int                   # + stream BOS and EOS rows per codebook
     tie_word_embeddings: bool = True     # the text head is the text embedding
-    num_codebooks: int = 8
-    codebook_size: int = 1024            # + stream BOS and EOS rows per codebook
     tie_audio_embeddings: bool = True    # the audio head is the fused audio table
     # plain RoPE: higgs_train.llm.model.rope_inv_freq reads this (the release has no scaling)
     rope_scaling: ClassVar[None] = None
@@ -46,3 +51,10 @@ class Tts3Config:
         if unknown:
             raise ValueError(f"unknown Tts3Config keys: {sorted(unknown)}")
         return cls(**d)
+
+    @classmethod
+    def preset(cls, size: str, **overrides) -> "Tts3Config":
+        """configs/model/llm/SIZE.yaml (the size table training composes), with `overrides`."""
+        from higgs_train.config import model_size
+
+        return cls.from_dict({**model_size("llm", size), **overrides})
