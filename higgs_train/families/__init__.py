@@ -151,6 +151,8 @@ class Entry:
 FAMILIES: dict[str, Entry] = {
     "higgs_v2": Entry("higgs_train.families.higgs_v2", model_types=("higgs_audio", "higgs_audio_v2"),
                       architectures=("DualFFNModel",)),
+    "higgs_tts3": Entry("higgs_train.families.higgs_tts3", model_types=("higgs_multimodal_qwen3",),
+                        architectures=("HiggsTTS3Model",)),
 }
 
 

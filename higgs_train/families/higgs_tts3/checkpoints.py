@@ -1,0 +1,109 @@
+"""A Higgs TTS 3 LLM's weights on disk, in our layout or the release's (names: layouts.py).
+
+    model, layout = load(DIR, dtype=None, device=None, quantize="none")
+    save(model, DIR, layout="native" | "original", tokenizer_dir=None)
+
+The machinery is the DualFFN family's (higgs_train/llm/checkpoints.py): tensors read one at a time
+(Checkpoint), decoder-layer linears quantized as they are read (higgs_train/llm/quantize.py),
+shards of at most MAX_SHARD_BYTES each written whole and renamed, config.json last.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from higgs_train.families.higgs_tts3.config import Tts3Config
+from higgs_train.families.higgs_tts3.layouts import (AUX_FILES, LAYOUTS, LayoutError, layout_config,
+                                                     layout_name, read_config, tied_copies)
+from higgs_train.families.higgs_tts3.model import HiggsTTS3Model, parameter_shapes
+from higgs_train.files import write_text_atomic
+from higgs_train.llm.checkpoints import Checkpoint, write_weights
+from higgs_train.tokenizer.layouts import BUNDLED_PREFIX as CODEC_PREFIX
+from higgs_train.llm.layouts import MAX_SHARD_BYTES
+
+log = logging.getLogger(__name__)
+
+
+def sources(ck: Checkpoint, cfg: Tts3Config, layout: str) -> dict[str, str]:
+    """{native name: its name in the checkpoint} for every distinct parameter of `cfg`; LayoutError
+    naming missing, unexpected or misshapen tensors. Skipped: the bundled audio tokenizer, and a tied
+    head's copy (the reference loaders skip both)."""
+    shapes = parameter_shapes(cfg)
+    src = {n: layout_name(n, layout) for n in shapes}
+    missing = [theirs for theirs in src.values() if theirs not in ck.where]
+    if missing:
+        raise LayoutError(f"{ck.dir}: {len(missing)} tensors of a Higgs TTS 3 ({layout} layout) model are missing, "
+                          f"e.g. {', '.join(missing[:3])}")
+    used = set(src.values()) | (tied_copies(cfg) if layout == "original" else set())
+    extra = sorted(n for n in ck.where if n not in used and not n.startswith(CODEC_PREFIX))
+    if extra:
+        raise LayoutError(f"{ck.dir}: {len(extra)} tensors that a Higgs TTS 3 model of this config does not "
+                          f"have, e.g. {', '.join(extra[:3])}")
+    for name, theirs in src.items():
+        if tuple(ck.meta[theirs].shape) != shapes[name]:
+            raise LayoutError(f"{ck.dir}: {theirs} has shape {list(ck.meta[theirs].shape)}, the config implies "
+                              f"{list(shapes[name])}")
+    return src
+
+
+def load(model_dir, dtype=None, device=None, quantize: str = "none") -> tuple[HiggsTTS3Model, str]:
+    """A HiggsTTS3Model from a directory in either layout, and that layout. quantize int8 / nf4:
+    each decoder-layer linear quantized as its tensor is read (embeddings, heads, norms stay)."""
+    from higgs_train.llm import quantize as q
+
+    mode = q.check(quantize)
+    d = Path(model_dir)
+    if not d.is_dir():
+        raise FileNotFoundError(f"{d} is missing: not a Higgs TTS 3 model directory (no such directory)")
+    cfg, layout = read_config(d)
+    ck = Checkpoint(d)
+    model = HiggsTTS3Model.build(cfg, device=device)
+    sd, quantized = {}, []
+    for name, theirs in sources(ck, cfg, layout).items():
+        t = ck.get(theirs)
+        if mode != "none" and q.is_target(name):
+            q.replace(model, name, q.quantized_linear(t.to(dtype=dtype or t.dtype), mode, device))
+            quantized.append(name.removesuffix("weight"))
+        else:
+            sd[name] = t.to(device=device or "cpu", dtype=dtype or t.dtype)
+    missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
+    missing = [k for k in missing if not k.startswith(tuple(quantized)) and k not in model.tied_names()]
+    if missing or unexpected:
+        raise RuntimeError(f"{d}: loading left {missing[:3]} unset and {unexpected[:3]} unused")
+    model.tie_weights()
+    if mode != "none":
+        q.mark(model, mode)
+    return model, layout
+
+
+def bundled_codec(model_dir) -> tuple[Checkpoint | None, list[str]]:
+    """The audio tokenizer tensors a release directory bundles (CODEC_PREFIX), and their reader."""
+    d = Path(model_dir)
+    if not (d / "model.safetensors.index.json").is_file() and not any(d.glob("*.safetensors")):
+        return None, []
+    ck = Checkpoint(d)
+    return ck, sorted(n for n in ck.where if n.startswith(CODEC_PREFIX))
+
+
+def save(model: HiggsTTS3Model, out_dir, layout: str = "native", tokenizer_dir=None,
+         state_dict: dict | None = None, max_shard_bytes: int | None = MAX_SHARD_BYTES) -> None:
+    """Write `model` (or `state_dict`, e.g. a gathered ZeRO-3 one) in `layout`, plus what travels
+    with it from tokenizer_dir (the directory the model came from): its text tokenizer files and,
+    in the release layout, the audio tokenizer tensors it bundles, copied as they are, so that the
+    export is a whole release directory."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout={layout!r}: choose one of {', '.join(LAYOUTS)}")
+    sd = state_dict if state_dict is not None else model.state_dict()
+    sd = {k: v.detach().cpu() for k, v in sd.items() if k in parameter_shapes(model.cfg)}   # tied heads: once
+    codec, codec_names = bundled_codec(tokenizer_dir) if layout == "original" and tokenizer_dir else (None, [])
+    out = Path(out_dir)
+    native = {layout_name(name, layout): name for name in sd}
+    tensors = {theirs: sd[name] for theirs, name in native.items()} | {n: codec.meta[n] for n in codec_names}
+    write_weights(out, tensors, lambda n: sd[native[n]] if n in native else codec.get(n), max_shard_bytes)
+    for f in AUX_FILES if tokenizer_dir is not None else ():
+        if (Path(tokenizer_dir) / f).is_file():
+            shutil.copyfile(Path(tokenizer_dir) / f, out / f)
+    dtype = str(sd["text_embed.weight"].dtype).removeprefix("torch.")
+    write_text_atomic(out / "config.json", json.dumps(layout_config(model.cfg, layout, dtype), indent=2))

@@ -1,0 +1,144 @@
+"""The Higgs TTS 3 LLM: a Qwen3 decoder whose audio positions are summed rows of one fused table.
+
+Inputs and outputs are DualFFNModel's (higgs_train/llm/model.py), so the engine's loop, the
+Lightning module and the fine-tuning recipe drive either family unchanged:
+    input_ids   [B, T] long   text ids; at audio positions anything (the prompts hold -100 there,
+                              as the release's audio_token_id; the embedding never reads them)
+    audio_codes [B, T, K] long  K=8 codebook ids in 0..1025 (1024 = stream BOS, 1025 = stream EOS),
+                               read only where audio_mask is True
+    audio_mask  [B, T] bool   True at audio positions; None = all text
+Outputs (DualFFNOutput): hidden [B, T, D], text_logits [B, T, V], audio_logits [B, T, K, 1026].
+The logits at position t predict position t+1.
+
+What differs from DualFFN:
+- every layer is one Qwen3 block shared by text and audio (no audio norms or FFN): pre-norm
+  attention with an RMSNorm over each query and key head before RoPE (theta 1e6), grouped-query
+  heads, SwiGLU;
+- audio in: the table [K * 1026, D]; a frame's embedding is sum_c table[code_c + c * 1026]
+  (DualFFN's audio embedding is the same);
+- heads tied as the release ties them: audio logits = F.linear(h, table) viewed [.., K, 1026], text
+  logits = F.linear(h, text embedding) (tie_audio_embeddings / tie_word_embeddings; an untied
+  head has a weight of its own). A tied head's `weight` IS the embedding's Parameter (one tensor,
+  one gradient): after a load with assign=True call tie_weights() again.
+
+KV cache, positions, token_mask, attend, last_only, audio_only and text_head mean what they mean
+for DualFFNModel (its docstring): hidden_states, forward, loss and the cache are its functions,
+used here as methods, since they read only embed, layers, norm, the heads and the config's
+num_codebooks / audio_vocab / codebook_size. audio_only needs no split here (every layer is shared).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from higgs_train.families.higgs_tts3.config import Tts3Config
+from higgs_train.llm.model import Attention, Block, DualFFNModel, KVCache, RMSNorm, rope_inv_freq, rotate_half
+
+
+class QKNormAttention(Attention):
+    """Grouped-query attention with Qwen3's per-head RMSNorm on queries and keys, before RoPE.
+
+    The projections are the house Attention's (same names, so quantization and LoRA find them);
+    the cache and kernel handling below is its forward's, with the two norms added after the
+    projections."""
+
+    def __init__(self, cfg: Tts3Config, layer: int):
+        super().__init__(cfg, layer)
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None,
+                positions: Tensor | None, mask: Tensor | None, attend: int | None = None) -> Tensor:
+        B, T, _ = x.shape
+        q = self.q_norm(self.q_proj(x).view(B, T, self.nh, self.hd)).transpose(1, 2)    # [B, H, T, hd]
+        k = self.k_norm(self.k_proj(x).view(B, T, self.nkv, self.hd)).transpose(1, 2)   # [B, KV, T, hd]
+        v = self.v_proj(x).view(B, T, self.nkv, self.hd).transpose(1, 2)
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            return self.o_proj(y.transpose(1, 2).reshape(B, T, self.nh * self.hd))
+        keys, values = cache.k[self.layer], cache.v[self.layer]                    # [B, KV, S, hd]
+        keys.index_copy_(2, positions, k.to(keys.dtype))
+        values.index_copy_(2, positions, v.to(values.dtype))
+        S = keys.shape[2] if attend is None else attend      # only the slots that can hold anything
+        keys, values = keys[:, :, :S].to(q.dtype), values[:, :, :S].to(q.dtype)
+        if T == 1 and self.nh != self.nkv and q.device.type == "cpu":
+            # one CPU decode step: a KV head's query heads as rows of one query (the house
+            # Attention's fast path: the CPU kernel with enable_gqa is slower at one query)
+            y = F.scaled_dot_product_attention(q.reshape(B, self.nkv, self.nh // self.nkv, self.hd), keys, values,
+                                               attn_mask=mask).reshape(B, self.nh, 1, self.hd)
+        else:
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.nh * self.hd))
+
+
+class Qwen3Block(Block):
+    """The house's pre-norm layer (higgs_train/llm/model.py: Block) with Qwen3's attention: no layer
+    is DualFFN (Tts3Config.is_dual), so text and audio positions go through the same weights."""
+
+    def __init__(self, cfg: Tts3Config, layer: int):
+        super().__init__(cfg, layer)
+        self.attn = QKNormAttention(cfg, layer)
+
+
+class HiggsTTS3Model(nn.Module):
+    def __init__(self, cfg: Tts3Config):
+        super().__init__()
+        self.cfg = cfg
+        K, A, D = cfg.num_codebooks, cfg.audio_vocab, cfg.hidden_size
+        self.text_embed = nn.Embedding(cfg.vocab_size, D)
+        self.audio_embed = nn.Embedding(K * A, D)          # the fused table: codebook c at rows c*A ..
+        self.layers = nn.ModuleList(Qwen3Block(cfg, i) for i in range(cfg.num_layers))
+        self.norm = RMSNorm(D, cfg.rms_norm_eps)
+        self.text_head = nn.Linear(D, cfg.vocab_size, bias=False)
+        self.audio_head = nn.Linear(D, K * A, bias=False)
+        self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+        self.register_buffer("codebook_offset", torch.arange(K) * A, persistent=False)
+        self.gradient_checkpointing = False   # a training choice, set by the LightningModule
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=0.02)
+        self.tie_weights()
+
+    def tied_names(self) -> dict[str, str]:
+        """{head parameter: the embedding parameter it is} under this config's tie flags."""
+        tied = {"text_head.weight": "text_embed.weight"} if self.cfg.tie_word_embeddings else {}
+        if self.cfg.tie_audio_embeddings:
+            tied["audio_head.weight"] = "audio_embed.weight"
+        return tied
+
+    def tie_weights(self) -> None:
+        """Point each tied head at its embedding's Parameter (again, after load_state_dict(assign=True))."""
+        for head, emb in self.tied_names().items():
+            self.get_submodule(head.removesuffix(".weight")).weight = self.get_parameter(emb)
+
+    # ---- forward: DualFFNModel's, on this model's layers ------------------------------------
+    def embed(self, input_ids: Tensor, audio_codes: Tensor | None, audio_mask: Tensor | None,
+              audio_only: bool = False) -> Tensor:
+        if audio_mask is not None:   # audio positions may hold the -100 placeholder: never looked up
+            input_ids = input_ids.masked_fill(audio_mask, 0)
+        return DualFFNModel.embed(self, input_ids, audio_codes, audio_mask, audio_only)
+
+    hidden_states = DualFFNModel.hidden_states
+    forward = DualFFNModel.forward
+    audio_logits = DualFFNModel.audio_logits
+    allocate_cache = DualFFNModel.allocate_cache
+    loss = DualFFNModel.loss
+    audio_parameter_names = DualFFNModel.audio_parameter_names   # the fused table (and an untied audio head)
+
+    # parameters on meta, buffers on `device`, for load_state_dict(..., assign=True) then tie_weights()
+    build = classmethod(DualFFNModel.build.__func__)
+
+
+def parameter_shapes(cfg: Tts3Config) -> dict[str, tuple[int, ...]]:
+    """Every distinct parameter (a tied head is its embedding) and its shape, built on meta."""
+    with torch.device("meta"):
+        return {n: tuple(p.shape) for n, p in HiggsTTS3Model(cfg).named_parameters()}
+
+
+def count_parameters(cfg: Tts3Config) -> int:
+    """Parameter count of a config (tied heads counted once), built on the meta device."""
+    return sum(math.prod(shape) for shape in parameter_shapes(cfg).values())
