@@ -111,3 +111,51 @@ def test_release_export_is_the_reference_directory_again(ours, tmp_path):
     raw = [json.loads((d / "config.json").read_text()) for d in (FIX / "tiny", tmp_path)]
     assert config_from_original(raw[0]) == config_from_original(raw[1])
     assert (tmp_path / "tokenizer.json").read_bytes() == (FIX / "tiny" / "tokenizer.json").read_bytes()
+
+
+def test_generation_rule_against_the_reference_sampler(ref, ours):
+    """The family's delay state (FAMILY.delay_state) on the reference's greedy rows: where codebook 0 never
+    ends (cloning, 40 rows) it allows every row and forces begin-of-stream exactly where the
+    reference did; codebook 0's end-of-stream at row 0, which the reference samples and ignores
+    (zero-shot), is not allowed here."""
+    from higgs_train.families.higgs_tts3 import FAMILY
+
+    _, tensors = ref
+    model, _ = ours
+    st = FAMILY.delay_state(model.cfg, 100)
+    for row in tensors["clone.greedy_frames"]:
+        allowed = st.allowed()
+        assert allowed[torch.arange(8), row].all()
+        assert torch.equal(allowed[:, 1024], row == 1024)          # BOS: forced, and only there
+        assert torch.equal(st.push(row), row)
+    assert not st.done and st.frames().shape == (8, 40 - 7)
+    zero = tensors["zero_shot.greedy_frames"]
+    assert zero[0, 0] == 1025 and not FAMILY.delay_state(model.cfg, 100).allowed()[0, 1025]
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_the_engine_speaks_the_reference_frames(ref, ours, use_cache):
+    """inference.Engine with this family (FAMILY) and the audio tokenizer bundled in the
+    checkpoint, greedy: the cloning case's frames are the reference's greedy frames (its 40 rows hold
+    33 whole frames; max_frames 40 keeps the frame limit from forcing an end before them)."""
+    from higgs_train.families import Reference
+    from higgs_train.families.higgs_tts3 import FAMILY
+    from higgs_train.llm.delay import revert_delay
+    from higgs_train.llm.stops import StopRules
+    from higgs_train.tokenizer import AudioTokenizer
+    from inference.engine import Engine, Plan
+    from inference.request import Request
+    from inference.sampling import SamplingConfig
+
+    cases, tensors = ref
+    model, tok = ours
+    codec = AudioTokenizer.from_pretrained(FIX / "tiny", codec_config=json.loads((FIX / "codec_config.json").read_text()))
+    engine = Engine(model, codec, tok, family=FAMILY, stops=StopRules.off(),
+                    sampling=SamplingConfig(temperature=0, max_frames=40))
+    case = cases["clone"]
+    row = engine.row(Request(text=case["text"]), Plan([Reference(case["ref_text"], tensors["clone.ref_codes"].T)],
+                                                      [case["text"]]))
+    assert row.ids.tolist() == case["prompt_ids"]
+    codes = engine.generate_codes([row], use_cache=use_cache)[0]
+    assert codes.shape == (8, 40) and row.watch.reason == "max_frames"
+    assert torch.equal(codes[:, :33], revert_delay(tensors["clone.greedy_frames"].T))

@@ -5,6 +5,18 @@
     layouts.py      our layout and the release's: tensor names, config.json both ways, detection
     checkpoints.py  load (dtype / device / quantize) and save, in either layout
     prompt.py       zero-shot and cloning prompts, training samples and which positions carry a loss
+and here FAMILY, the registry's entry (higgs_train/families).
+
+Generation rule: the delay pattern's DelayState (higgs_train/llm/delay_state.py), as for v2. Its
+position 0, the all-BOS frame v2 feeds, is here the prompt's last token <|audio|>, whose logits give
+the first delayed row; from there the rows are the release's: codebooks c > r hold BOS at row r
+(forced), and the stream ends once every codebook has reached the end-of-stream frame. Against the
+release's sampler (sglang-omni sampler.step; tests/test_tts3_release.py): the same forced BOS and,
+where codebook 0 does not end inside the delay window, the same greedy frames; an end-of-stream is
+never allowed at a codebook's first frame, and codebook 0's end inside the delay window (rows < 8)
+ends the stream here while the release ignores it; once codebook 0 has ended, the release samples
+K - 2 more rows freely and drops what they hold past each codebook's end, DelayState forces them to
+EOS and adds the all-EOS row: the frames returned are the same.
 """
 from __future__ import annotations
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
+from higgs_train.llm.config import DualFFNConfig
+
 
 @dataclass
 class Tts3Config:
@@ -52,9 +54,5 @@ class Tts3Config:
             raise ValueError(f"unknown Tts3Config keys: {sorted(unknown)}")
         return cls(**d)
 
-    @classmethod
-    def preset(cls, size: str, **overrides) -> "Tts3Config":
-        """configs/model/llm/SIZE.yaml (the size table training composes), with `overrides`."""
-        from higgs_train.config import model_size
-
-        return cls.from_dict({**model_size("llm", size), **overrides})
+    # configs/model/llm/SIZE.yaml (the size table training composes), with overrides: DualFFNConfig's
+    preset = classmethod(DualFFNConfig.preset.__func__)

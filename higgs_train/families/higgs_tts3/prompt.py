@@ -38,8 +38,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from higgs_train.llm.delay import apply_delay
-from higgs_train.llm.delay import IGNORE
+from higgs_train.llm.delay import IGNORE, apply_delay, stream_labels
 from higgs_train.llm.prompt import Sample
 
 TTS, REF_TEXT, REF_AUDIO, TEXT, AUDIO = "<|tts|>", "<|ref_text|>", "<|ref_audio|>", "<|text|>", "<|audio|>"
@@ -74,13 +73,12 @@ def delayed_rows(codes, codebook_size: int = 1024) -> np.ndarray:
 
 
 def stream_targets(codes, codebook_size: int = 1024) -> np.ndarray:
-    """The targets of the delayed rows [T + K - 1, K] of codes [K, T]: the labels rule above (the
-    codes, each codebook's first EOS, IGNORE at forced BOS and trailing EOS)."""
-    c = np.asarray(codes, np.int64)
+    """The targets of the delayed rows [T + K - 1, K] of codes [K, T]: the labels rule above. It is
+    the v2 stream's (higgs_train.llm.delay.stream_labels: codes, each codebook's first EOS, IGNORE
+    at forced BOS and trailing EOS) without its all-BOS first frame, which v3 does not feed."""
+    c = torch.as_tensor(np.asarray(codes, np.int64))
     K, T = c.shape
-    framed = np.concatenate([c, np.full((K, 1), codebook_size + 1, np.int64)], axis=1)   # codes, EOS
-    rows = apply_delay(torch.from_numpy(framed), IGNORE, IGNORE).T.numpy()               # [T + K, K]
-    return rows[:T + K - 1]
+    return stream_labels(c, codebook_size + 1)[:, 1:T + K].T.numpy()
 
 
 def encode(tok, text: str, refs=(), codes=None, num_codebooks: int = 8, codebook_size: int = 1024) -> Sample:
