@@ -116,12 +116,18 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d, self.nkv * self.hd, bias=False)
         self.o_proj = nn.Linear(self.nh * self.hd, d, bias=False)
 
+    def heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q [B, H, T, hd], k and v [B, KV, T, hd], before RoPE (a family's attention may norm them
+        here: higgs_train/families/higgs_tts3/model.py)."""
+        B, T, _ = x.shape
+        return (self.q_proj(x).view(B, T, self.nh, self.hd).transpose(1, 2),
+                self.k_proj(x).view(B, T, self.nkv, self.hd).transpose(1, 2),
+                self.v_proj(x).view(B, T, self.nkv, self.hd).transpose(1, 2))
+
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None,
                 positions: Tensor | None, mask: Tensor | None, attend: int | None = None) -> Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.nh, self.hd).transpose(1, 2)    # [B, H, T, hd]
-        k = self.k_proj(x).view(B, T, self.nkv, self.hd).transpose(1, 2)   # [B, KV, T, hd]
-        v = self.v_proj(x).view(B, T, self.nkv, self.hd).transpose(1, 2)
+        q, k, v = self.heads(x)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         if cache is None:

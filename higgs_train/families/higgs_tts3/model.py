@@ -31,48 +31,25 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from higgs_train.families.higgs_tts3.config import Tts3Config
-from higgs_train.llm.model import Attention, Block, DualFFNModel, KVCache, RMSNorm, rope_inv_freq, rotate_half
+from higgs_train.llm.model import Attention, Block, DualFFNModel, RMSNorm, rope_inv_freq
 
 
 class QKNormAttention(Attention):
-    """Grouped-query attention with Qwen3's per-head RMSNorm on queries and keys, before RoPE.
-
-    The projections are the house Attention's (same names, so quantization and LoRA find them);
-    the cache and kernel handling below is its forward's, with the two norms added after the
-    projections."""
+    """Grouped-query attention with Qwen3's per-head RMSNorm on queries and keys, before RoPE: the
+    house Attention (same projection names, so quantization and LoRA find them, and its cache and
+    kernel paths) with the two norms on its heads."""
 
     def __init__(self, cfg: Tts3Config, layer: int):
         super().__init__(cfg, layer)
         self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
         self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None,
-                positions: Tensor | None, mask: Tensor | None, attend: int | None = None) -> Tensor:
-        B, T, _ = x.shape
-        q = self.q_norm(self.q_proj(x).view(B, T, self.nh, self.hd)).transpose(1, 2)    # [B, H, T, hd]
-        k = self.k_norm(self.k_proj(x).view(B, T, self.nkv, self.hd)).transpose(1, 2)   # [B, KV, T, hd]
-        v = self.v_proj(x).view(B, T, self.nkv, self.hd).transpose(1, 2)
-        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
-        if cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-            return self.o_proj(y.transpose(1, 2).reshape(B, T, self.nh * self.hd))
-        keys, values = cache.k[self.layer], cache.v[self.layer]                    # [B, KV, S, hd]
-        keys.index_copy_(2, positions, k.to(keys.dtype))
-        values.index_copy_(2, positions, v.to(values.dtype))
-        S = keys.shape[2] if attend is None else attend      # only the slots that can hold anything
-        keys, values = keys[:, :, :S].to(q.dtype), values[:, :, :S].to(q.dtype)
-        if T == 1 and self.nh != self.nkv and q.device.type == "cpu":
-            # one CPU decode step: a KV head's query heads as rows of one query (the house
-            # Attention's fast path: the CPU kernel with enable_gqa is slower at one query)
-            y = F.scaled_dot_product_attention(q.reshape(B, self.nkv, self.nh // self.nkv, self.hd), keys, values,
-                                               attn_mask=mask).reshape(B, self.nh, 1, self.hd)
-        else:
-            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.nh * self.hd))
+    def heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        q, k, v = super().heads(x)
+        return self.q_norm(q), self.k_norm(k), v
 
 
 class Qwen3Block(Block):
