@@ -9,6 +9,7 @@ decode loop and the server.
     family = family_of(model_dir)            # from config.json; ValueError naming the known markers
     model, layout = family.load(model_dir, dtype, device, quantize)
     family.save(model, out_dir, layout, tokenizer_dir=...)
+    family.convert(src_dir, dst_dir, to)     # python -m higgs_train.convert, streamed
     prompts = family.prompts(text_tokenizer, model.cfg)     # a PromptEncoder
     state = family.delay_state(model.cfg, max_frames)       # one generated stream (a DelayState)
     family = family_for_model(model)         # of a model already built (Engine(model, ...)); family_for_config
@@ -137,6 +138,8 @@ class Family:
     delay_state: Callable[[Any, int], GenerationState]   # (cfg, max_frames) -> one stream's state
     decode_linears: Callable[[Any], list]                # model -> the float nn.Linears an audio-only decode
                                                          # step runs, in order (the CPU packed decode's)
+    convert: Callable[..., str]                          # (src, dst, to) -> source layout: any layout it
+                                                         # reads to `to`, one tensor at a time
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")   # linears LoRA adapts by default
 
 

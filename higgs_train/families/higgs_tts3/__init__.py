@@ -5,18 +5,19 @@
     layouts.py      our layout and the release's: tensor names, config.json both ways, detection
     checkpoints.py  load (dtype / device / quantize) and save, in either layout
     prompt.py       zero-shot and cloning prompts, training samples and which positions carry a loss
+    delay_state.py  generation: the release's rule for a stream's start and end
 """
 from __future__ import annotations
 
 from torch import nn
 
 from higgs_train.families import Family
-from higgs_train.families.higgs_tts3.checkpoints import load, save
+from higgs_train.families.higgs_tts3.checkpoints import convert, load, save
 from higgs_train.families.higgs_tts3.config import Tts3Config
+from higgs_train.families.higgs_tts3.delay_state import ReleaseDelayState
 from higgs_train.families.higgs_tts3.layouts import LAYOUTS, read_config
 from higgs_train.families.higgs_tts3.model import HiggsTTS3Model
 from higgs_train.families.higgs_tts3.prompt import Tts3Prompts, load_text_tokenizer
-from higgs_train.llm.delay_state import DelayState
 from higgs_train.llm.quantize import is_quantized
 
 
@@ -40,8 +41,9 @@ FAMILY = Family(
     save=save,
     text_tokenizer=load_text_tokenizer,
     prompts=Tts3Prompts,
-    delay_state=DelayState.for_model,
+    delay_state=ReleaseDelayState.for_model,   # the release's stop rule (delay_state.py)
     decode_linears=decode_linears,
+    convert=convert,
     # every layer serves text and audio alike: LoRA adapts all its linears
     lora_targets=("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj",
                   "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
