@@ -102,8 +102,8 @@ class PromptEncoder(Protocol):
     def generation(self, text: str, refs: list[Reference], history: list[tuple[str, Tensor]],
                    scene: str | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """(ids [P], codes [P, K], audio_mask [P]) of a prompt that speaks `text` in the voice of
-        `refs`, after the earlier chunks `history` [(text, codes)]; it ends with the all-BOS frame
-        fed (position P-1), so decoding starts from that position's logits."""
+        `refs`, after the earlier chunks `history` [(text, codes)]; decoding starts from position
+        P-1's logits (DualFFN: the fed all-BOS frame; Higgs TTS 3: <|audio|>, no frame fed)."""
 
     def tts(self, text: str, codes, scene: str | None = None) -> Sample: ...
     def clone(self, ref_text: str, ref_codes, text: str, codes, scene: str | None = None) -> Sample: ...

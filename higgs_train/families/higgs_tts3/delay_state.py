@@ -31,7 +31,9 @@ from higgs_train.llm.delay_state import BOS_ONLY, CODE_ONLY, CODE_OR_EOS, EOS_ON
 
 
 class ReleaseDelayState(DelayState):
-    """One row's delayed stream under the release's rule (module docstring); position j is row j-1."""
+    """One row's delayed stream under the release's rule (module docstring). Position j is row j-1;
+    position 0 stands for <|audio|>, the prompt's last position (no begin-of-stream frame is fed,
+    but the first row is drawn from its logits exactly as DelayState's first position is)."""
 
     def allowed(self) -> Tensor:
         j = self.j + 1
