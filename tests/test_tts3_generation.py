@@ -98,6 +98,19 @@ def test_greedy_frames_equal_the_reference_up_to_the_stop(engine, ref, name, sto
         assert int((frames[:, :n] != want).sum()) == 3              # 213 of 216 codes equal (codebook 7, rows 31-33)
 
 
+def test_kv_cache_equals_recomputation(engine, ref):
+    """The cached decode (prefill slices, attend windows, packed CPU linears) against recomputing
+    every position without a cache: the same greedy frames, to the stop."""
+    engine.cfg.prefill_chunk = 16      # the 39-position clone prompt in three slices
+    try:
+        for name in ("zero_shot", "clone"):
+            rows = [Row(*prompt(engine, ref, name), GREEDY.replace(max_frames=30), torch.Generator()) for _ in range(2)]
+            cached = engine.generate_codes(rows[:1])[0]
+            assert torch.equal(cached, engine.generate_codes(rows[1:], use_cache=False)[0]) and cached.shape[1] >= 27
+    finally:
+        engine.cfg.prefill_chunk = EngineConfig().prefill_chunk
+
+
 @pytest.mark.parametrize("name", ["zero_shot", "clone"])
 def test_teacher_forced_on_the_reference_rows_our_argmax_is_every_reference_code(engine, ref, name):
     """Fed the reference's greedy rows, our model's argmax at each row is the reference's code
