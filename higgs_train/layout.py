@@ -5,11 +5,16 @@
 | llm       | original | model_type "higgs_audio"                             | sharded *.safetensors |
 | llm       | hf       | model_type "higgs_audio_v2"                          | *.safetensors         |
 | llm       | native   | architecture "DualFFNModel"                          | model.safetensors     |
+| llm (v3)  | original | model_type "higgs_multimodal_qwen3" (Higgs TTS 3)    | *.safetensors (+ the  |
+|           |          |                                                      | bundled tokenizer)    |
+| llm (v3)  | native   | architecture "HiggsTTS3Model"                        | model.safetensors     |
 | tokenizer | original | no model_type; n_filters, D, ratios, semantic_techer | model.pth             |
 | tokenizer | hf       | model_type "higgs_audio_v2_tokenizer"                | model.safetensors     |
 | tokenizer | native   | model_type "higgs_audio_tokenizer"                   | model.safetensors     |
 
-A leaf module (imports no model code), so the models' loaders and the converter both use it.
+An LLM's family (higgs_train/families, from the same config.json) says which of the layouts it has:
+Higgs TTS 3 has its release's (original) and ours, no hf. A leaf module (imports no model code),
+so the models' loaders and the converter both use it.
 """
 from __future__ import annotations
 
@@ -45,11 +50,11 @@ def detect(model_dir) -> tuple[str, str]:
     d = Path(model_dir)
     cfg = config_json(d)
     model_type = cfg.get("model_type")
-    if model_type == "higgs_audio":
+    if model_type in ("higgs_audio", "higgs_multimodal_qwen3"):
         return "llm", "original"
     if model_type == "higgs_audio_v2":
         return "llm", "hf"
-    if cfg.get("architecture") == "DualFFNModel":
+    if cfg.get("architecture") in ("DualFFNModel", "HiggsTTS3Model"):
         return "llm", "native"
     if model_type == "higgs_audio_v2_tokenizer":
         return "tokenizer", "hf"

@@ -7,7 +7,8 @@
 The model's family (higgs_train/families, from the LLM directory's config.json or the model's
 config class) gives the prompt encoder and the delay state; this module keeps the loop and the
 KV-cache buckets. plan: a request's references (inference/references.py) and text chunks
-(inference/text.py); row: a chunk's prompt, ending with the fed all-BOS frame, and its StopWatch
+(inference/text.py); row: a chunk's prompt (ending where decoding starts: the fed all-BOS frame
+for DualFFN, <|audio|> for Higgs TTS 3) and its StopWatch
 (higgs_train/llm/stops.py: its frame limit, early stops and why it ended); decode_frames: rows
 left-padded to one batch (token_mask) -> prefill in slices of `prefill_chunk` positions into a
 static KV cache (the smallest bucket that fits) -> per step the last position's audio logits
@@ -114,7 +115,8 @@ class Engine:
                         quantize: str = "none", **kw) -> "Engine":
         """llm_dir: an LLM directory with its text tokenizer files, of any registered family
         (higgs_train/families, from its config.json) in any layout the family reads; tokenizer_dir:
-        an audio tokenizer directory (any layout). dtype None: bf16 on CUDA, fp32 elsewhere.
+        an audio tokenizer directory (any layout), or a Higgs TTS 3 directory (llm_dir itself: the
+        tokenizer its checkpoint bundles). dtype None: bf16 on CUDA, fp32 elsewhere.
         quantize: none | int8 | nf4 (the decoder layers' linears; higgs_train.llm.quantize)."""
         for name, d in (("model", llm_dir), ("tokenizer", tokenizer_dir)):
             if not Path(d).is_dir():

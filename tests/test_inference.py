@@ -15,6 +15,7 @@ from inference.sampling import SamplingConfig, filter_logits, sample_frame
 from inference.text import split_text
 from higgs_train.testing.tiny_exports import make_tiny_exports
 from inference.voices import VoiceError, VoiceLibrary
+from stream_common import assert_streamed_equals_whole  # tests/ is on sys.path
 
 GREEDY = SamplingConfig(temperature=0, max_frames=24)
 
@@ -127,15 +128,7 @@ def test_streaming_equals_whole_within_crossfade(engine):
     hop, c = engine.codec.hop, engine.cfg
     assert len(whole.chunks) == 2                                 # two text chunks, context fed back
     assert len(chunks) >= 3 and len(chunks[0]) == c.first_chunk_frames * hop
-    streamed = np.concatenate(chunks)
-    assert len(streamed) == len(whole.audio)
-    seams = np.cumsum([len(x) for x in chunks])[:-1]
-    near = np.zeros(len(streamed), bool)
-    for s0 in seams:
-        near[s0:s0 + c.crossfade_frames * hop] = True
-    diff = np.abs(streamed - whole.audio)
-    assert diff[~near].max() < 1e-4, diff[~near].max()           # away from seams: identical
-    assert diff[near].max() < 0.05 * np.abs(whole.audio).max() + 1e-4
+    assert_streamed_equals_whole(chunks, whole.audio, hop, c.crossfade_frames)
 
 
 def test_voice_cloning_and_dialogue_prompts(engine):

@@ -121,3 +121,14 @@ def test_full_size_key_set():
     assert keys["keys"]["tied.embedding.modality_embeddings.0.embedding.weight"] == [8208, 2560]
     assert keys["keys"]["body.layers.35.self_attn.k_proj.weight"] == [1024, 2560]
     assert t["codec_state_dict_elements"] == 201_400_553
+
+
+def test_the_tiny_directory_holds_its_codec_config():
+    """tiny/ is a whole model directory: the bundled codec's config lies beside the weights, where
+    the tokenizer loader reads it (the release carries none, and the tiny codec is not the full size)."""
+    from higgs_train.tokenizer import AudioTokenizer
+
+    codec_cfg = json.loads((FIX / "tiny" / "codec_config.json").read_text())
+    assert codec_cfg["codebook_size"] == 1024 and codec_cfg["codebook_dim"] == 2
+    codec = AudioTokenizer.from_pretrained(FIX / "tiny")
+    assert (codec.n_codebooks, codec.codebook_size, codec.hop) == (8, 1024, 960)

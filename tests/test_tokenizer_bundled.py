@@ -22,7 +22,7 @@ from higgs_train.tokenizer import layouts
 
 V3 = Path(__file__).parent / "fixtures" / "release_v3"
 TINY = V3 / "tiny"
-CODEC_CONFIG = V3 / "codec_config.json"
+CODEC_CONFIG = TINY / "codec_config.json"   # beside the weights, where the loader finds it
 SPEECH = Path(__file__).parent / "fixtures" / "real_speech" / "en_man.flac"   # 24 kHz
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
@@ -105,6 +105,7 @@ def test_the_default_config_is_the_releases_full_key_set():
 def test_codec_config_next_to_the_weights_or_passed(tmp_path, ours):
     d = tmp_path / "v3"
     shutil.copytree(TINY, d)
+    (d / layouts.BUNDLED_CONFIG).unlink()
     assert layouts.bundled_hf_config(d) is None   # none there: the full size, which the tiny tensors do not fit
     with pytest.raises(ValueError, match=r"has channels 1 \(acoustic_encoder.conv1.weight\), its config "
                                          r"\(the v2 release's \(our full size\)\) says 64"):

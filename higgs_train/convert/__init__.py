@@ -1,13 +1,15 @@
 """Model directories in three layouts, and moving a model between them.
 
     python -m higgs_train.convert src=DIR dst=DIR to=native|hf|original
+    python -m higgs_train.convert src=V3_DIR dst=DIR to=native|original   # a Higgs TTS 3 LLM (no hf layout)
     python -m higgs_train.convert src=V3_DIR dst=DIR kind=tokenizer   # the tokenizer a Higgs TTS 3 checkpoint bundles
 
 A directory is an LLM or an audio tokenizer, in one of three layouts (docs/model.md,
 "Released layouts"; the table is in higgs_train/layout.py).
 
-An LLM is converted by higgs_train/llm/checkpoints.py (convert_llm: the module that reads and
-writes every LLM layout), an audio tokenizer by higgs_train/convert/tokenizer.py; `detect`
+An LLM is converted by its model family (higgs_train/families: Family.convert; DualFFN's is
+higgs_train/llm/checkpoints.py's convert_llm, Higgs TTS 3's converts between its release layout
+and ours, the bundled audio tokenizer travelling in both), an audio tokenizer by higgs_train/convert/tokenizer.py; `detect`
 (higgs_train/layout.py) reads a layout from config.json, and for kind=tokenizer
 higgs_train/tokenizer/layouts.py's `tokenizer_layout`, which also knows the bundled one.
 """
@@ -40,10 +42,10 @@ def convert(src, dst, to: str, kind: str | None = None, codec_config=None) -> tu
         found, layout = detect(src)
     if kind not in (None, found):
         raise ValueError(f"kind={kind}: {src} holds an audio tokenizer ({layout} layout), not an LLM")
-    if found == "llm":
-        from higgs_train.llm.checkpoints import convert_llm
+    if found == "llm":   # the model family (config.json) converts its own layouts
+        from higgs_train.families import family_of
 
-        convert_llm(src, dst, to)
+        family_of(src).convert(src, dst, to)
     else:
         from higgs_train.convert.tokenizer import convert as convert_tokenizer
 

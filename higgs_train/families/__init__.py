@@ -9,6 +9,7 @@ decode loop and the server.
     family = family_of(model_dir)            # from config.json; ValueError naming the known markers
     model, layout = family.load(model_dir, dtype, device, quantize)
     family.save(model, out_dir, layout, tokenizer_dir=...)
+    family.convert(src_dir, dst_dir, to)     # python -m higgs_train.convert, streamed
     prompts = family.prompts(text_tokenizer, model.cfg)     # a PromptEncoder
     state = family.delay_state(model.cfg, max_frames)       # one generated stream (a DelayState)
     family = family_for_model(model)         # of a model already built (Engine(model, ...)); family_for_config
@@ -101,8 +102,8 @@ class PromptEncoder(Protocol):
     def generation(self, text: str, refs: list[Reference], history: list[tuple[str, Tensor]],
                    scene: str | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """(ids [P], codes [P, K], audio_mask [P]) of a prompt that speaks `text` in the voice of
-        `refs`, after the earlier chunks `history` [(text, codes)]; it ends with the all-BOS frame
-        fed (position P-1), so decoding starts from that position's logits."""
+        `refs`, after the earlier chunks `history` [(text, codes)]; decoding starts from position
+        P-1's logits (DualFFN: the fed all-BOS frame; Higgs TTS 3: <|audio|>, no frame fed)."""
 
     def tts(self, text: str, codes, scene: str | None = None) -> Sample: ...
     def clone(self, ref_text: str, ref_codes, text: str, codes, scene: str | None = None) -> Sample: ...
@@ -137,6 +138,8 @@ class Family:
     delay_state: Callable[[Any, int], GenerationState]   # (cfg, max_frames) -> one stream's state
     decode_linears: Callable[[Any], list]                # model -> the float nn.Linears an audio-only decode
                                                          # step runs, in order (the CPU packed decode's)
+    convert: Callable[..., str]                          # (src, dst, to) -> source layout: any layout it
+                                                         # reads to `to`, one tensor at a time
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")   # linears LoRA adapts by default
 
 

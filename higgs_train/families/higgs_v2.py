@@ -83,6 +83,12 @@ def load(model_dir, dtype=None, device=None, quantize: str = "none") -> tuple[Du
     return load_llm(model_dir, dtype=dtype, device=device, quantize=quantize)
 
 
+def convert(src, dst, to: str) -> str:
+    from higgs_train.llm.checkpoints import convert_llm
+
+    return convert_llm(src, dst, to)
+
+
 def save(model: DualFFNModel, out_dir, layout: str = "native", tokenizer_dir=None, state_dict=None) -> None:
     from higgs_train.llm.checkpoints import save_llm
 
@@ -101,6 +107,7 @@ FAMILY = Family(
     prompts=ChatPrompts.for_config,
     delay_state=DelayState.for_model,
     decode_linears=decode_linears,
+    convert=convert,
     lora_targets=("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj",
                   "audio_mlp.gate_proj", "audio_mlp.up_proj", "audio_mlp.down_proj"),
 )

@@ -277,6 +277,11 @@ def read_config(model_dir) -> tuple[DualFFNConfig, str]:
         raise LayoutError(f"{d} holds an audio tokenizer ({layout} layout), not an LLM")
     raw = json.loads((d / "config.json").read_text())
     where = str(d / "config.json")
+    from higgs_train.families import detect as family
+
+    if family(raw, where) != "higgs_v2":   # another family's LLM (higgs_train/families loads it)
+        raise LayoutError(f"{where}: a {family(raw, where)} model, not DualFFN: load it with "
+                          "higgs_train.families.family_of(DIR).load")
     if layout == "original":
         return config_from_original(raw, where), layout
     if layout == "hf":

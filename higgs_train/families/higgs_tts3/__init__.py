@@ -5,30 +5,27 @@
     layouts.py      our layout and the release's: tensor names, config.json both ways, detection
     checkpoints.py  load (dtype / device / quantize) and save, in either layout
     prompt.py       zero-shot and cloning prompts, training samples and which positions carry a loss
+    delay_state.py  generation: the release's rule for a stream's start and end
 and here FAMILY, the registry's entry (higgs_train/families).
 
-Generation rule: the delay pattern's DelayState (higgs_train/llm/delay_state.py), as for v2. Its
-position 0, the all-BOS frame v2 feeds, is here the prompt's last token <|audio|>, whose logits give
-the first delayed row; from there the rows are the release's: codebooks c > r hold BOS at row r
-(forced), and the stream ends once every codebook has reached the end-of-stream frame. Against the
-release's sampler (sglang-omni sampler.step; tests/test_tts3_release.py): the same forced BOS and,
-where codebook 0 does not end inside the delay window, the same greedy frames; an end-of-stream is
-never allowed at a codebook's first frame, and codebook 0's end inside the delay window (rows < 8)
-ends the stream here while the release ignores it; once codebook 0 has ended, the release samples
-K - 2 more rows freely and drops what they hold past each codebook's end, DelayState forces them to
-EOS and adds the all-EOS row: the frames returned are the same.
+Generation rule: ReleaseDelayState (delay_state.py), the delay pattern's DelayState
+(higgs_train/llm/delay_state.py) under the release's sampler's rule (sglang-omni sampler.step):
+its position 0, the all-BOS frame v2 feeds, is here the prompt's last token <|audio|>; codebooks
+c > r hold BOS at row r; codebook 0's end-of-stream inside the delay window is ignored, afterwards
+it ends the stream; the one difference kept is said in delay_state.py (tests/test_tts3_generation.py
+measures it).
 """
 from __future__ import annotations
 
 from torch import nn
 
 from higgs_train.families import Family
-from higgs_train.families.higgs_tts3.checkpoints import load, save
+from higgs_train.families.higgs_tts3.checkpoints import convert, load, save
 from higgs_train.families.higgs_tts3.config import Tts3Config
+from higgs_train.families.higgs_tts3.delay_state import ReleaseDelayState
 from higgs_train.families.higgs_tts3.layouts import LAYOUTS, read_config
 from higgs_train.families.higgs_tts3.model import HiggsTTS3Model
 from higgs_train.families.higgs_tts3.prompt import Tts3Prompts, load_text_tokenizer
-from higgs_train.llm.delay_state import DelayState
 from higgs_train.llm.quantize import is_quantized
 
 
@@ -52,8 +49,9 @@ FAMILY = Family(
     save=save,
     text_tokenizer=load_text_tokenizer,
     prompts=Tts3Prompts,
-    delay_state=DelayState.for_model,
+    delay_state=ReleaseDelayState.for_model,   # the release's stop rule (delay_state.py)
     decode_linears=decode_linears,
+    convert=convert,
     # every layer serves text and audio alike: LoRA adapts all its linears
     lora_targets=("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj",
                   "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),

@@ -2,6 +2,7 @@
 
     model, layout = load(DIR, dtype=None, device=None, quantize="none")
     save(model, DIR, layout="native" | "original", tokenizer_dir=None)
+    convert(SRC, DST, to="native" | "original")    # python -m higgs_train.convert, streamed
 
 The machinery is the DualFFN family's (higgs_train/llm/checkpoints.py): tensors read one at a time
 (Checkpoint), decoder-layer linears quantized as they are read (higgs_train/llm/quantize.py),
@@ -90,20 +91,49 @@ def bundled_codec(model_dir) -> tuple[Checkpoint | None, list[str]]:
 def save(model: HiggsTTS3Model, out_dir, layout: str = "native", tokenizer_dir=None,
          state_dict: dict | None = None, max_shard_bytes: int | None = MAX_SHARD_BYTES) -> None:
     """Write `model` (or `state_dict`, e.g. a gathered ZeRO-3 one) in `layout`, plus what travels
-    with it from tokenizer_dir (the directory the model came from): its text tokenizer files and,
-    in the release layout, the audio tokenizer tensors it bundles, copied as they are, so that the
-    export is a whole release directory."""
+    with it from tokenizer_dir (the directory the model came from): its text tokenizer files and
+    the audio tokenizer tensors it bundles (with their codec_config.json), copied as they are, so
+    that the export is a whole model directory in either layout (tokenizer= may name it)."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout={layout!r}: choose one of {', '.join(LAYOUTS)}")
     sd = state_dict if state_dict is not None else model.state_dict()
     sd = {k: v.detach().cpu() for k, v in sd.items() if k in parameter_shapes(model.cfg)}   # tied heads: once
-    codec, codec_names = bundled_codec(tokenizer_dir) if layout == "original" and tokenizer_dir else (None, [])
-    out = Path(out_dir)
     native = {layout_name(name, layout): name for name in sd}
-    tensors = {theirs: sd[name] for theirs, name in native.items()} | {n: codec.meta[n] for n in codec_names}
-    write_weights(out, tensors, lambda n: sd[native[n]] if n in native else codec.get(n), max_shard_bytes)
-    for f in AUX_FILES if tokenizer_dir is not None else ():
-        if (Path(tokenizer_dir) / f).is_file():
-            shutil.copyfile(Path(tokenizer_dir) / f, out / f)
-    dtype = str(sd["text_embed.weight"].dtype).removeprefix("torch.")
-    write_text_atomic(out / "config.json", json.dumps(layout_config(model.cfg, layout, dtype), indent=2))
+    write(out_dir, model.cfg, layout, {theirs: sd[name] for theirs, name in native.items()},
+          lambda n: sd[native[n]], tokenizer_dir, max_shard_bytes)
+
+
+def write(out_dir, cfg: Tts3Config, layout: str, tensors: dict, read, aux_dir=None,
+          max_shard_bytes: int | None = MAX_SHARD_BYTES) -> None:
+    """The LLM's `tensors` ({name in `layout`: a tensor or its meta}, read(name) the real one), the
+    audio tokenizer aux_dir bundles and aux_dir's AUX_FILES into out_dir, config.json last."""
+    codec, codec_names = bundled_codec(aux_dir) if aux_dir is not None else (None, [])
+    out = Path(out_dir)
+    write_weights(out, {**tensors, **{n: codec.meta[n] for n in codec_names}},
+                  lambda n: read(n) if n in tensors else codec.get(n), max_shard_bytes)
+    for f in AUX_FILES if aux_dir is not None else ():
+        if (Path(aux_dir) / f).is_file():
+            shutil.copyfile(Path(aux_dir) / f, out / f)
+    dtype = str(tensors[layout_name("text_embed.weight", layout)].dtype).removeprefix("torch.")
+    write_text_atomic(out / "config.json", json.dumps(layout_config(cfg, layout, dtype), indent=2))
+
+
+def convert(src, dst, to: str, max_shard_bytes: int | None = MAX_SHARD_BYTES) -> str:
+    """The Higgs TTS 3 LLM in `src` (either layout) written in layout `to` into the new directory
+    `dst`, one tensor at a time in the source's file order (peak memory: one output file plus one
+    tensor, as higgs_train/llm/checkpoints.py's convert_llm). Tensors and dtypes are copied as they
+    are (a round trip is bit-equal); the bundled audio tokenizer's tensors keep their names in
+    either layout (so tokenizer=DST loads it), and codec_config.json and the text tokenizer files
+    travel. Returns the source layout."""
+    if to not in LAYOUTS:
+        raise ValueError(f"to={to!r}: a Higgs TTS 3 model has the layouts {', '.join(LAYOUTS)}")
+    src, dst = Path(src), Path(dst)
+    if dst.exists() and any(dst.iterdir()):
+        raise FileExistsError(f"dst={dst} exists and is not empty: convert into a new directory")
+    cfg, layout = read_config(src)
+    ck = Checkpoint(src)
+    theirs = {layout_name(name, to): source for name, source in sources(ck, cfg, layout).items()}
+    order = sorted(theirs, key=lambda n: (ck.where[theirs[n]], theirs[n]))   # one source file after the other
+    write(dst, cfg, to, {n: ck.meta[theirs[n]] for n in order}, lambda n: ck.get(theirs[n]), src, max_shard_bytes)
+    log.info("%s (%s layout) -> %s (%s layout)", src, layout, dst, to)
+    return layout

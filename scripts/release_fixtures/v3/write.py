@@ -8,9 +8,10 @@ Writes tests/fixtures/release_v3/ (README.md there says what each file holds):
                     rope_theta null), model.safetensors (release names, with a tiny audio
                     tokenizer bundled under tied.embedding.modality_embeddings.0.model.* in
                     transformers' HiggsAudioV2TokenizerModel names), tokenizer.json +
-                    tokenizer_config.json (byte-level BPE + the v3 specials in the added vocabulary)
-  codec_config.json the bundled codec's HiggsAudioV2TokenizerConfig (the release carries none: the
-                    reference packages the full-size one)
+                    tokenizer_config.json (byte-level BPE + the v3 specials in the added vocabulary),
+                    codec_config.json: the bundled codec's HiggsAudioV2TokenizerConfig (the release
+                    carries none: the reference packages the full-size one; our tokenizer loader
+                    reads this file beside the weights, so the directory alone is a whole model)
   cases.json        prompt ids / token strings / special ids of a zero-shot and a cloning request,
   cases.safetensors the delayed frames, the reference's teacher-forced audio (and text) logits,
                     greedy frames and the stop step; the bundled codec's codes for a test waveform
@@ -236,8 +237,8 @@ def main() -> None:
 
 
 def bundle_codec(state: dict, g: torch.Generator) -> dict:
-    """A tiny transformers HiggsAudioV2TokenizerModel (config CODEC, written beside the checkpoint
-    as codec_config.json) under the bundle prefix, in its own state_dict names."""
+    """A tiny transformers HiggsAudioV2TokenizerModel (config CODEC, written beside the weights as
+    tiny/codec_config.json) under the bundle prefix, in its own state_dict names."""
     from transformers import HiggsAudioV2TokenizerConfig, HiggsAudioV2TokenizerModel
 
     torch.manual_seed(ref.SEED)
@@ -246,7 +247,7 @@ def bundle_codec(state: dict, g: torch.Generator) -> dict:
         for q in codec.quantizer.quantizers:
             q.codebook.embed.copy_(torch.randn(q.codebook.embed.shape, generator=g))
             q.codebook.embed_avg.copy_(q.codebook.embed)
-    with open(os.path.join(OUT, "codec_config.json"), "w") as f:
+    with open(os.path.join(OUT, "tiny", "codec_config.json"), "w") as f:
         json.dump(CODEC, f, indent=2, sort_keys=True)
         f.write("\n")
     return {**state, **{CODEC_PREFIX + k: v for k, v in codec.state_dict().items()}}
@@ -255,7 +256,7 @@ def bundle_codec(state: dict, g: torch.Generator) -> dict:
 def codec_case(tiny: str, tensors: dict) -> dict:
     """The reference's codec facade loads the bundle back; encode a 0.8 s waveform (the facade
     zero-pads clips under 1 s to 1 s) and decode the codes."""
-    codec = ref.load_reference_codec(tiny, os.path.join(OUT, "codec_config.json"))
+    codec = ref.load_reference_codec(tiny, os.path.join(tiny, "codec_config.json"))
     t = torch.arange(int(0.8 * 24000)) / 24000
     wav = (0.3 * torch.sin(2 * torch.pi * 220 * t) + 0.1 * torch.sin(2 * torch.pi * 1330 * t)).half().float()
     with torch.no_grad():
