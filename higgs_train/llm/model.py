@@ -203,14 +203,19 @@ class Block(nn.Module):
         return x + self.mlp(self.ffn_norm(x))
 
 
-class DualFFNModel(nn.Module):
-    def __init__(self, cfg: DualFFNConfig):
+class AudioDecoder(nn.Module):
+    """Text and audio embeddings, a stack of `block_class` layers, the text and audio heads: the
+    call surface every model family's LLM has (higgs_train/families/__init__.py, AudioLM). A family
+    sets block_class (and may extend embed); DualFFNModel below is the Higgs Audio v2 one."""
+    block_class: type[nn.Module] = Block
+
+    def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
         K, A, D = cfg.num_codebooks, cfg.audio_vocab, cfg.hidden_size
         self.text_embed = nn.Embedding(cfg.vocab_size, D)
         self.audio_embed = nn.Embedding(K * A, D)          # codebook k uses rows k*A .. k*A+A-1
-        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
+        self.layers = nn.ModuleList(self.block_class(cfg, i) for i in range(cfg.num_layers))
         self.norm = RMSNorm(D, cfg.rms_norm_eps)
         self.text_head = nn.Linear(D, cfg.vocab_size, bias=False)
         self.audio_head = nn.Linear(D, K * A, bias=False)
@@ -324,7 +329,7 @@ class DualFFNModel(nn.Module):
                 if n.startswith(("audio_embed", "audio_head")) or ".audio_" in n]
 
     @classmethod
-    def build(cls, cfg: DualFFNConfig, device=None) -> "DualFFNModel":
+    def build(cls, cfg, device=None) -> "AudioDecoder":
         """A model whose weights are about to be loaded with load_state_dict(..., assign=True):
         parameters on meta (no memory: a full-size fp32 skeleton on a GPU would take 23 GB before
         the bf16 weights replace it), buffers materialised on `device`."""
@@ -334,6 +339,10 @@ class DualFFNModel(nn.Module):
         model.inv_freq = rope_inv_freq(cfg).to(device)
         model.codebook_offset = (torch.arange(cfg.num_codebooks) * cfg.audio_vocab).to(device)
         return model
+
+
+class DualFFNModel(AudioDecoder):
+    """Higgs Audio v2's LLM: every layer a Block, dual (audio norms and FFN) where cfg.is_dual says."""
 
 
 def count_parameters(cfg: DualFFNConfig) -> int:

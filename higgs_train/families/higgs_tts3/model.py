@@ -22,19 +22,18 @@ What differs from DualFFN:
   one gradient): after a load with assign=True call tie_weights() again.
 
 KV cache, positions, token_mask, attend, last_only, audio_only and text_head mean what they mean
-for DualFFNModel (its docstring): hidden_states, forward, loss and the cache are its functions,
-used here as methods, since they read only embed, layers, norm, the heads and the config's
-num_codebooks / audio_vocab / codebook_size. audio_only needs no split here (every layer is shared).
+for DualFFNModel (its docstring): both are the house AudioDecoder (hidden_states, forward, loss, the
+cache and build), on their own layers. audio_only needs no split here (every layer is shared).
 """
 from __future__ import annotations
 
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from higgs_train.families.higgs_tts3.config import Tts3Config
-from higgs_train.llm.model import Attention, Block, DualFFNModel, RMSNorm, rope_inv_freq
+from higgs_train.llm.model import Attention, AudioDecoder, Block, RMSNorm
 
 
 class QKNormAttention(Attention):
@@ -61,23 +60,13 @@ class Qwen3Block(Block):
         self.attn = QKNormAttention(cfg, layer)
 
 
-class HiggsTTS3Model(nn.Module):
+class HiggsTTS3Model(AudioDecoder):
+    """The house audio decoder (higgs_train/llm/model.py: AudioDecoder) on Qwen3 layers, with the
+    heads tied to the embeddings as the release ties them."""
+    block_class = Qwen3Block
+
     def __init__(self, cfg: Tts3Config):
-        super().__init__()
-        self.cfg = cfg
-        K, A, D = cfg.num_codebooks, cfg.audio_vocab, cfg.hidden_size
-        self.text_embed = nn.Embedding(cfg.vocab_size, D)
-        self.audio_embed = nn.Embedding(K * A, D)          # the fused table: codebook c at rows c*A ..
-        self.layers = nn.ModuleList(Qwen3Block(cfg, i) for i in range(cfg.num_layers))
-        self.norm = RMSNorm(D, cfg.rms_norm_eps)
-        self.text_head = nn.Linear(D, cfg.vocab_size, bias=False)
-        self.audio_head = nn.Linear(D, K * A, bias=False)
-        self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
-        self.register_buffer("codebook_offset", torch.arange(K) * A, persistent=False)
-        self.gradient_checkpointing = False   # a training choice, set by the LightningModule
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(m.weight, std=0.02)
+        super().__init__(cfg)
         self.tie_weights()
 
     def tied_names(self) -> dict[str, str]:
@@ -92,22 +81,11 @@ class HiggsTTS3Model(nn.Module):
         for head, emb in self.tied_names().items():
             self.get_submodule(head.removesuffix(".weight")).weight = self.get_parameter(emb)
 
-    # ---- forward: DualFFNModel's, on this model's layers ------------------------------------
     def embed(self, input_ids: Tensor, audio_codes: Tensor | None, audio_mask: Tensor | None,
               audio_only: bool = False) -> Tensor:
         if audio_mask is not None:   # audio positions may hold the -100 placeholder: never looked up
             input_ids = input_ids.masked_fill(audio_mask, 0)
-        return DualFFNModel.embed(self, input_ids, audio_codes, audio_mask, audio_only)
-
-    hidden_states = DualFFNModel.hidden_states
-    forward = DualFFNModel.forward
-    audio_logits = DualFFNModel.audio_logits
-    allocate_cache = DualFFNModel.allocate_cache
-    loss = DualFFNModel.loss
-    audio_parameter_names = DualFFNModel.audio_parameter_names   # the fused table (and an untied audio head)
-
-    # parameters on meta, buffers on `device`, for load_state_dict(..., assign=True) then tie_weights()
-    build = classmethod(DualFFNModel.build.__func__)
+        return super().embed(input_ids, audio_codes, audio_mask, audio_only)
 
 
 def parameter_shapes(cfg: Tts3Config) -> dict[str, tuple[int, ...]]:
