@@ -26,10 +26,10 @@ import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from higgs_train.files import atomic_path, write_text_atomic
 from higgs_train.layout import detect
@@ -131,13 +131,36 @@ def read_native(ck: Checkpoint, parts: list[str]) -> Tensor:
     return ts[0] if len(ts) == 1 else torch.cat(ts)
 
 
-def load_llm(model_dir, dtype=None, device=None, quantize: str = "none") -> tuple[DualFFNModel, str]:
-    """A DualFFNModel from a directory in any layout, and that layout. quantize int8 / nf4: each
-    decoder-layer linear is quantized as its tensor is read (higgs_train.llm.quantize), so no more
-    than one full-precision matrix is held beyond the quantized model."""
+def load_weights(model: nn.Module, tensors: Iterable[tuple[str, Tensor]], where, dtype=None, device=None,
+                 quantize: str = "none", tied: Iterable[str] = ()) -> nn.Module:
+    """Fill a model built on meta (AudioDecoder.build) from (native name, tensor) pairs read one at
+    a time. quantize int8 / nf4: each decoder-layer linear is quantized as its tensor is read
+    (higgs_train.llm.quantize), so no more than one full-precision matrix is held beyond the
+    quantized model. `tied`: parameters that are another's (a tied head), never read."""
     from higgs_train.llm import quantize as q
 
     mode = q.check(quantize)
+    sd, quantized = {}, []
+    for name, t in tensors:
+        if mode != "none" and q.is_target(name):
+            q.replace(model, name, q.quantized_linear(t.to(dtype=dtype or t.dtype), mode, device))
+            quantized.append(name.removesuffix("weight"))
+        else:
+            sd[name] = t.to(device=device or "cpu", dtype=dtype or t.dtype)
+    missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
+    missing = [k for k in missing if not k.startswith(tuple(quantized)) and k not in set(tied)]
+    if missing or unexpected:
+        raise RuntimeError(f"{where}: loading left {missing[:3]} unset and {unexpected[:3]} unused")
+    if mode != "none":
+        q.mark(model, mode)
+    return model
+
+
+def load_llm(model_dir, dtype=None, device=None, quantize: str = "none") -> tuple[DualFFNModel, str]:
+    """A DualFFNModel from a directory in any layout, and that layout (quantize: load_weights)."""
+    from higgs_train.llm import quantize as q
+
+    q.check(quantize)
     d = Path(model_dir)
     if not d.is_dir():
         raise FileNotFoundError(f"{d} is missing: not a DualFFNModel export directory (no such directory)")
@@ -145,21 +168,8 @@ def load_llm(model_dir, dtype=None, device=None, quantize: str = "none") -> tupl
     ck = Checkpoint(d)
     src = native_sources(ck, cfg, layout)
     model = DualFFNModel.build(cfg, device=device)
-    sd, quantized = {}, []
-    for name, parts in src.items():
-        t = read_native(ck, parts)
-        if mode != "none" and q.is_target(name):
-            q.replace(model, name, q.quantized_linear(t.to(dtype=dtype or t.dtype), mode, device))
-            quantized.append(name.removesuffix("weight"))
-        else:
-            sd[name] = t.to(device=device or "cpu", dtype=dtype or t.dtype)
-    missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
-    missing = [k for k in missing if not k.startswith(tuple(quantized))]
-    if missing or unexpected:
-        raise RuntimeError(f"{d}: loading left {missing[:3]} unset and {unexpected[:3]} unused")
-    if mode != "none":
-        q.mark(model, mode)
-    return model, layout
+    tensors = ((name, read_native(ck, parts)) for name, parts in src.items())
+    return load_weights(model, tensors, d, dtype, device, quantize), layout
 
 
 def from_hf_llama(hf_dir, dual_layers: list[int] | None = None, num_codebooks: int = 8,

@@ -20,7 +20,7 @@ from higgs_train.families.higgs_tts3.layouts import (AUX_FILES, LAYOUTS, LayoutE
                                                      layout_name, read_config, tied_copies)
 from higgs_train.families.higgs_tts3.model import HiggsTTS3Model, parameter_shapes
 from higgs_train.files import write_text_atomic
-from higgs_train.llm.checkpoints import Checkpoint, write_weights
+from higgs_train.llm.checkpoints import Checkpoint, load_weights, write_weights
 from higgs_train.tokenizer.layouts import BUNDLED_PREFIX as CODEC_PREFIX
 from higgs_train.llm.layouts import MAX_SHARD_BYTES
 
@@ -54,28 +54,16 @@ def load(model_dir, dtype=None, device=None, quantize: str = "none") -> tuple[Hi
     each decoder-layer linear quantized as its tensor is read (embeddings, heads, norms stay)."""
     from higgs_train.llm import quantize as q
 
-    mode = q.check(quantize)
+    q.check(quantize)
     d = Path(model_dir)
     if not d.is_dir():
         raise FileNotFoundError(f"{d} is missing: not a Higgs TTS 3 model directory (no such directory)")
     cfg, layout = read_config(d)
     ck = Checkpoint(d)
     model = HiggsTTS3Model.build(cfg, device=device)
-    sd, quantized = {}, []
-    for name, theirs in sources(ck, cfg, layout).items():
-        t = ck.get(theirs)
-        if mode != "none" and q.is_target(name):
-            q.replace(model, name, q.quantized_linear(t.to(dtype=dtype or t.dtype), mode, device))
-            quantized.append(name.removesuffix("weight"))
-        else:
-            sd[name] = t.to(device=device or "cpu", dtype=dtype or t.dtype)
-    missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
-    missing = [k for k in missing if not k.startswith(tuple(quantized)) and k not in model.tied_names()]
-    if missing or unexpected:
-        raise RuntimeError(f"{d}: loading left {missing[:3]} unset and {unexpected[:3]} unused")
+    tensors = ((name, ck.get(theirs)) for name, theirs in sources(ck, cfg, layout).items())
+    load_weights(model, tensors, d, dtype, device, quantize, tied=model.tied_names())
     model.tie_weights()
-    if mode != "none":
-        q.mark(model, mode)
     return model, layout
 
 
