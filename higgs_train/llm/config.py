@@ -14,7 +14,9 @@ from dataclasses import dataclass, fields
 
 
 @dataclass
-class DualFFNConfig:
+class DecoderConfig:
+    """What every family's LLM config holds: the decoder's sizes and the codebook shape (a family's
+    config adds its own fields: DualFFNConfig below, higgs_train/families/higgs_tts3/config.py)."""
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -24,17 +26,8 @@ class DualFFNConfig:
     head_dim: int
     rms_norm_eps: float
     rope_theta: float
-    # llama3 RoPE scaling ({"factor", "low_freq_factor", "high_freq_factor",
-    # "original_max_position_embeddings"}) or None for plain RoPE.
-    rope_scaling: dict | None
-    dual_layers: list[int] | None         # indices of DualFFN layers; None = every layer
     num_codebooks: int
     codebook_size: int                    # + stream BOS and EOS rows per codebook
-    # Text-token ids by role (keys of layouts.RELEASE_TOKENS: audio_bos, audio_eos, audio_out_bos,
-    # audio_delay, audio_in, audio_out, pad) as a release config states them; None: the text
-    # tokenizer's. The forward pass reads neither this nor the next field: prompts do.
-    special_tokens: dict[str, int] | None = None
-    encode_audio_in_tokens: bool = False  # the release's flag: <|AUDIO|> (audio-in) positions carry codes
 
     @property
     def audio_vocab(self) -> int:
@@ -48,20 +41,32 @@ class DualFFNConfig:
     def audio_eos(self) -> int:
         return self.codebook_size + 1
 
-    def is_dual(self, layer: int) -> bool:
-        return self.dual_layers is None or layer in self.dual_layers
-
     @classmethod
-    def from_dict(cls, d: dict) -> "DualFFNConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
+    def from_dict(cls, d: dict):
+        unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"unknown DualFFNConfig keys: {sorted(unknown)}")
+            raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
         return cls(**d)
 
     @classmethod
-    def preset(cls, size: str, **overrides) -> "DualFFNConfig":
+    def preset(cls, size: str, **overrides):
         """configs/model/llm/SIZE.yaml (the size table training composes), with `overrides`."""
         from higgs_train.config import model_size
 
         return cls.from_dict({**model_size("llm", size), **overrides})
+
+
+@dataclass
+class DualFFNConfig(DecoderConfig):
+    # llama3 RoPE scaling ({"factor", "low_freq_factor", "high_freq_factor",
+    # "original_max_position_embeddings"}) or None for plain RoPE.
+    rope_scaling: dict | None
+    dual_layers: list[int] | None         # indices of DualFFN layers; None = every layer
+    # Text-token ids by role (keys of layouts.RELEASE_TOKENS: audio_bos, audio_eos, audio_out_bos,
+    # audio_delay, audio_in, audio_out, pad) as a release config states them; None: the text
+    # tokenizer's. The forward pass reads neither this nor the next field: prompts do.
+    special_tokens: dict[str, int] | None = None
+    encode_audio_in_tokens: bool = False  # the release's flag: <|AUDIO|> (audio-in) positions carry codes
+
+    def is_dual(self, layer: int) -> bool:
+        return self.dual_layers is None or layer in self.dual_layers
