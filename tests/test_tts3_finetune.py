@@ -18,7 +18,7 @@ from higgs_train.families import family_of
 from higgs_train.families.higgs_tts3.prompt import encode
 from higgs_train.finetune.lora import FinetuneModule
 from higgs_train.tokenizer.layouts import BUNDLED_PREFIX as CODEC_PREFIX
-from test_finetune import FAST, NAME, finetune
+from test_finetune import FAST, NAME, finished_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
@@ -121,10 +121,7 @@ def test_lora_export_in_release_layout_has_the_adapted_logits(inputs, tmp_path):
 @pytest.fixture(scope="module")
 def run(inputs):
     """One LoRA fine-tune through the recipe, shared by the tests below."""
-    out = inputs["root"] / "out"
-    p = finetune(*inputs["args"], f"out_dir={out}", *FAST, "trainer.max_steps=24", "task.optim.lr=1e-2")
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    return {"out": out, "stdout": p.stdout, "summary": json.loads((out / "summary.json").read_text())}
+    return finished_run(inputs["root"] / "out", *inputs["args"], *FAST, "trainer.max_steps=24", "task.optim.lr=1e-2")
 
 
 @pytest.mark.slow
@@ -148,15 +145,18 @@ def test_lora_recipe_on_a_release_base(inputs, run):
     a, b = (AudioTokenizer.from_pretrained(d).eval() for d in (inputs["base"], export))
     with torch.no_grad():
         assert torch.equal(a.encode(wav, 24000), b.encode(wav, 24000))
+    # the engine loads the export as its model and its audio tokenizer (model=EXPORT tokenizer=EXPORT)
+    from inference.engine import Engine
+
+    engine = Engine.from_pretrained(export, export)
+    assert engine.family.name == "higgs_tts3" and engine.model.cfg == family_of(inputs["base"]).read_config(export)[0]
 
 
 @pytest.mark.slow
 def test_full_recipe_on_a_release_base(inputs, run, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(run["out"] / "corpus", out / "corpus")   # curation and tokenization are done
-    p = finetune(*inputs["args"], f"out_dir={out}", *FAST, "mode=full", "trainer.max_steps=8", "task.optim.lr=3e-3")
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    summary = json.loads((out / "summary.json").read_text())
+    summary = finished_run(out, *inputs["args"], *FAST, "mode=full", "trainer.max_steps=8", "task.optim.lr=3e-3")["summary"]
     print(f"v3 full: held-out loss {summary['base_val_loss']:.4f} -> {summary['val_loss']:.4f}")
     assert summary["val_loss"] < summary["base_val_loss"], summary
     changed = assert_release_export(out / "export", inputs["base"], ("body.", "tied.embedding."))
@@ -169,10 +169,8 @@ def test_full_recipe_on_a_release_base(inputs, run, tmp_path):
 def test_qlora_recipe_on_a_release_base(inputs, run, tmp_path, mode):
     out = tmp_path / "out"
     shutil.copytree(run["out"] / "corpus", out / "corpus")
-    p = finetune(*inputs["args"], f"out_dir={out}", *FAST, f"quantize={mode}", "trainer.max_steps=8",
-                 "task.optim.lr=1e-2")
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    summary = json.loads((out / "summary.json").read_text())
+    summary = finished_run(out, *inputs["args"], *FAST, f"quantize={mode}", "trainer.max_steps=8",
+                           "task.optim.lr=1e-2")["summary"]
     print(f"v3 QLoRA {mode}: held-out loss (base and result loaded {mode}) "
           f"{summary['base_val_loss']:.4f} -> {summary['val_loss']:.4f}")
     assert summary["val_loss"] < summary["base_val_loss"], summary

@@ -4,7 +4,6 @@ supervised positions are the delay rule's (higgs_train/families/higgs_tts3/promp
 and `task.init_from=` a release directory loads through the family."""
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
