@@ -32,7 +32,8 @@ def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("tts3_finetune")
     base = root / "base"
     shutil.copytree(FIX / "tiny", base)
-    shutil.copyfile(FIX / "codec_config.json", base / "codec_config.json")   # the bundled codec's config, inside
+    if not (base / "codec_config.json").is_file():   # the bundled codec's config, inside the base
+        shutil.copyfile(FIX / "codec_config.json", base / "codec_config.json")
     make_voice_folder(root / "voice", voice=VOICES[6], n_clips=6)
     return {"root": root, "base": base,
             "args": [f"voice_dir={root / 'voice'}", f"base={base}", f"tokenizer={base}", f"name={NAME}"]}
