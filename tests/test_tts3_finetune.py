@@ -104,8 +104,8 @@ def test_lora_export_in_release_layout_has_the_adapted_logits(inputs, tmp_path):
         diff = (again - adapted).abs().max().item()
         assert got == (export_layout or "original") and diff < 1e-5, diff
         assert (again - base_logits).abs().max() > 1e-2                     # the adapters changed the output
-        n_codec = sum(k.startswith(CODEC_PREFIX) for k in tensors(out))
-        assert n_codec == (351 if got == "original" else 0)                # the release layout bundles the codec
+        if got == "original":                                              # the release layout bundles the codec
+            assert sum(k.startswith(CODEC_PREFIX) for k in tensors(out)) == 351
     assert_release_export(tmp_path / "None", base, tuple(f"body.layers.{i}." for i in range(cfg.num_layers)))
     # names of the base's layout are targets too; an unknown layout is refused before any work
     from recipes.finetune import FinetuneError
