@@ -18,7 +18,7 @@ from higgs_train.families import family_of
 from higgs_train.families.higgs_tts3.prompt import encode
 from higgs_train.finetune.lora import FinetuneModule
 from higgs_train.tokenizer.layouts import BUNDLED_PREFIX as CODEC_PREFIX
-from test_finetune import FAST, NAME, finished_run
+from test_finetune import FAST, NAME, STOPS, finished_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
@@ -121,8 +121,10 @@ def test_lora_export_in_release_layout_has_the_adapted_logits(inputs, tmp_path):
 
 @pytest.fixture(scope="module")
 def run(inputs):
-    """One LoRA fine-tune through the recipe, shared by the tests below."""
-    return finished_run(inputs["root"] / "out", *inputs["args"], *FAST, "trainer.max_steps=24", "task.optim.lr=1e-2")
+    """One LoRA fine-tune through the recipe, shared by the tests below; the stop check speaks held-out
+    sentences with the model being trained (the engine, this family's generation rule)."""
+    return finished_run(inputs["root"] / "out", *inputs["args"], *FAST, *STOPS, "trainer.max_steps=24",
+                        "task.optim.lr=1e-2")
 
 
 @pytest.mark.slow
@@ -134,6 +136,8 @@ def test_lora_recipe_on_a_release_base(inputs, run):
           f"best step {summary['best_step']} of {summary['steps']}")
     assert summary["val_loss"] < summary["base_val_loss"] - 0.2, summary
     assert summary["clips"]["val"] >= 1 and summary["best_step"] is not None
+    assert [h["step"] for h in summary["validations"]] == [4, 8, 12, 16, 20, 24]    # the stop check ran each time
+    assert summary["stop_rate"] is not None and summary["duration_ratio"] > 0
     export = out / "export"
     layers = tuple(f"body.layers.{i}." for i in range(2))
     changed = assert_release_export(export, inputs["base"], layers)
