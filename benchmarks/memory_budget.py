@@ -74,8 +74,7 @@ def main(argv: list[str]) -> None:
     args = parse(Args, argv, "python -m benchmarks.memory_budget", __doc__)
     chunk = args.prefill_chunk
     budget = args.budget_gib * GiB
-    raw = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "model/llm/full.yaml"))
-    cfg = DualFFNConfig.from_dict(raw)
+    cfg = DualFFNConfig.preset("full")
     llm, tok = llm_bytes(cfg), tokenizer_bytes()
     rows = [("LLM weights bf16", llm["bf16"]), ("LLM weights 8-bit", llm["int8"]),
             ("tokenizer weights fp32", tok["fp32"]),

@@ -31,10 +31,11 @@ register_resolvers()
 
 def model_size(kind: str, name: str) -> dict:
     """configs/model/<kind>/<name>.yaml as a plain dict: the one table of model sizes that
-    training, tests, benchmarks and the demo all read (kind 'llm' | 'tokenizer')."""
+    training, tests, benchmarks and the demo all read (kind 'llm' | 'tokenizer'), without an LLM
+    size's `family` (the model family whose config class reads the rest: higgs_train.families.size_config)."""
     path = CONFIG_DIR / "model" / kind / f"{name}.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"no model size {kind}/{name}: {path} is missing")
     cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    cfg.pop("_target_", None)
+    cfg.pop("family", None)
     return cfg

@@ -46,6 +46,13 @@ def finetune(*args, cwd=None) -> subprocess.CompletedProcess:
     return p
 
 
+def finished_run(out, *args) -> dict:
+    """A recipe run into `out` that must succeed: {"out", "stdout", "summary" (summary.json)}."""
+    p = finetune(*args, f"out_dir={out}")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return {"out": out, "stdout": p.stdout, "summary": json.loads((out / "summary.json").read_text())}
+
+
 def val_losses(run_dir) -> list[dict[int, float]]:
     """{logged step: val/loss} of each invocation (logs/version_N), in order."""
     out = []
@@ -66,11 +73,8 @@ def inputs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def run(inputs):
     """One LoRA fine-tune, shared by the tests below."""
-    out = inputs["root"] / "out"
-    p = finetune(*inputs["args"], f"out_dir={out}", *FAST, *STOPS, "trainer.max_steps=24", "task.optim.lr=1e-2",
-                 f"lora.targets=[{','.join(RUN_TARGETS)}]")
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    return {"out": out, "stdout": p.stdout, "summary": json.loads((out / "summary.json").read_text())}
+    return finished_run(inputs["root"] / "out", *inputs["args"], *FAST, *STOPS, "trainer.max_steps=24",
+                        "task.optim.lr=1e-2", f"lora.targets=[{','.join(RUN_TARGETS)}]")
 
 
 @pytest.mark.slow

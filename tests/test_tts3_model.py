@@ -174,12 +174,13 @@ def test_engine_decode_steps_drive_it_unchanged():
 # ---------------------------------------------------------------- the release's key set and size
 
 def test_full_size_key_set_and_parameter_count():
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     from higgs_train.config import CONFIG_DIR
+    from higgs_train.families import size_config
 
-    cfg = instantiate(OmegaConf.load(CONFIG_DIR / "model/llm/tts3_full.yaml"))   # what training composes
+    family, cfg = size_config(OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "model/llm/tts3_full.yaml")))
+    assert family.name == "higgs_tts3"                                            # what training composes
     assert cfg == Tts3Config.preset("tts3_full") == Tts3Config(
         vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_layers=36, num_heads=32, num_kv_heads=8,
         head_dim=128, rms_norm_eps=1e-6, rope_theta=1e6, num_codebooks=8, codebook_size=1024,

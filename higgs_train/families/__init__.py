@@ -13,6 +13,7 @@ decode loop and the server.
     prompts = family.prompts(text_tokenizer, model.cfg)     # a PromptEncoder
     state = family.delay_state(model.cfg, max_frames)       # one generated stream (a DelayState)
     family = family_for_model(model)         # of a model already built (Engine(model, ...)); family_for_config
+    family, cfg = size_config(entry)         # an LLM size (configs/model/llm/*.yaml: its `family` key)
 
 Families are imported only when asked for, so importing this registry imports no model code. The
 README's "Adding a model family" says how a new one plugs in.
@@ -98,6 +99,7 @@ class PromptEncoder(Protocol):
     (higgs_train.llm.data.SampleMaker). Codes are undelayed [K, F] arrays or tensors."""
 
     audio_token: int   # the input id at a generated audio position (what the recomputing path feeds)
+    kinds: tuple[str, ...]   # the training samples it lays out, of "tts", "clone", "dialogue" (data.kinds)
 
     def generation(self, text: str, refs: list[Reference], history: list[tuple[str, Tensor]],
                    scene: str | None = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -130,9 +132,12 @@ class Family:
     config_class: type                                   # its config dataclass (what model.cfg is)
     layouts: tuple[str, ...]                             # layouts it reads and writes ("native" first)
     read_config: Callable[[Any], tuple[Any, str]]        # model_dir -> (cfg, layout)
+    model_class: type                                    # model_class(cfg): a fresh, randomly initialised model
     build: Callable[[Any], AudioLM]                      # cfg -> model, parameters on the meta device
     load: Callable[..., tuple[AudioLM, str]]             # (model_dir, dtype, device, quantize) -> (model, layout)
-    save: Callable[..., None]                            # (model, out_dir, layout, tokenizer_dir=, state_dict=)
+    save: Callable[..., None]                            # (model, out_dir, layout, tokenizer_dir=, state_dict=,
+                                                         #  max_shard_bytes=: None = one file)
+    layout_name: Callable[[str, str], Any]               # (native parameter name, layout) -> its name there
     text_tokenizer: Callable[[Any], Any]                 # model_dir -> its text tokenizer
     prompts: Callable[[Any, Any], PromptEncoder]         # (text tokenizer, cfg) -> its prompt encoder
     delay_state: Callable[[Any, int], GenerationState]   # (cfg, max_frames) -> one stream's state
@@ -194,6 +199,16 @@ def family_for_config(cfg) -> Family:
         if isinstance(cfg, family.config_class):
             return family
     raise ValueError(f"a {type(cfg).__name__} config belongs to no registered model family ({', '.join(FAMILIES)})")
+
+
+def size_config(entry: dict) -> tuple[Family, Any]:
+    """(family, config) of an LLM size: a configs/model/llm/*.yaml entry (or the `model_cfg` a
+    training checkpoint carries), whose `family` key names the registered family and whose other
+    keys are that family's config class's. An entry without one is DualFFN's (checkpoints written
+    before sizes named their family)."""
+    entry = dict(entry)
+    family = get(entry.pop("family", None) or "higgs_v2")
+    return family, family.config_class.from_dict(entry)
 
 
 def family_for_model(model) -> Family:

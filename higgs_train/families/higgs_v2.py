@@ -14,7 +14,7 @@ from torch import Tensor
 
 from higgs_train.families import Family, Reference
 from higgs_train.llm.delay_state import DelayState
-from higgs_train.llm.layouts import LAYOUTS, read_config
+from higgs_train.llm.layouts import LAYOUTS, MAX_SHARD_BYTES, layout_name, read_config
 from higgs_train.llm.config import DualFFNConfig
 from higgs_train.llm.model import DualFFNModel
 from higgs_train.llm.quantize import is_quantized
@@ -24,6 +24,8 @@ from higgs_train.llm.text_tokenizer import load_text_tokenizer, special_token_id
 
 class ChatPrompts:
     """The release's chat-format prompts for one text tokenizer and codebook shape."""
+
+    kinds = ("tts", "clone", "dialogue")
 
     def __init__(self, tok, num_codebooks: int, codebook_size: int, special_tokens: dict[str, int] | None = None):
         self.tok, self.K, self.bos = tok, num_codebooks, codebook_size   # stream BOS = codebook_size
@@ -89,10 +91,12 @@ def convert(src, dst, to: str) -> str:
     return convert_llm(src, dst, to)
 
 
-def save(model: DualFFNModel, out_dir, layout: str = "native", tokenizer_dir=None, state_dict=None) -> None:
+def save(model: DualFFNModel, out_dir, layout: str = "native", tokenizer_dir=None, state_dict=None,
+         max_shard_bytes: int | None = MAX_SHARD_BYTES) -> None:
     from higgs_train.llm.checkpoints import save_llm
 
-    save_llm(model, out_dir, layout, tokenizer_dir=tokenizer_dir, state_dict=state_dict)
+    save_llm(model, out_dir, layout, tokenizer_dir=tokenizer_dir, state_dict=state_dict,
+             max_shard_bytes=max_shard_bytes)
 
 
 FAMILY = Family(
@@ -100,9 +104,11 @@ FAMILY = Family(
     config_class=DualFFNConfig,
     layouts=LAYOUTS,
     read_config=read_config,
+    model_class=DualFFNModel,
     build=DualFFNModel.build,
     load=load,
     save=save,
+    layout_name=layout_name,
     text_tokenizer=load_text_tokenizer,
     prompts=ChatPrompts.for_config,
     delay_state=DelayState.for_model,

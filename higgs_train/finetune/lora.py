@@ -12,10 +12,13 @@ as in the LLM task).
 Checkpoints hold only the trainable tensors (LoRA: a few MB instead of the whole model): the
 frozen ones are the base export's, which the module loads again (init_from) when it is rebuilt.
 
-export() writes what inference loads, in the base's layout (native, the transformers port or the
-original release: higgs_train.llm.layouts) or the one `export_layout` asks for, and in the base's
-dtype: the weights of the *best* validation checkpoint (ModelCheckpoint monitoring val/loss), LoRA
-merged in, with the base's text tokenizer (and chat template) files.
+The base is of any model family (higgs_train/families, from its config.json): loaded, adapted and
+written by the family. export() writes what inference loads, in the base's layout (DualFFN: native,
+the transformers port or the original release, higgs_train.llm.layouts; Higgs TTS 3: native or the
+release's, with the audio tokenizer the base bundles copied through) or the one `export_layout`
+asks for, and in the base's dtype: the weights of the *best* validation checkpoint
+(ModelCheckpoint monitoring val/loss), LoRA merged in, with the base's text tokenizer (and chat
+template) files.
 
 Memory (LoRA), lean by construction so the released 5.8 B model trains on a 16 GB card:
 - the frozen base stays in the dtype it is stored in (bf16 for the release), never copied to fp32;
@@ -37,10 +40,9 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
-from higgs_train.llm.lit import LLMModule
+from higgs_train.families import family_for_model, family_of, size_config
+from higgs_train.llm.lit import LLMModule, check_family
 from higgs_train.llm.lit import build as build_llm
-from higgs_train.llm.text_tokenizer import load_text_tokenizer
-from higgs_train.llm.checkpoints import load_llm
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +60,10 @@ def lora_modules(model: torch.nn.Module, targets, layout: str = "native") -> lis
     """The model's linear layers (full names) named by `targets`: suffixes of our module names or
     of their names in `layout` (the base's); None: its family's (higgs_train.families.Family.lora_targets).
     ValueError naming a target that matches none."""
-    from higgs_train.llm.layouts import layout_name
-
+    family = family_for_model(model)
+    layout_name = family.layout_name
     if targets is None:
-        from higgs_train.families import family_for_model
-
-        targets = family_for_model(model).lora_targets
+        targets = family.lora_targets
 
     linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
     names = {n: {n, layout_name(n + ".weight", layout)[:-len(".weight")]} for n in linear}
@@ -104,13 +104,12 @@ def export_dtype(export_dir) -> torch.dtype:
         return SAFETENSORS_DTYPES.get(f.get_slice(next(iter(f.keys()))).get_dtype(), torch.float32)
 
 
-def resolve_export_layout(export_layout: str | None, base_layout: str) -> str:
+def resolve_export_layout(export_layout: str | None, base_layout: str, layouts: tuple[str, ...]) -> str:
     """The layout the export is written in: the one asked for, or the base's (null); ValueError for
-    an unknown one. The fine-tuning recipe calls it too, before any work (recipes/finetune/run.py)."""
-    from higgs_train.llm.layouts import LAYOUTS
-
-    if export_layout not in (None, *LAYOUTS):
-        raise ValueError(f"export_layout={export_layout!r}: use one of {', '.join(LAYOUTS)} (or null: the base's)")
+    one that the base's family (its `layouts`) does not write. The fine-tuning recipe calls it too,
+    before any work (recipes/finetune/run.py)."""
+    if export_layout not in (None, *layouts):
+        raise ValueError(f"export_layout={export_layout!r}: use one of {', '.join(layouts)} (or null: the base's)")
     return export_layout or base_layout
 
 
@@ -131,15 +130,14 @@ class FinetuneModule(LLMModule):
     def __init__(self, *args, lora: dict | None = None, export_layout: str | None = None,
                  quantize: str = "none", **kw):
         from higgs_train.llm import quantize as q
-        from higgs_train.llm.layouts import read_config
 
         self.lora, self.quantize = lora, q.check(quantize)   # read by _make_model, below
         if self.quantize != "none" and not lora:
             raise ValueError(f"quantize={quantize}: a quantized base trains LoRA adapters only (mode=lora)")
         super().__init__(*args, **kw)
         self.base_dir = kw["init_from"]
-        self.base_layout = read_config(self.base_dir)[1]
-        self.export_layout = resolve_export_layout(export_layout, self.base_layout)
+        self.base_layout = self.family.read_config(self.base_dir)[1]
+        self.export_layout = resolve_export_layout(export_layout, self.base_layout, self.family.layouts)
         if lora:
             self.model = add_lora(self.model, **lora, layout=self.base_layout)
         # a quantized base is rebuilt from disk; checkpoints hold (and restore) the adapters only
@@ -153,13 +151,13 @@ class FinetuneModule(LLMModule):
         if not self.lora:
             return super()._make_model(model_cfg, init_from)
         from higgs_train.llm import quantize as q
-        from higgs_train.llm.config import DualFFNConfig
-        from higgs_train.llm.model import DualFFNModel
 
-        model = load_llm(init_from, quantize=self.quantize)[0]
+        family, cfg = size_config(model_cfg)
+        check_family(family, init_from)
+        model = family.load(init_from, quantize=self.quantize)[0]
         if self.quantize != "none":
             q.for_training(model)
-        if model.cfg != DualFFNConfig.from_dict(model_cfg):
+        if model.cfg != cfg:
             log.warning("init_from=%s: its config %s replaces model config %s", init_from, model.cfg, model_cfg)
         return model
 
@@ -196,9 +194,7 @@ class FinetuneModule(LLMModule):
         base, the base read again on the CPU in its stored dtype with copies of the adapters."""
         if self.quantize == "none":
             return self.model
-        from higgs_train.llm.model import DualFFNModel
-
-        base = add_lora(load_llm(self.base_dir)[0], **self.lora, layout=self.base_layout)
+        base = add_lora(self.family.load(self.base_dir)[0], **self.lora, layout=self.base_layout)
         adapters = {k: v.detach().cpu() for k, v in self.model.state_dict().items() if ".lora_" in k}
         missing, unexpected = base.load_state_dict(adapters, strict=False)
         if unexpected or [k for k in missing if ".lora_" in k]:
@@ -207,8 +203,6 @@ class FinetuneModule(LLMModule):
 
     def export(self, out_dir) -> None:
         """The best validation checkpoint, merged, in self.export_layout + the text tokenizer."""
-        from higgs_train.llm.checkpoints import save_llm
-
         best = self.best_checkpoint()
         if best:
             log.info("exporting the best checkpoint %s", best)
@@ -217,11 +211,12 @@ class FinetuneModule(LLMModule):
             log.warning("no validation checkpoint (did validation run?): exporting the last weights")
         model = merged(self.full_precision_model())
         dtype = export_dtype(self.base_dir)
-        # the base's auxiliary files (chat template, generation config) travel; the tokenizer files
-        # are then written as loaded (release names at the reserved ids, every special token present)
-        save_llm(model, out_dir, self.export_layout, tokenizer_dir=self.tokenizer_dir,
-                 state_dict={k: v.to(dtype) for k, v in model.state_dict().items()})
-        load_text_tokenizer(self.tokenizer_dir).save_pretrained(str(out_dir))
+        # the base's auxiliary files (chat template, generation config; a v3 release's bundled audio
+        # tokenizer) travel; the tokenizer files are then written as loaded (release names at the
+        # reserved ids, every special token present)
+        self.family.save(model, out_dir, self.export_layout, tokenizer_dir=self.tokenizer_dir,
+                         state_dict={k: v.to(dtype) for k, v in model.state_dict().items()})
+        self.family.text_tokenizer(self.tokenizer_dir).save_pretrained(str(out_dir))
 
 
 def build(cfg: DictConfig):
@@ -237,12 +232,11 @@ def build(cfg: DictConfig):
 
 def load_export(export_dir, quantize: str = "none"):
     """An LLM export for measuring it (eval mode): on the GPU in bf16 when there is one, else on
-    the CPU in fp32; quantize as the fine-tuning was (the base and its result measured alike)."""
-    from higgs_train.llm.model import DualFFNModel
-
+    the CPU in fp32; quantize as the fine-tuning was (the base and its result measured alike). Any
+    model family (from its config.json)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    return load_llm(export_dir, dtype=dtype, device=device, quantize=quantize)[0].eval()
+    return family_of(export_dir).load(export_dir, dtype=dtype, device=device, quantize=quantize)[0].eval()
 
 
 @torch.no_grad()
@@ -257,7 +251,8 @@ def held_out_loss(model, text_tokenizer, cfg: DictConfig) -> float:
     data = OmegaConf.to_container(cfg.data, resolve=True)
     dm = LLMDataModule(data.pop("shards"), text_tokenizer, data, seed=cfg.seed,
                        num_codebooks=model.cfg.num_codebooks, codebook_size=model.cfg.codebook_size,
-                       val_shards=data.pop("val_shards"))
+                       val_shards=data.pop("val_shards"),
+                       prompts=family_for_model(model).prompts(text_tokenizer, model.cfg))
     total, rows = 0.0, 0
     for batch in dm.val_dataloader():
         b = {k: v.to(device) for k, v in batch.items()}

@@ -96,6 +96,11 @@ class SampleMaker:
         unknown = set(self.kinds) - {"tts", "clone", "dialogue"}
         if unknown or not self.kinds:
             raise ValueError(f"data.kinds must weigh tts/clone/dialogue, got {dict(kinds)}")
+        lacking = sorted(set(self.kinds) - set(prompts.kinds))
+        if lacking:   # asked of a family whose prompt layout has no such sample (Higgs TTS 3: no dialogue)
+            raise ValueError(f"data.kinds asks for {', '.join(lacking)} samples, which this model family's prompts "
+                             f"({type(prompts).__name__}) do not lay out: set "
+                             + " ".join(f"data.kinds.{k}=0" for k in lacking))
         self.max_len = max_len
         self.max_turns = max_dialogue_turns
 

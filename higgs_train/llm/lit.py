@@ -1,8 +1,9 @@
 """Lightning wrappers for `python -m higgs_train.train task=llm`: module, data module, builder.
 
-The model stays a plain nn.Module (higgs_train.llm.model); this file adds the optimiser and
-schedule, logging, freezing / checkpointing options, the data position for exact resume, and
-export (config.json + model.safetensors + text tokenizer files).
+The model stays a plain nn.Module of its family (higgs_train/families: the size YAML's `family`
+key, configs/model/llm/*.yaml; DualFFN's in higgs_train.llm.model); this file adds the optimiser
+and schedule, logging, freezing / checkpointing options, the data position for exact resume, and
+export (config.json + model.safetensors + text tokenizer files, written by the family).
 """
 from __future__ import annotations
 
@@ -18,11 +19,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
+from higgs_train.families import family_for_model, family_of, get, size_config
 from higgs_train.llm.data import LLMStream
-from higgs_train.llm.checkpoints import from_hf_llama, load_llm, save_llm
-from higgs_train.llm.config import DualFFNConfig
-from higgs_train.llm.model import DualFFNModel
-from higgs_train.llm.text_tokenizer import load_text_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +45,23 @@ def gather_zero3_state_dict(model: torch.nn.Module, keep: bool) -> dict | None:
         return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()} if keep else None
 
 
+def check_family(family, model_dir) -> None:
+    """ValueError when the LLM directory `model_dir` is not of `family` (the model size's)."""
+    theirs = family_of(model_dir)
+    if theirs.name != family.name:
+        raise ValueError(f"task.init_from={model_dir} is a {theirs.name} model, but the model size is a {family.name} "
+                         f"one: choose a {theirs.name} size (model=llm/...: its `family` key)")
+
+
 class LLMModule(L.LightningModule):
     def __init__(self, model_cfg: dict, tokenizer_dir: str, optim: dict, text_loss_weight: float = 0.0,
                  freeze_text: bool = False, gradient_checkpointing: bool = False, init_from: str | None = None,
                  codebook_reduction: str = "mean"):
         super().__init__()
         self.model = self._make_model(model_cfg, init_from)
+        self.family = family_for_model(self.model)
         # the model config travels in every checkpoint (weights too, so init_from is not needed again)
-        self.save_hyperparameters({"model_cfg": asdict(self.model.cfg), "tokenizer_dir": tokenizer_dir,
+        self.save_hyperparameters({"model_cfg": {"family": self.family.name, **asdict(self.model.cfg)}, "tokenizer_dir": tokenizer_dir,
                                    "optim": optim, "text_loss_weight": text_loss_weight,
                                    "freeze_text": freeze_text, "gradient_checkpointing": gradient_checkpointing,
                                    "init_from": None, "codebook_reduction": codebook_reduction})
@@ -67,25 +74,29 @@ class LLMModule(L.LightningModule):
             audio = set(self.model.audio_parameter_names())
             for n, p in self.model.named_parameters():
                 p.requires_grad_(n in audio)
-        if not text_loss_weight:
+        if not text_loss_weight and self.model.text_head.weight is not self.model.text_embed.weight:
             # no loss reaches the text head: freeze it, or weight decay alone would shrink it and
-            # DDP would stop on a parameter without gradient
+            # DDP would stop on a parameter without gradient (a head tied to the text embedding,
+            # as Higgs TTS 3's, is that embedding: it trains through the inputs)
             self.model.text_head.weight.requires_grad_(False)
         self._t_last: float | None = None
 
     @staticmethod
-    def _make_model(model_cfg: dict, init_from: str | None) -> DualFFNModel:
-        cfg = DualFFNConfig.from_dict(model_cfg)
+    def _make_model(model_cfg: dict, init_from: str | None):
+        family, cfg = size_config(model_cfg)
         if not init_from:
-            return DualFFNModel(cfg)
+            return family.model_class(cfg)
         src = Path(init_from)
         cfg_file = src / "config.json"
-        if cfg_file.is_file() and json.loads(cfg_file.read_text()).get("model_type") == "llama":
+        if family.name == "higgs_v2" and cfg_file.is_file() and json.loads(cfg_file.read_text()).get("model_type") == "llama":
+            from higgs_train.llm.checkpoints import from_hf_llama
+
             # a plain Llama: text weights, audio FFNs as copies, fresh audio embedding and head
             model = from_hf_llama(src, dual_layers=cfg.dual_layers, num_codebooks=cfg.num_codebooks,
                                   codebook_size=cfg.codebook_size, vocab_size=cfg.vocab_size)
-        else:   # a Higgs model in any layout: ours, the transformers port, the original release
-            model = load_llm(src)[0]
+        else:   # a model of the size's family in any layout it reads (v2: ours, the port's, the release's)
+            check_family(family, src)
+            model = family.load(src)[0]
         if model.cfg != cfg:
             log.warning("init_from=%s: its config %s replaces model config %s", src, model.cfg, cfg)
         return model.float()
@@ -143,8 +154,9 @@ class LLMModule(L.LightningModule):
         """What inference loads: config.json, model.safetensors, text tokenizer files."""
         out = Path(out_dir)
         # one model.safetensors whatever the size (the export contract: docs/design.md)
-        save_llm(self.model, out, state_dict=getattr(self, "_export_state", None), max_shard_bytes=None)
-        load_text_tokenizer(self.tokenizer_dir).save_pretrained(str(out))
+        self.family.save(self.model, out, "native", state_dict=getattr(self, "_export_state", None),
+                         max_shard_bytes=None)
+        self.family.text_tokenizer(self.tokenizer_dir).save_pretrained(str(out))
 
 
 class LLMDataModule(L.LightningDataModule):
@@ -152,11 +164,12 @@ class LLMDataModule(L.LightningDataModule):
     With `val_shards`, validation is one deterministic pass over them (the same batches every time)."""
 
     def __init__(self, shards, tokenizer, data: dict, seed: int, num_codebooks: int, codebook_size: int,
-                 val_shards=None):
+                 val_shards=None, prompts=None):
         super().__init__()
         self.shards, self.tokenizer, self.data, self.seed = shards, tokenizer, data, seed
         self.val_shards = val_shards
         self.num_codebooks, self.codebook_size = num_codebooks, codebook_size
+        self.prompts = prompts   # the model family's PromptEncoder (None: DualFFN's chat format)
         self.consumed = 0
 
     def train_dataloader(self):
@@ -167,7 +180,7 @@ class LLMDataModule(L.LightningDataModule):
                        max_dialogue_turns=d["max_dialogue_turns"], seed=self.seed,
                        num_codebooks=self.num_codebooks, codebook_size=self.codebook_size,
                        rank=rank, world_size=world, skip_batches=self.consumed,
-                       limit_segments=d["limit_segments"])
+                       limit_segments=d["limit_segments"], prompts=self.prompts)
         return DataLoader(ds, batch_size=None, num_workers=d["num_workers"],
                           persistent_workers=False, prefetch_factor=4 if d["num_workers"] else None)
 
@@ -179,7 +192,8 @@ class LLMDataModule(L.LightningDataModule):
         ds = LLMStream(self.val_shards, self.tokenizer, kinds=d["kinds"], max_tokens=d["max_tokens"],
                        max_len=d["max_len"], buffer=d["buffer"], max_group=d["max_group"],
                        max_dialogue_turns=d["max_dialogue_turns"], seed=self.seed,
-                       num_codebooks=self.num_codebooks, codebook_size=self.codebook_size, epochs=1)
+                       num_codebooks=self.num_codebooks, codebook_size=self.codebook_size, epochs=1,
+                       prompts=self.prompts)
         return DataLoader(ds, batch_size=None, num_workers=0)
 
     def on_before_batch_transfer(self, batch, dataloader_idx):
@@ -197,8 +211,9 @@ class LLMDataModule(L.LightningDataModule):
 def build(cfg: DictConfig, module_cls=LLMModule, **module_kw):
     """task.build for train.py: (LLMModule, LLMDataModule) from the whole config. A task built on
     this one (fine-tuning) passes its LLMModule subclass and that class's extra arguments."""
-    tok = load_text_tokenizer(cfg.text_tokenizer)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    family = get(model_cfg.get("family") or "higgs_v2")
+    tok = family.text_tokenizer(cfg.text_tokenizer)
     n_tok = len(tok)
     if model_cfg.get("vocab_size") is None:
         model_cfg["vocab_size"] = 64 * math.ceil(n_tok / 64)   # rounded for matmul-friendly shapes
@@ -210,6 +225,8 @@ def build(cfg: DictConfig, module_cls=LLMModule, **module_kw):
                         freeze_text=t.freeze_text, gradient_checkpointing=t.gradient_checkpointing,
                         init_from=t.init_from, codebook_reduction=t.codebook_reduction, **module_kw)
     data = OmegaConf.to_container(cfg.data, resolve=True)
-    dm = LLMDataModule(data.pop("shards"), tok, data, seed=cfg.seed, num_codebooks=model_cfg["num_codebooks"],
-                       codebook_size=model_cfg["codebook_size"], val_shards=data.pop("val_shards", None))
+    mc = module.model.cfg   # the model's (init_from may replace the size's)
+    dm = LLMDataModule(data.pop("shards"), tok, data, seed=cfg.seed, num_codebooks=mc.num_codebooks,
+                       codebook_size=mc.codebook_size, val_shards=data.pop("val_shards", None),
+                       prompts=family.prompts(tok, mc))
     return module, dm

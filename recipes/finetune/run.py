@@ -1,9 +1,12 @@
 """The fine-tuning run: one voice folder -> a merged export with a voice preset.
 
     python -m recipes.finetune voice_dir=DIR base=LLM_DIR tokenizer=AUDIO_TOKENIZER_EXPORT name=NAME
-LLM_DIR: an export of ours, a transformers-port directory or the original release's (e.g. the
-downloaded bosonai/higgs-audio-v2-generation-3B-base folder); the merged export is written in the
-base's layout unless export_layout=native|hf|original asks for another.
+LLM_DIR: an LLM of any model family (higgs_train/families, from its config.json) in any layout the
+family reads: for Higgs Audio v2 an export of ours, a transformers-port directory or the original
+release's (e.g. the downloaded bosonai/higgs-audio-v2-generation-3B-base folder); for Higgs TTS 3
+ours or the release's (bosonai/higgs-tts-3-4b, which also bundles the audio tokenizer: tokenizer=
+may be the same directory). The merged export is written in the base's layout unless
+export_layout= asks for another of its family's (v2: native|hf|original; v3: native|original).
 
 Steps, each resumable (rerun the command after an interruption; a finished run is skipped):
     1 curate    DIR -> OUT/corpus: data_pipeline.run.curate in this process, with the config
@@ -75,7 +78,7 @@ def check_inputs(cfg: DictConfig) -> dict:
         model_cfg, layout = family.read_config(base)
     except (ValueError, FileNotFoundError) as e:
         raise FinetuneError(f"base={base}: {e}") from None
-    base_cfg = asdict(model_cfg)
+    base_cfg = {"family": family.name, **asdict(model_cfg)}   # a model size (configs/model/llm/*.yaml)
     if not any((base / f).is_file() for f in TOKENIZER_FILES):
         raise FinetuneError(f"base={base} holds no text tokenizer files ({', '.join(TOKENIZER_FILES)})")
     from higgs_train.tokenizer.layouts import codebook_shape
@@ -97,7 +100,7 @@ def check_inputs(cfg: DictConfig) -> dict:
     from higgs_train.finetune.lora import resolve_export_layout
 
     try:   # the fine-tuning task's own check, made before any work
-        resolve_export_layout(cfg.export_layout, layout)
+        resolve_export_layout(cfg.export_layout, layout, family.layouts)
     except ValueError as e:
         raise FinetuneError(str(e)) from None
     return base_cfg
@@ -221,8 +224,8 @@ def measure_exports(cfg: DictConfig, exports: dict, preset_dir) -> dict:
     """{name: {"loss": held-out loss, "stops": the stop check (stops.speak) or None when it is off}}
     for each export in `exports` {name: dir}: what `python -m inference voice=NAME` does with it.
     Each model is loaded once for both; the codec, sentences and reference once for all."""
+    from higgs_train.families import family_of
     from higgs_train.finetune.lora import held_out_loss, load_export
-    from higgs_train.llm.text_tokenizer import load_text_tokenizer
     from higgs_train.tokenizer import AudioTokenizer
     from recipes.finetune.stops import held_out_sentences, read_reference, speak
 
@@ -230,7 +233,7 @@ def measure_exports(cfg: DictConfig, exports: dict, preset_dir) -> dict:
     codec = sentences = reference = None
     out = {}
     for name, d in exports.items():
-        model, tok = load_export(d, cfg.quantize), load_text_tokenizer(d)
+        model, tok = load_export(d, cfg.quantize), family_of(d).text_tokenizer(d)
         if stops is not None and codec is None:
             codec = AudioTokenizer.from_pretrained(cfg.tokenizer, device=model.text_embed.weight.device)
             sentences, reference = held_out_sentences(stops.val_shards, stops.sentences), read_reference(preset_dir)

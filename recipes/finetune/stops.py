@@ -107,21 +107,21 @@ class StopCheck(L.Callback):
         self.tokenizer, self.text_tokenizer, self.history_path = tokenizer, text_tokenizer, Path(history)
         self._loaded = None   # (sentences, reference, codec, text tokenizer), read at the first validation
 
-    def _load(self, device):
-        from higgs_train.llm.text_tokenizer import load_text_tokenizer
+    def _load(self, model):
+        from higgs_train.families import family_for_model
         from higgs_train.tokenizer import AudioTokenizer
 
-        if self._loaded is None:
+        if self._loaded is None:   # the text tokenizer as the model's family reads it
             self._loaded = (held_out_sentences(self.val_shards, self.n), read_reference(self.reference_dir),
-                            AudioTokenizer.from_pretrained(self.tokenizer, device=device),
-                            load_text_tokenizer(self.text_tokenizer))
+                            AudioTokenizer.from_pretrained(self.tokenizer, device=model.text_embed.weight.device),
+                            family_for_model(model).text_tokenizer(self.text_tokenizer))
         return self._loaded
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or self.n < 1:
             return
         model = pl_module.model.get_base_model() if hasattr(pl_module.model, "get_base_model") else pl_module.model
-        sentences, reference, codec, tok = self._load(model.text_embed.weight.device)
+        sentences, reference, codec, tok = self._load(model)
         with measuring(model):
             res = speak(model, codec, tok, sentences, reference, self.max_ratio)
         loss = trainer.callback_metrics.get("val/loss")

@@ -23,7 +23,7 @@ from higgs_train.families import Family
 from higgs_train.families.higgs_tts3.checkpoints import convert, load, save
 from higgs_train.families.higgs_tts3.config import Tts3Config
 from higgs_train.families.higgs_tts3.delay_state import ReleaseDelayState
-from higgs_train.families.higgs_tts3.layouts import LAYOUTS, read_config
+from higgs_train.families.higgs_tts3.layouts import LAYOUTS, layout_name, read_config
 from higgs_train.families.higgs_tts3.model import HiggsTTS3Model
 from higgs_train.families.higgs_tts3.prompt import Tts3Prompts, load_text_tokenizer
 from higgs_train.llm.quantize import is_quantized
@@ -44,9 +44,11 @@ FAMILY = Family(
     config_class=Tts3Config,
     layouts=LAYOUTS,
     read_config=read_config,
+    model_class=HiggsTTS3Model,
     build=HiggsTTS3Model.build,
     load=load,
     save=save,
+    layout_name=layout_name,
     text_tokenizer=load_text_tokenizer,
     prompts=Tts3Prompts,
     delay_state=ReleaseDelayState.for_model,   # the release's stop rule (delay_state.py)

@@ -153,6 +153,7 @@ class Tts3Prompts:
     layout: asking for either is an error, not a silent drop."""
 
     audio_token = AUDIO_PLACEHOLDER   # the input id of an audio position (never looked up)
+    kinds = ("tts", "clone")          # no dialogue layout (higgs_train/llm/data.py refuses data.kinds.dialogue)
 
     def __init__(self, tok, cfg):
         special_ids(tok)   # fail now, naming the missing tokens
