@@ -19,6 +19,7 @@ from data_pipeline.config import build_stage
 from data_pipeline.records import PARTS, SHA1_DIR, identity, load_record, new_record, save_record, write_json
 from data_pipeline.source import Source
 from data_pipeline.stages.ingest import source_key
+from higgs_train.files import remove_stale_temps
 
 log = logging.getLogger("data_pipeline")
 
@@ -91,6 +92,7 @@ def _claim_sha1(ctx: Context, sha1: str, key: str, rel: str) -> str | None:
     Finalize makes the same decision from the records, so a race here only costs time."""
     d = ctx.out_dir / SHA1_DIR / sha1
     d.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(d / key)   # from a run killed while writing this claim
     write_json(d / key, rel)
     others = []
     for p in d.iterdir():

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from data_pipeline.stages.ingest import source_key
-from higgs_train.files import dumps, write_text_atomic
+from higgs_train.files import dumps, remove_stale_temps, write_text_atomic
 
 PARTS, SLICES, SHA1_DIR, ATTEMPTS = "parts", "slices", ".sha1", ".attempts"
 
@@ -41,8 +41,8 @@ def identity(path: Path) -> dict | None:
 
 def save_record(rec: dict, parts: Path) -> dict:
     """Write a source's record (its part tar is already whole); returns a small summary."""
-    for stale in parts.glob(f".{rec['key']}.json.*.tmp"):  # from a run killed while writing this record
-        stale.unlink(missing_ok=True)
+    for name in (f"{rec['key']}.json", f"{rec['key']}.tar"):   # from a run killed while writing them
+        remove_stale_temps(parts / name)
     if not rec["segments"]:  # no candidates: no part tar (drop one left by an earlier config)
         (parts / f"{rec['key']}.tar").unlink(missing_ok=True)
     write_json(parts / f"{rec['key']}.json", rec)

@@ -22,6 +22,14 @@ def atomic_path(path, keep_ext: bool = False):
         tmp.unlink(missing_ok=True)
 
 
+def remove_stale_temps(path) -> None:
+    """Remove atomic_path's temp names for `path` (`.NAME.PID.tmp*`) that a killed writer left: call
+    it where only one writer of `path` runs (a source's own record, part or claim)."""
+    path = Path(path)
+    for stale in path.parent.glob(f".{path.name}.*.tmp*"):
+        stale.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_dir(path):
     """A fresh temp folder beside `path` (`.NAME.PID.tmp`) to fill; when the block ends normally

@@ -178,7 +178,14 @@ def test_rerun_resumes_and_rethresholds_without_recompute(curate_inputs, curate_
     assert 0 < len(strict) < len(base)
     low = [r for r in read_jsonl(out / "rejected.jsonl") if r["reason"] == "low_dnsmos_ovrl"]
     assert len(low) >= len(base) - len(strict)
-    # a run stopped before it finished: two sources without a record, no manifest, no shards
+    # a run stopped before it finished: two sources without a record, no manifest, no shards, and
+    # the temp files a writer killed mid-write leaves (a claim, a record, a part)
+    key = source_key("dup/a_copy.wav")
+    claim = out / ".sha1" / json.loads((out / PARTS / f"{key}.json").read_text())["sha1"] / key
+    stale = [claim.with_name(f".{key}.99999.tmp"), out / PARTS / f".{key}.json.99999.tmp",
+             out / PARTS / f".{key}.tar.99999.tmp"]
+    for p in stale:
+        p.write_text("half")
     for rel in ["dup/a_copy.wav", "broken/empty.wav"]:
         (out / PARTS / f"{source_key(rel)}.json").unlink()
     shutil.rmtree(out / "shards")
@@ -189,6 +196,7 @@ def test_rerun_resumes_and_rethresholds_without_recompute(curate_inputs, curate_
     after = {p.name: p.stat().st_mtime_ns for p in (out / PARTS).iterdir()}
     redone = sorted(n for n in after if after[n] != before.get(n))
     assert redone == sorted(f"{source_key(r)}.json" for r in ["dup/a_copy.wav", "broken/empty.wav"])
+    assert [p for p in stale if p.exists()] == []
 
 
 @pytest.mark.slow

@@ -40,8 +40,6 @@ class WebDatasetExport:
     def write_part(self, parts_dir, key: str, items: Iterable[tuple[str, np.ndarray, dict]]) -> Path:
         """items: (segment_id, wav24 [T] float32, row). Returns the part's path."""
         parts_dir = Path(parts_dir)
-        for stale in parts_dir.glob(f".{key}.tar.*.tmp"):  # left by a killed worker on this source
-            stale.unlink(missing_ok=True)
         w = ShardWriter(parts_dir, max_bytes=1 << 62, pattern=f"{key}.tar")
         with w:
             for seg_id, wav24, row in items:
