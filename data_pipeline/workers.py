@@ -187,13 +187,17 @@ def run_sources(todo: list[tuple[str, float]], cfg: DictConfig, ctx: Context, wo
             log.warning("a worker process died; restarting the pool (in flight: %s)", sorted(inflight.values()))
             suspects[:0] = sorted(inflight.values())
         except BaseException:  # SIGINT, SIGTERM (curate turns it into SystemExit): stop the workers now,
-            broken = True      # not after their files (the executor has no public call for this)
-            for p in list((getattr(pool, "_processes", None) or {}).values()):
-                p.kill()
+            broken = True      # not after their files
             for rel in inflight.values():  # stopped, not crashed by their file
                 _end_alone(ctx, rel)
             raise
         finally:
+            if broken:  # kill what is left (the executor has no public call for this): a broken pool's
+                # manager terminates the workers it knows and then joins them all, but CPython spawns
+                # workers in submit(), and one spawned while the pool was breaking is never
+                # terminated: the join, and shutdown below, would wait for it forever
+                for p in list((getattr(pool, "_processes", None) or {}).values()):
+                    p.kill()
             pool.shutdown(wait=True, cancel_futures=True)
             if queue is not None and not broken:
                 queue.put(None)  # every worker has exited: the lock is free; ends the thread
