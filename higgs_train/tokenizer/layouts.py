@@ -285,8 +285,9 @@ def read_hf(d: Path) -> tuple[TokenizerConfig, dict]:
 
 
 # ---- bundled in a Higgs TTS 3 checkpoint -------------------------------------------------
-def _bundled_names(d: Path):
-    """(the checkpoint's reader, its names under BUNDLED_PREFIX): safetensors headers only."""
+def bundled_names(d: Path):
+    """(the checkpoint's reader, its names under BUNDLED_PREFIX): safetensors headers only (a v3
+    export copies the tensors through with them: higgs_train/families/higgs_tts3/checkpoints.py)."""
     from higgs_train.llm.checkpoints import Checkpoint
 
     ck = Checkpoint(d)
@@ -305,7 +306,7 @@ def bundles_tokenizer(model_dir) -> bool:
     if index.is_file():
         return any(n.startswith(BUNDLED_PREFIX) for n in _json(index).get("weight_map", {}))
     try:
-        return bool(_bundled_names(d)[1])
+        return bool(bundled_names(d)[1])
     except (OSError, ValueError):   # no weights, or not safetensors
         return False
 
@@ -315,7 +316,7 @@ def bundled_codec_tensors(model_dir) -> dict[str, torch.Tensor]:
     tensor as stored}, read one tensor at a time (the LLM's weights are never loaded), for an export
     to copy through. ValueError naming the directory when it bundles none."""
     d = Path(model_dir)
-    ck, names = _bundled_names(d)
+    ck, names = bundled_names(d)
     if not names:
         raise ValueError(f"{d} bundles no audio tokenizer: its weights hold no tensor named {BUNDLED_PREFIX}*; "
                          "give tokenizer= an audio tokenizer directory")

@@ -21,7 +21,7 @@ from higgs_train.families.higgs_tts3.layouts import (AUX_FILES, LAYOUTS, LayoutE
 from higgs_train.families.higgs_tts3.model import HiggsTTS3Model, parameter_shapes
 from higgs_train.files import write_text_atomic
 from higgs_train.llm.checkpoints import Checkpoint, load_weights, write_weights
-from higgs_train.tokenizer.layouts import BUNDLED_PREFIX as CODEC_PREFIX
+from higgs_train.tokenizer.layouts import BUNDLED_PREFIX as CODEC_PREFIX, bundled_names
 from higgs_train.llm.layouts import MAX_SHARD_BYTES
 
 log = logging.getLogger(__name__)
@@ -72,8 +72,7 @@ def bundled_codec(model_dir) -> tuple[Checkpoint | None, list[str]]:
     d = Path(model_dir)
     if not (d / "model.safetensors.index.json").is_file() and not any(d.glob("*.safetensors")):
         return None, []
-    ck = Checkpoint(d)
-    return ck, sorted(n for n in ck.where if n.startswith(CODEC_PREFIX))
+    return bundled_names(d)
 
 
 def save(model: HiggsTTS3Model, out_dir, layout: str = "native", tokenizer_dir=None,
